@@ -1,0 +1,58 @@
+# Circuit-analysis notebooks. `make help` lists the targets and the variables they take.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+TASK ?= ioi
+MODEL ?=
+DEVICE ?= auto
+DTYPE ?= float32
+N ?=
+SEED ?=
+TEMPLATES ?=
+PYTEST_ARGS ?=
+
+RUN_ARGS = --task $(TASK) --device $(DEVICE) --dtype $(DTYPE) $(if $(MODEL),--model $(MODEL)) \
+	$(if $(N),--n $(N)) $(if $(SEED),--seed $(SEED)) $(if $(TEMPLATES),--templates $(TEMPLATES))
+
+.PHONY: help setup run test lab clean
+
+help: ## list the targets and variables
+	@echo "Targets:"
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo
+	@echo "Variables (make run TASK=ioi MODEL=demo N=16 ...):"
+	@echo "  TASK=$(TASK)       a task name in params/ or a path to a task .yaml file"
+	@echo "  MODEL=...      override the task's model: a hub name (gpt2), a local directory, or demo"
+	@echo "  DEVICE=$(DEVICE)    auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
+	@echo "  DTYPE=$(DTYPE) float32, float16 or bfloat16"
+	@echo "  N=...          override the number of prompts"
+	@echo "  SEED=...       override the task's seed"
+	@echo "  TEMPLATES=...  comma-separated subset of templates/ (default: all)"
+	@echo "  PYTEST_ARGS=.. extra arguments for make test (e.g. -m 'not slow')"
+	@echo "  VENV=$(VENV)     where the environment lives; PYTHON=$(PYTHON) creates it"
+
+# The environment is created on first use and refreshed when requirements change. Install the torch
+# build that suits your machine into $(VENV) first if you want one (CI pre-installs the CPU wheel).
+$(VENV)/.installed: requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -r requirements.txt -e .
+	@touch $@
+
+setup: $(VENV)/.installed ## create the environment (run and test do it for you)
+
+run: setup ## execute every template on TASK into notebooks/<task>/
+	$(PY) -m helpers.run $(RUN_ARGS)
+
+test: setup ## run the test suite, offline
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+lab: setup ## open JupyterLab on the project
+	$(VENV)/bin/jupyter lab --notebook-dir=.
+
+clean: ## remove caches and the demo model (not the environment, not notebooks/)
+	rm -rf .cache .pytest_cache
+	find . -name __pycache__ -not -path './$(VENV)/*' -prune -exec rm -rf {} +

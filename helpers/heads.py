@@ -1,0 +1,37 @@
+"""Naming and ranking attention heads, shared by every per-head analysis."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class HeadScore:
+    """One head and its score on some analysis."""
+
+    layer: int
+    head: int
+    value: float
+
+    @property
+    def name(self) -> str:
+        return head_name(self.layer, self.head)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"head": self.name, "layer": self.layer, "head_index": self.head, "value": self.value}
+
+
+def head_name(layer: int, head: int) -> str:
+    return f"L{layer}H{head}"
+
+
+def rank_heads(scores: Float[Tensor, "layer head_index"], k: int, *, largest: bool = True) -> list[HeadScore]:
+    """The ``k`` heads with the largest (or, with ``largest=False``, smallest) scores, best first."""
+    n_heads = scores.shape[1]
+    k = min(k, scores.numel())
+    values, flat = torch.topk(scores.flatten().float(), k, largest=largest)
+    return [HeadScore(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, flat)]

@@ -1,0 +1,196 @@
+"""Loading a model (by hub name or local directory) the one way every template and test does.
+
+Models are loaded with TransformerLens 4.x's ``TransformerBridge.boot_transformers`` and then put in
+compatibility mode: LayerNorm weights folded into the next linear layer, writing weights centred, the
+unembedding centred. That gives the numerics of the old ``HookedTransformer`` (what the IOI literature
+reports) and makes the residual stream an exact sum of per-component outputs, which the attribution
+analyses rely on. Folding LayerNorm's bias into the unembedding leaves a bias ``b_U``: attributions
+that should add up to a logit difference must count it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from helpers.paths import CACHE_DIR, SHARED_GPT2_TOKENIZER
+
+# tqdm warns at import, inside every notebook, that Jupyter widgets are missing; we show no bars anyway.
+warnings.filterwarnings("ignore", message="IProgress not found")
+
+DEMO_MODEL = "demo"
+DEMO_MODEL_DIR = CACHE_DIR / "demo-model"
+TOY_MODEL_KEY = "circuit_suite_toy_model"
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+DTypeName = Literal["float32", "float16", "bfloat16"]
+
+
+class ModelLoadError(RuntimeError):
+    """A model or tokenizer could not be loaded; the message says which and how to proceed."""
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``auto`` picks cuda, then mps, then cpu; anything else must be available on this machine."""
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        chosen = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"DEVICE={device!r} is not a device name. Fix: use auto, cpu, cuda, cuda:N or mps.") from None
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"DEVICE={device!r} but this machine has no CUDA GPU. Fix: use DEVICE=auto or DEVICE=cpu.")
+    if chosen.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"DEVICE={device!r} but MPS is not available here. Fix: use DEVICE=auto or DEVICE=cpu.")
+    return chosen
+
+
+def resolve_model_source(name_or_dir: str) -> str:
+    """What to hand to the loader: ``demo`` becomes the locally built toy model's directory."""
+    if name_or_dir == DEMO_MODEL:
+        from helpers.toy_models import ensure_demo_model
+
+        return str(ensure_demo_model(DEMO_MODEL_DIR))
+    return name_or_dir
+
+
+def load_model(name_or_dir: str, *, device: str = "auto", dtype: DTypeName = "float32") -> Any:
+    """Load a model for analysis, by hub name (``gpt2``), local directory, or ``demo``.
+
+    Args:
+        name_or_dir: a Hugging Face hub name, a directory saved with ``save_pretrained`` (config,
+            weights and tokenizer), or ``demo`` for the small local model (built on first use).
+        device: ``auto`` (cuda, then mps, then cpu), or an explicit device.
+        dtype: parameter dtype; float32 unless memory forces otherwise.
+
+    Returns:
+        A ``TransformerBridge`` in compatibility mode and eval mode, with gradients off on its
+        parameters (hooks can still take gradients with respect to activations).
+
+    Raises:
+        ModelLoadError: the model cannot be found or loaded; the message says how to proceed.
+    """
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # per-shard loading bars would fill the notebook's output
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not supported. Fix: use one of {', '.join(DTYPES)}.")
+    target = pick_device(device)
+    source = resolve_model_source(name_or_dir)
+    _check_local_dir(name_or_dir, source)
+    with _explain_load_failure(name_or_dir, source):
+        bridge = TransformerBridge.boot_transformers(source, device=target, dtype=DTYPES[dtype])
+    bridge.enable_compatibility_mode()
+    bridge.eval()
+    for param in bridge.parameters():
+        param.requires_grad_(False)
+    return bridge
+
+
+def load_tokenizer(name_or_dir: str) -> Any:
+    """The model's own tokenizer, without loading its weights (for validating a task early)."""
+    from transformers import AutoTokenizer
+
+    source = resolve_model_source(name_or_dir)
+    _check_local_dir(name_or_dir, source)
+    with _explain_load_failure(name_or_dir, source):
+        return AutoTokenizer.from_pretrained(source)
+
+
+def load_gpt2_tokenizer(path: str | Path | None = None) -> Any:
+    """GPT-2's tokenizer from, in order: ``path``; ``../shared/gpt2-tokenizer``; the hub (or its cache).
+
+    ``path`` may be a saved Hugging Face tokenizer directory or a directory holding GPT-2's
+    ``vocab.json`` and ``merges.txt``.
+    """
+    from transformers import AutoTokenizer
+
+    candidates = [Path(path)] if path is not None else [SHARED_GPT2_TOKENIZER]
+    for directory in candidates:
+        if (directory / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(directory))
+        if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
+            return _gpt2_tokenizer_from_bpe_files(directory)
+        if path is not None:
+            raise ModelLoadError(
+                f"Tokenizer directory '{directory}' holds neither a saved tokenizer nor vocab.json and "
+                "merges.txt. Fix: point TOKENIZER at GPT-2's tokenizer files, or leave it unset to use the hub."
+            )
+    with _explain_load_failure("gpt2", "gpt2", what="GPT-2's tokenizer"):
+        return AutoTokenizer.from_pretrained("gpt2")
+
+
+def _gpt2_tokenizer_from_bpe_files(directory: Path) -> Any:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE.from_file(str(directory / "vocab.json"), str(directory / "merges.txt")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    end = "<|endoftext|>"
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=end, eos_token=end, unk_token=end)
+
+
+def toy_model_notice(name_or_dir: str) -> str | None:
+    """A plain warning when the model is one of the suite's toy models (never GPT-2), else None."""
+    source = Path(resolve_model_source(name_or_dir)) if name_or_dir == DEMO_MODEL else Path(name_or_dir)
+    config = source / "config.json"
+    if not config.is_file():
+        return None
+    description = json.loads(config.read_text()).get(TOY_MODEL_KEY)
+    if not description:
+        return None
+    return (
+        f"TOY MODEL: '{name_or_dir}' is a small model built locally by this suite ({description}). "
+        "It is not GPT-2 and its numbers say nothing about GPT-2: it exists to show and test the pipeline."
+    )
+
+
+def _check_local_dir(name: str, source: str) -> None:
+    path = Path(source).expanduser()
+    if name.startswith((".", "/", "~")) and not path.is_dir():
+        raise ModelLoadError(
+            f"Model directory '{name}' does not exist. Fix: pass MODEL=/path/to/local/dir holding a model "
+            "saved with save_pretrained (config.json, weights, tokenizer), or a hub name such as gpt2."
+        )
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"'{name}' is a directory but not a saved model (no config.json in it). Fix: pass "
+            "MODEL=/path/to/local/dir of a model saved with save_pretrained, or a hub name such as gpt2."
+        )
+
+
+@contextmanager
+def _explain_load_failure(name: str, source: str, *, what: str | None = None) -> Iterator[None]:
+    """Turn the loaders' deep tracebacks into one message that says what to do."""
+    try:
+        yield
+    except (OSError, ValueError, KeyError, EnvironmentError) as err:
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        thing = what or f"model '{name}'"
+        if Path(source).expanduser().is_dir():
+            message = (
+                f"Could not load {thing} from the directory '{source}': {detail}\n"
+                "  Fix: check that the directory was written by save_pretrained (config.json, weights "
+                "and tokenizer files), or pass another MODEL=/path/to/local/dir."
+            )
+        else:
+            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+            where = "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+            message = (
+                f"Could not load {thing} from {where}: {detail}\n"
+                "  Fix: check the name (e.g. gpt2, gpt2-medium), connect to the network so it can be "
+                "downloaded once, or pass MODEL=/path/to/local/dir with a model saved by save_pretrained."
+            )
+        raise ModelLoadError(message) from None

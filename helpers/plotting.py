@@ -1,0 +1,122 @@
+"""Figures and tables for the analyses, with interpretability defaults.
+
+Every ``plot_*`` takes a result dataclass and returns a ``plotly.graph_objects.Figure`` without showing
+it. Signed quantities use a diverging red-blue scale centred on zero (blue = towards the correct
+answer), heads are named ``L{layer}H{head}``, and token axes label each position ``"{i}: {token}"``
+so repeated tokens stay distinct.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from helpers.attribution import (
+    AttentionPatterns,
+    ComponentAttribution,
+    HeadAttribution,
+    LogitDiffResult,
+    LogitLensResult,
+    TopPredictions,
+)
+from helpers.heads import HeadScore, head_name
+
+DIVERGING = "RdBu"
+
+
+def token_labels(str_tokens: Sequence[str]) -> list[str]:
+    """Unique, readable axis labels for a prompt's tokens."""
+    return [f"{i}: {t}" for i, t in enumerate(str_tokens)]
+
+
+def plot_logit_diff(result: LogitDiffResult) -> go.Figure:
+    values = result.per_prompt.tolist()
+    hover = [f"{p}<br>correct {c!r} vs incorrect {i!r}" for p, c, i in
+             zip(result.prompts, result.correct_answers, result.incorrect_answers)]
+    fig = go.Figure(go.Bar(x=list(range(len(values))), y=values, hovertext=hover,
+                           marker_color=["#2166ac" if v > 0 else "#b2182b" for v in values]))
+    fig.add_hline(y=result.mean, line_dash="dash", annotation_text=f"mean {result.mean:.3f}")
+    fig.update_layout(title="Logit difference (correct - incorrect) per prompt", xaxis_title="prompt",
+                      yaxis_title="logit difference")
+    return fig
+
+
+def plot_logit_lens(result: LogitLensResult) -> go.Figure:
+    fig = go.Figure()
+    for i in range(result.per_prompt.shape[1]):
+        fig.add_trace(go.Scatter(x=list(result.labels), y=result.per_prompt[:, i].tolist(), mode="lines",
+                                 line=dict(color="lightgray", width=1), showlegend=False, hoverinfo="skip"))
+    fig.add_trace(go.Scatter(x=list(result.labels), y=result.mean.tolist(), mode="lines+markers", name="mean"))
+    fig.add_hline(y=float(result.logit_diff.mean()), line_dash="dash",
+                  annotation_text="model's logit difference")
+    fig.update_layout(title="Logit lens: logit difference read after each layer", xaxis_title="residual stream after",
+                      yaxis_title="logit difference")
+    return fig
+
+
+def plot_component_attribution(result: ComponentAttribution) -> go.Figure:
+    mean = result.mean.tolist()
+    fig = go.Figure(go.Bar(x=list(result.labels), y=mean,
+                           marker_color=["#2166ac" if v > 0 else "#b2182b" for v in mean]))
+    fig.update_layout(
+        title=f"Direct logit attribution per component (sum {sum(mean):.3f} = "
+        f"logit difference {float(result.logit_diff.mean()):.3f})",
+        xaxis_title="component", yaxis_title="direct contribution to logit difference")
+    return fig
+
+
+def plot_head_heatmap(values: Sequence[Sequence[float]], title: str, *, colorbar_title: str = "") -> go.Figure:
+    """A layer x head heatmap of a signed per-head quantity, centred on zero."""
+    n_layers, n_heads = len(values), len(values[0])
+    names = [[head_name(layer, head) for head in range(n_heads)] for layer in range(n_layers)]
+    bound = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=values, x=list(range(n_heads)), y=list(range(n_layers)), customdata=names,
+        colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
+        hovertemplate="%{customdata}: %{z:.4f}<extra></extra>", colorbar=dict(title=colorbar_title),
+    ))
+    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+    return fig
+
+
+def plot_head_attribution(result: HeadAttribution) -> go.Figure:
+    return plot_head_heatmap(result.mean.tolist(), "Direct logit attribution per head",
+                             colorbar_title="logit diff")
+
+
+def head_table(positive: Sequence[HeadScore], negative: Sequence[HeadScore], *, value_name: str) -> pd.DataFrame:
+    """The strongest positive and negative heads side by side."""
+    rows = max(len(positive), len(negative))
+
+    def pad(values: list[object]) -> list[object]:
+        return values + [None] * (rows - len(values))
+
+    return pd.DataFrame({
+        "positive head": pad([h.name for h in positive]), f"positive {value_name}": pad([h.value for h in positive]),
+        "negative head": pad([h.name for h in negative]), f"negative {value_name}": pad([h.value for h in negative]),
+    }, index=pd.RangeIndex(1, rows + 1, name="rank"))
+
+
+def top_predictions_table(result: TopPredictions) -> pd.DataFrame:
+    return pd.DataFrame({"token": [repr(t) for t in result.tokens], "probability": result.probs},
+                        index=pd.RangeIndex(1, len(result.tokens) + 1, name="rank"))
+
+
+def plot_attention_patterns(result: AttentionPatterns) -> go.Figure:
+    """Static heatmaps of each head's attention pattern, with token labels (query down, key across)."""
+    labels = token_labels(result.str_tokens)
+    n = len(result.heads)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{h.name} ({h.value:+.3f})" for h in result.heads],
+                        horizontal_spacing=0.12, vertical_spacing=0.12)
+    for i, pattern in enumerate(result.patterns):
+        fig.add_trace(go.Heatmap(z=pattern.tolist(), x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1,
+                                 showscale=i == 0, hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"),
+                      row=i // cols + 1, col=i % cols + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"Attention patterns on: {result.prompt}", height=420 * rows, width=420 * cols + 120)
+    return fig

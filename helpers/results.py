@@ -1,0 +1,49 @@
+"""The numbers a template produces, written to JSON for the runner to gather into ``results.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def to_jsonable(value: Any) -> Any:
+    """Tensors and tuples become lists, objects with ``to_dict`` become dicts; floats stay floats."""
+    if hasattr(value, "to_dict"):
+        return to_jsonable(value.to_dict())
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Write JSON atomically: a reader (or a crash) never sees a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(to_jsonable(data), handle, indent=2, allow_nan=True)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
+    os.replace(tmp, path)
+
+
+def save_template_results(results_path: str | None, results: dict[str, Any], summary: list[str]) -> None:
+    """Called at the end of a template. ``results_path`` is None when the notebook runs by hand.
+
+    Args:
+        results_path: where the runner wants this template's numbers.
+        results: the template's key figures (result dataclasses are converted with ``to_dict``).
+        summary: a few lines the runner prints when the run ends.
+    """
+    if results_path is None:
+        return
+    write_json(results_path, {"summary": summary, **results})

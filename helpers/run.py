@@ -1,0 +1,236 @@
+"""Run every template of the suite on one task: ``python -m helpers.run --task ioi`` (``make run``).
+
+1. Validate the task file, then load only the model's tokenizer and build the prompts, so a bad task
+   fails in seconds, before any model runs.
+2. Execute each template with papermill into a staging folder, injecting the validated task.
+3. Only when every template succeeded, move the notebooks and ``results.json`` into
+   ``notebooks/<task>/``. A failure keeps the failed notebook at ``notebooks/<task>/failed/`` and
+   leaves the previous good results of that task untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from helpers.model import ModelLoadError, load_tokenizer, pick_device
+from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
+from helpers.results import write_json
+from helpers.tasks import TaskError, TaskSpec, build_prompts, load_task, resolve_task_path
+
+# Templates run in this order (later ones read the earlier ones' results); others follow by name.
+TEMPLATE_ORDER = ("dla", "patching", "head_functions", "copy_scores", "circuit", "mlp_neurons", "vector_arithmetic")
+PACKAGES = ("torch", "transformer-lens", "transformers", "papermill", "circuitsvis", "plotly", "numpy")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs, settled and validated before any template executes."""
+
+    spec: TaskSpec
+    task_file: Path
+    task_text: str
+    templates: tuple[Path, ...]
+    device: str
+    dtype: str
+    output_dir: Path
+    n_prompts_built: int
+
+
+def available_templates() -> list[str]:
+    names = [p.stem for p in TEMPLATES_DIR.glob("*.ipynb")]
+    order = {name: i for i, name in enumerate(TEMPLATE_ORDER)}
+    return sorted(names, key=lambda n: (order.get(n, len(order)), n))
+
+
+def prepare_run(
+    task: str,
+    *,
+    model: str | None = None,
+    n_prompts: int | None = None,
+    seed: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+    templates: list[str] | None = None,
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+) -> RunPlan:
+    """Validate everything that can be validated without running the model.
+
+    Raises:
+        TaskError, ModelLoadError, ValueError: with a message naming the problem and the fix.
+    """
+    task_file = resolve_task_path(task)
+    spec = load_task(task_file)
+    if model is not None and Path(model).expanduser().is_dir():
+        model = str(Path(model).expanduser().resolve())  # the kernel runs in another directory
+    spec = spec.with_overrides(model=model, n_prompts=n_prompts, seed=seed)
+    pick_device(device)
+    known = available_templates()
+    chosen = templates or known
+    for name in chosen:
+        if name not in known:
+            raise ValueError(f"TEMPLATES: no template named {name!r}. Fix: use some of {', '.join(known)}.")
+    prompts = build_prompts(spec, load_tokenizer(spec.model))
+    return RunPlan(
+        spec=spec,
+        task_file=task_file,
+        task_text=task_file.read_text(encoding="utf-8"),
+        templates=tuple(TEMPLATES_DIR / f"{name}.ipynb" for name in chosen),
+        device=device,
+        dtype=dtype,
+        output_dir=notebooks_dir / spec.name,
+        n_prompts_built=len(prompts),
+    )
+
+
+def execute(plan: RunPlan, *, log: Any = print) -> int:
+    """Execute the plan's templates; returns the process exit code (0 on success)."""
+    import papermill as pm
+
+    plan.output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env_path) if p)
+    results: dict[str, Any] = {}
+    try:
+        for i, template in enumerate(plan.templates, start=1):
+            name = template.stem
+            log(f"[{i}/{len(plan.templates)}] {name}: running on {plan.spec.model} ...")
+            started = time.perf_counter()
+            notebook = staging / f"{name}.ipynb"
+            try:
+                pm.execute_notebook(
+                    str(template), str(notebook),
+                    parameters={"task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
+                                "results_path": f"{name}.results.json"},
+                    cwd=str(staging), kernel_name="python3", progress_bar=False, log_output=False,
+                )
+            except pm.PapermillExecutionError as err:
+                return _report_failure(plan, name, notebook, err, log)
+            results[name] = json.loads((staging / f"{name}.results.json").read_text())
+            log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
+        write_json(staging / "results.json", {
+            "task": plan.spec.name, "templates": results, "provenance": _provenance(plan)})
+        _publish(staging, plan.output_dir, [t.stem for t in plan.templates])
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+        if not env_path:
+            del os.environ["PYTHONPATH"]
+        shutil.rmtree(staging, ignore_errors=True)
+    _summarise(plan, results, log)
+    return 0
+
+
+def _publish(staging: Path, output_dir: Path, names: list[str]) -> None:
+    """Move the new notebooks and results into place; only now are the previous ones replaced."""
+    for name in names:
+        os.replace(staging / f"{name}.ipynb", output_dir / f"{name}.ipynb")
+    os.replace(staging / "results.json", output_dir / "results.json")
+    shutil.rmtree(output_dir / "failed", ignore_errors=True)
+
+
+def _report_failure(plan: RunPlan, name: str, notebook: Path, err: Any, log: Any) -> int:
+    failed_dir = plan.output_dir / "failed"
+    failed_dir.mkdir(exist_ok=True)
+    kept = failed_dir / f"{name}.ipynb"
+    if notebook.exists():
+        os.replace(notebook, kept)
+    source = "\n".join("      " + line for line in str(err.source or "").splitlines()[:8])
+    log(
+        f"FAILED: template '{name}' stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}\n"
+        f"  cell source:\n{source}\n"
+        f"  The failed notebook is kept for inspection at {_shown(kept)}\n"
+        f"  The previous results in {_shown(plan.output_dir)} are untouched."
+    )
+    return 1
+
+
+def _summarise(plan: RunPlan, results: dict[str, Any], log: Any) -> None:
+    log(f"\nTask '{plan.spec.name}' on {plan.spec.model}, {plan.n_prompts_built} prompts:")
+    for name, data in results.items():
+        for line in data.get("summary", []):
+            log(f"  {name}: {line}")
+    log(f"Notebooks and results.json are in {_shown(plan.output_dir)}/")
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _provenance(plan: RunPlan) -> dict[str, Any]:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    versions["python"] = platform.python_version()
+    return {
+        "task_file": str(plan.task_file),
+        "task_file_contents": plan.task_text,
+        "task": plan.spec.to_dict(),
+        "model": plan.spec.model,
+        "seed": plan.spec.seed,
+        "n_prompts": plan.n_prompts_built,
+        "device": plan.device,
+        "dtype": plan.dtype,
+        "templates": [t.stem for t in plan.templates],
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "suite_commit": _git_commit(),
+        "packages": versions,
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", required=True, help="a task name in params/ or a path to a task .yaml file")
+    parser.add_argument("--model", help="override the task's model: a hub name, a local directory, or 'demo'")
+    parser.add_argument("--n", type=int, dest="n_prompts", help="override the number of prompts")
+    parser.add_argument("--seed", type=int, help="override the task's seed")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--templates", help="comma-separated subset of templates to run (default: all)")
+    parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        plan = prepare_run(
+            args.task, model=args.model, n_prompts=args.n_prompts, seed=args.seed, device=args.device,
+            dtype=args.dtype, templates=args.templates.split(",") if args.templates else None,
+            notebooks_dir=args.notebooks_dir,
+        )
+    except (TaskError, ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return execute(plan)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

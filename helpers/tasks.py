@@ -1,0 +1,676 @@
+"""Task files: ``params/<task>.yaml`` -> a validated, frozen :class:`TaskSpec` -> a :class:`PromptSet`.
+
+A task says what behaviour to study: prompts on which the model should say one answer (the *correct*
+one) rather than another (the *incorrect* one), and corrupted versions of those prompts on which the
+evidence for the correct answer is removed. Every analysis in the suite compares the two.
+
+A task is given either as templates to fill from word lists::
+
+    name: ioi
+    description: Indirect object identification ...
+    model: gpt2
+    templates:
+      - "When [IO] and [S] went to the [PLACE], [S] gave a [OBJECT] to"
+    corrupted: {swap: [IO, S]}        # or {replace: {S: C}}, or {templates: [...]}, one per template
+    correct: " [IO]"                  # the exact text the model predicts: note the leading space
+    incorrect: " [S]"
+    words:                            # lists of words, written without spaces
+      NAME: [Mary, John, ...]
+      PLACE: [store, garden, ...]
+      OBJECT: [ring, ...]
+    placeholders: {IO: NAME, S: NAME}  # a placeholder not listed here draws from the list of its own name
+    n_prompts: 64
+    seed: 0
+
+or as an explicit list of prompts::
+
+    prompts:
+      - {clean: "When John and Mary went to the shops, John gave the bag to",
+         corrupted: "When John and Mary went to the shops, Mary gave the bag to",
+         correct: " Mary", incorrect: " John"}
+
+Placeholders that draw from the same list get distinct words within a prompt (IO and S are two
+different names). Validation happens in two stages, each failing with a :class:`TaskError` that names
+the file, the field, the value and the fix: :func:`load_task` checks everything that needs no model
+(keys, types, placeholders), and :func:`build_prompts` checks what needs the tokenizer (single-token
+answers with their leading space, clean and corrupted prompts of equal token length, enough prompts).
+"""
+
+from __future__ import annotations
+
+import difflib
+import random
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal, NoReturn
+
+import torch
+import yaml
+from jaxtyping import Int
+from torch import Tensor
+
+from helpers.paths import PARAMS_DIR
+
+PLACEHOLDER_RE = re.compile(r"\[([A-Za-z][A-Za-z0-9_]*)\]")
+TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+CorruptionKind = Literal["swap", "replace", "templates"]
+
+_GENERATED_KEYS = ("templates", "corrupted", "correct", "incorrect", "words", "placeholders")
+_ALLOWED_KEYS = (
+    "name", "description", "model", "n_prompts", "seed", "answer_space", "prompts", *_GENERATED_KEYS
+)
+_PROMPT_KEYS = ("clean", "corrupted", "correct", "incorrect")
+# Generation tries this many candidates per wanted prompt before giving up on finding enough.
+_ATTEMPTS_PER_PROMPT = 50
+
+
+class TaskError(ValueError):
+    """A task file (or a task argument) is wrong; the message says where, what and how to fix it."""
+
+    def __init__(self, source: str, field: str, value: Any, problem: str, fix: str):
+        self.source, self.field, self.value = source, field, value
+        shown = repr(value)
+        if len(shown) > 200:
+            shown = shown[:197] + "..."
+        super().__init__(f"{source}: field '{field}' = {shown}: {problem}.\n  Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class Corruption:
+    """How a clean template becomes its corrupted template.
+
+    ``swap`` exchanges two placeholders everywhere; ``replace`` renames placeholders (the new one
+    draws its own word, e.g. a third name); ``templates`` gives one corrupted template per clean one.
+    """
+
+    kind: CorruptionKind
+    swap: tuple[str, str] | None = None
+    replace: tuple[tuple[str, str], ...] = ()
+    templates: tuple[str, ...] = ()
+
+    def apply(self, template: str, index: int) -> str:
+        if self.kind == "templates":
+            return self.templates[index]
+        if self.kind == "swap":
+            assert self.swap is not None
+            a, b = self.swap
+            marker = "\x00"
+            return template.replace(f"[{a}]", marker).replace(f"[{b}]", f"[{a}]").replace(marker, f"[{b}]")
+        mapping = dict(self.replace)
+        return PLACEHOLDER_RE.sub(lambda m: f"[{mapping.get(m.group(1), m.group(1))}]", template)
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.kind == "swap":
+            return {"swap": list(self.swap or ())}
+        if self.kind == "replace":
+            return {"replace": dict(self.replace)}
+        return {"templates": list(self.templates)}
+
+
+@dataclass(frozen=True)
+class ExplicitPrompt:
+    """One prompt given literally in the task file."""
+
+    clean: str
+    corrupted: str
+    correct: str
+    incorrect: str
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A validated task. Build it with :func:`load_task`; it round-trips through :meth:`to_dict`."""
+
+    name: str
+    description: str
+    model: str
+    source: str
+    n_prompts: int
+    seed: int = 0
+    answer_space: bool = True
+    templates: tuple[str, ...] = ()
+    corruption: Corruption | None = None
+    correct: str = ""
+    incorrect: str = ""
+    words: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    placeholders: tuple[tuple[str, str], ...] = ()
+    prompts: tuple[ExplicitPrompt, ...] = field(default=())
+
+    @property
+    def is_explicit(self) -> bool:
+        return bool(self.prompts)
+
+    def list_for(self, placeholder: str) -> str:
+        """The name of the word list a placeholder draws from."""
+        return dict(self.placeholders).get(placeholder, placeholder)
+
+    def words_for(self, placeholder: str) -> tuple[str, ...]:
+        return dict(self.words)[self.list_for(placeholder)]
+
+    def with_overrides(
+        self, *, model: str | None = None, n_prompts: int | None = None, seed: int | None = None
+    ) -> TaskSpec:
+        """A copy with the run's overrides applied (``MODEL=``, ``N=``, ``SEED=``), validated again."""
+        data = self.to_dict()
+        if model is not None:
+            data["model"] = model
+        if n_prompts is not None:
+            data["n_prompts"] = n_prompts
+        if seed is not None:
+            data["seed"] = seed
+        return parse_task(data, source=self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The task in its YAML form (what the runner injects into templates)."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "description": self.description,
+            "model": self.model,
+            "n_prompts": self.n_prompts,
+            "seed": self.seed,
+            "answer_space": self.answer_space,
+        }
+        if self.is_explicit:
+            data["prompts"] = [vars(p).copy() for p in self.prompts]
+            return data
+        assert self.corruption is not None
+        data.update(
+            templates=list(self.templates),
+            corrupted=self.corruption.to_dict(),
+            correct=self.correct,
+            incorrect=self.incorrect,
+            words={name: list(ws) for name, ws in self.words},
+            placeholders=dict(self.placeholders),
+        )
+        return data
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loading and validation (no model needed)
+# ---------------------------------------------------------------------------------------------------
+
+
+def resolve_task_path(task: str | Path) -> Path:
+    """Turn a ``TASK`` argument into a task file: a name in ``params/`` or a path to a YAML file.
+
+    Raises:
+        TaskError: for anything else, including names that would escape ``params/``.
+    """
+    text = str(task)
+    looks_like_path = "/" in text or "\\" in text or text.endswith((".yaml", ".yml"))
+    if not looks_like_path:
+        if not TASK_NAME_RE.match(text):
+            raise TaskError(
+                "TASK", "TASK", text, "not a task name (lowercase letters, digits, '_' and '-')",
+                f"use one of: {', '.join(available_tasks()) or '(none in params/)'}, "
+                "or a path to a .yaml file",
+            )
+        path = PARAMS_DIR / f"{text}.yaml"
+        if not path.is_file():
+            raise TaskError(
+                "TASK", "TASK", text, f"there is no params/{text}.yaml",
+                f"use one of: {', '.join(available_tasks()) or '(none)'}, or a path to a .yaml file",
+            )
+        return path
+    path = Path(text).expanduser()
+    if path.suffix not in (".yaml", ".yml") or not path.is_file():
+        raise TaskError(
+            "TASK", "TASK", text, "not an existing .yaml file",
+            "give a task name from params/ or the path of an existing task file",
+        )
+    return path.resolve()
+
+
+def available_tasks() -> list[str]:
+    return sorted(p.stem for p in PARAMS_DIR.glob("*.yaml"))
+
+
+def load_task(task: str | Path | Mapping[str, Any]) -> TaskSpec:
+    """Load and validate a task from a name in ``params/``, a YAML path, or an already-parsed dict.
+
+    Raises:
+        TaskError: naming the file, the field, the value and the fix.
+    """
+    if isinstance(task, Mapping):
+        return parse_task(task, source="<task dict>")
+    path = resolve_task_path(task)
+    source = _display_path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise TaskError(source, "(file)", path.name, f"not valid YAML ({err})", "fix the YAML syntax") from None
+    if not isinstance(data, Mapping):
+        raise TaskError(source, "(file)", data, "a task file must be a mapping of keys", "see README.md, 'Task files'")
+    return parse_task(data, source=source)
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.relative_to(PARAMS_DIR.parent))
+    except ValueError:
+        return str(path)
+
+
+def parse_task(data: Mapping[str, Any], *, source: str) -> TaskSpec:
+    """Validate a task's YAML form and freeze it."""
+    check = _Checker(source)
+    unknown = [k for k in data if k not in _ALLOWED_KEYS]
+    for key in unknown:
+        close = difflib.get_close_matches(str(key), _ALLOWED_KEYS, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(_ALLOWED_KEYS)}"
+        check.fail(str(key), data[key], "unknown key", f"remove it; {hint}")
+    for key in ("name", "description", "model"):
+        if key not in data:
+            check.fail(key, None, "missing", f"add '{key}: ...' to the task file")
+    name = check.string("name", data["name"])
+    if not TASK_NAME_RE.match(name):
+        check.fail("name", name, "must be lowercase letters, digits, '_' or '-' (it names the output folder)",
+                   "rename it, e.g. 'my_task'")
+    description = check.string("description", data["description"])
+    model = check.string("model", data["model"])
+    seed = check.integer("seed", data.get("seed", 0), minimum=0)
+    answer_space = data.get("answer_space", True)
+    if not isinstance(answer_space, bool):
+        check.fail("answer_space", answer_space, "must be true or false", "write answer_space: true")
+
+    has_prompts = "prompts" in data
+    generated = [k for k in _GENERATED_KEYS if k in data]
+    if has_prompts and generated:
+        check.fail(generated[0], data[generated[0]], "a task gives either 'prompts' or templates, not both",
+                   "remove 'prompts' or the template keys")
+    if not has_prompts and "templates" not in data:
+        check.fail("templates", None, "missing: a task needs 'templates' (with word lists) or 'prompts'",
+                   "add 'templates: [...]' or an explicit 'prompts:' list")
+
+    common = dict(name=name, description=description, model=model, source=source, seed=seed,
+                  answer_space=answer_space)
+    if has_prompts:
+        prompts = _parse_explicit_prompts(check, data["prompts"], answer_space)
+        n_prompts = check.integer("n_prompts", data.get("n_prompts", len(prompts)), minimum=1)
+        if n_prompts > len(prompts):
+            check.fail("n_prompts", n_prompts, f"only {len(prompts)} prompts are listed",
+                       f"set n_prompts to at most {len(prompts)} or list more prompts")
+        return TaskSpec(**common, n_prompts=n_prompts, prompts=prompts)
+    return _parse_generated(check, data, common)
+
+
+def _parse_explicit_prompts(check: _Checker, raw: Any, answer_space: bool) -> tuple[ExplicitPrompt, ...]:
+    if not isinstance(raw, list) or not raw:
+        check.fail("prompts", raw, "must be a non-empty list", "list prompts as {clean, corrupted, correct, incorrect}")
+    prompts = []
+    for i, item in enumerate(raw):
+        where = f"prompts[{i}]"
+        if not isinstance(item, Mapping):
+            check.fail(where, item, "must be a mapping", "write {clean: ..., corrupted: ..., correct: ..., incorrect: ...}")
+        for key in item:
+            if key not in _PROMPT_KEYS:
+                check.fail(f"{where}.{key}", item[key], "unknown key", f"use only {', '.join(_PROMPT_KEYS)}")
+        for key in _PROMPT_KEYS:
+            if key not in item:
+                check.fail(f"{where}.{key}", None, "missing", f"add '{key}' to this prompt")
+        values = {k: check.string(f"{where}.{k}", item[k], strip=k in ("clean", "corrupted")) for k in _PROMPT_KEYS}
+        for key in ("correct", "incorrect"):
+            check.answer(f"{where}.{key}", values[key], answer_space)
+        if PLACEHOLDER_RE.search(values["clean"] + values["corrupted"]):
+            check.fail(f"{where}.clean", values["clean"], "explicit prompts cannot hold [PLACEHOLDERS]",
+                       "write the words in, or use 'templates' with word lists")
+        prompts.append(ExplicitPrompt(**values))
+    return tuple(prompts)
+
+
+def _parse_generated(check: _Checker, data: Mapping[str, Any], common: dict[str, Any]) -> TaskSpec:
+    raw_templates = data["templates"]
+    if isinstance(raw_templates, str):
+        raw_templates = [raw_templates]
+    if not isinstance(raw_templates, list) or not raw_templates:
+        check.fail("templates", raw_templates, "must be a non-empty list of strings", "templates: [\"When [A] ...\"]")
+    templates = tuple(check.string(f"templates[{i}]", t, strip=True) for i, t in enumerate(raw_templates))
+    for key in ("corrupted", "correct", "incorrect", "words"):
+        if key not in data:
+            check.fail(key, None, "missing (needed with 'templates')", f"add '{key}:' (see README.md, 'Task files')")
+    correct = check.answer("correct", data["correct"], common["answer_space"])
+    incorrect = check.answer("incorrect", data["incorrect"], common["answer_space"])
+    words = _parse_words(check, data["words"])
+    placeholders = _parse_placeholder_map(check, data.get("placeholders", {}), words)
+    corruption = _parse_corruption(check, data["corrupted"], templates)
+
+    corrupted_templates = tuple(corruption.apply(t, i) for i, t in enumerate(templates))
+    for field_name, texts in (("templates", templates), ("corrupted", corrupted_templates),
+                              ("correct", (correct,)), ("incorrect", (incorrect,))):
+        for text in texts:
+            for ph in PLACEHOLDER_RE.findall(text):
+                if dict(placeholders).get(ph, ph) not in dict(words):
+                    check.fail(field_name, text, f"placeholder [{ph}] has no word list",
+                               f"add 'words: {{{ph}: [...]}}' or map it in 'placeholders: {{{ph}: LIST}}'")
+    for i, (clean, corrupted) in enumerate(zip(templates, corrupted_templates)):
+        for answer_field, answer in (("correct", correct), ("incorrect", incorrect)):
+            for ph in PLACEHOLDER_RE.findall(answer):
+                if f"[{ph}]" not in clean:
+                    check.fail(answer_field, answer, f"[{ph}] does not occur in templates[{i}], so it has no word there",
+                               f"use a placeholder of templates[{i}] or add [{ph}] to it")
+        if clean == corrupted:
+            check.fail("corrupted", corruption.to_dict(), f"leaves templates[{i}] unchanged",
+                       "corrupt something that occurs in every template")
+        _check_list_sizes(check, clean + corrupted, placeholders, words)
+
+    n_prompts = check.integer("n_prompts", data.get("n_prompts", 32), minimum=1)
+    return TaskSpec(
+        **common, n_prompts=n_prompts, templates=templates, corruption=corruption, correct=correct,
+        incorrect=incorrect, words=words, placeholders=placeholders,
+    )
+
+
+def _parse_words(check: _Checker, raw: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    if not isinstance(raw, Mapping) or not raw:
+        check.fail("words", raw, "must map list names to lists of words", "words: {NAME: [Mary, John]}")
+    lists = []
+    for list_name, ws in raw.items():
+        where = f"words.{list_name}"
+        if not isinstance(list_name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", list_name):
+            check.fail("words", list_name, "list names are letters, digits and '_'", "rename the list, e.g. NAME")
+        if not isinstance(ws, list) or not ws:
+            check.fail(where, ws, "must be a non-empty list of words", f"{where}: [word1, word2]")
+        clean_words = []
+        for w in ws:
+            if isinstance(w, (int, float)) and not isinstance(w, bool):
+                w = str(w)
+            word = check.string(where, w)
+            if word != word.strip() or not word:
+                check.fail(where, w, "words are written without surrounding spaces",
+                           "write the word bare; the template supplies the space before it")
+            clean_words.append(word)
+        duplicates = sorted({w for w in clean_words if clean_words.count(w) > 1})
+        if duplicates:
+            check.fail(where, duplicates, "words are listed twice", "remove the duplicates")
+        lists.append((list_name, tuple(clean_words)))
+    return tuple(lists)
+
+
+def _parse_placeholder_map(
+    check: _Checker, raw: Any, words: tuple[tuple[str, tuple[str, ...]], ...]
+) -> tuple[tuple[str, str], ...]:
+    if not isinstance(raw, Mapping):
+        check.fail("placeholders", raw, "must map placeholders to word lists", "placeholders: {IO: NAME, S: NAME}")
+    names = dict(words)
+    for ph, list_name in raw.items():
+        if list_name not in names:
+            check.fail(f"placeholders.{ph}", list_name, "no such word list",
+                       f"use one of: {', '.join(names)}")
+    return tuple((str(k), str(v)) for k, v in raw.items())
+
+
+def _parse_corruption(check: _Checker, raw: Any, templates: tuple[str, ...]) -> Corruption:
+    if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in ("swap", "replace", "templates"):
+        check.fail("corrupted", raw, "must be exactly one of swap, replace or templates",
+                   "e.g. corrupted: {swap: [IO, S]}, {replace: {S: C}} or {templates: [...]}")
+    kind, value = next(iter(raw.items()))
+    if kind == "swap":
+        if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
+                and value[0] != value[1]):
+            check.fail("corrupted.swap", value, "must name two different placeholders", "corrupted: {swap: [IO, S]}")
+        for i, t in enumerate(templates):
+            for ph in value:
+                if f"[{ph}]" not in t:
+                    check.fail("corrupted.swap", value, f"[{ph}] does not occur in templates[{i}]",
+                               "swap placeholders that every template uses")
+        return Corruption("swap", swap=(value[0], value[1]))
+    if kind == "replace":
+        if not isinstance(value, Mapping) or not value or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            check.fail("corrupted.replace", value, "must map placeholders to new placeholders",
+                       "corrupted: {replace: {S: C}}")
+        for i, t in enumerate(templates):
+            if not any(f"[{ph}]" in t for ph in value):
+                check.fail("corrupted.replace", dict(value), f"none of its placeholders occurs in templates[{i}]",
+                           "replace placeholders that every template uses")
+        return Corruption("replace", replace=tuple(value.items()))
+    if not isinstance(value, list) or len(value) != len(templates):
+        check.fail("corrupted.templates", value, f"must list one corrupted template per template ({len(templates)})",
+                   "give the corrupted templates in the same order as 'templates'")
+    return Corruption("templates", templates=tuple(
+        check.string(f"corrupted.templates[{i}]", t, strip=True) for i, t in enumerate(value)))
+
+
+def _check_list_sizes(check: _Checker, text: str, placeholders: tuple[tuple[str, str], ...],
+                      words: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
+    mapping, lists = dict(placeholders), dict(words)
+    users: dict[str, set[str]] = {}
+    for ph in PLACEHOLDER_RE.findall(text):
+        users.setdefault(mapping.get(ph, ph), set()).add(ph)
+    for list_name, phs in users.items():
+        if len(lists[list_name]) < len(phs):
+            check.fail(f"words.{list_name}", list(lists[list_name]),
+                       f"{len(phs)} placeholders ({', '.join(sorted(phs))}) need distinct words from it",
+                       f"list at least {len(phs)} words")
+
+
+class _Checker:
+    """Raises :class:`TaskError` for one source file."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, field_name: str, value: Any, problem: str, fix: str) -> NoReturn:
+        raise TaskError(self.source, field_name, value, problem, fix)
+
+    def string(self, field_name: str, value: Any, *, strip: bool = False) -> str:
+        if not isinstance(value, str) or not value:
+            self.fail(field_name, value, "must be a non-empty string", f"write {field_name}: \"...\"")
+        if strip and value != value.rstrip():
+            self.fail(field_name, value, "prompts must not end with whitespace (GPT-2-style tokenizers "
+                      "then predict a word without its leading space)", "remove the trailing space")
+        return value
+
+    def integer(self, field_name: str, value: Any, *, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            self.fail(field_name, value, f"must be a whole number >= {minimum}", f"write {field_name}: {max(minimum, 1)}")
+        return value
+
+    def answer(self, field_name: str, value: Any, answer_space: bool) -> str:
+        text = self.string(field_name, value)
+        if answer_space and not text.startswith(" "):
+            self.fail(field_name, text, "answers are the exact text the model predicts, and after a word "
+                      "that text starts with a space", f"write {field_name}: \" {text}\" (quoted), or set "
+                      "answer_space: false if the answer really follows without a space")
+        return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Prompt generation and tokenization (needs the model's tokenizer)
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptText:
+    """One prompt as text, before tokenization."""
+
+    clean: str
+    corrupted: str
+    correct: str
+    incorrect: str
+    template_index: int = -1
+    words: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """The task's prompts as token tensors, ready for the model.
+
+    Prompts are right-padded: a causal model's activations at real positions do not depend on the
+    padding after them, and ``final_pos`` says where each prompt ends (where the answer is predicted).
+    Clean and corrupted versions of a prompt always have the same length, so positions line up.
+    """
+
+    clean_prompts: tuple[str, ...]
+    corrupted_prompts: tuple[str, ...]
+    correct_answers: tuple[str, ...]
+    incorrect_answers: tuple[str, ...]
+    template_index: tuple[int, ...]
+    clean_tokens: Int[Tensor, "batch pos"]
+    corrupted_tokens: Int[Tensor, "batch pos"]
+    answer_tokens: Int[Tensor, "batch 2"]
+    final_pos: Int[Tensor, " batch"]
+    clean_str_tokens: tuple[tuple[str, ...], ...]
+    corrupted_str_tokens: tuple[tuple[str, ...], ...]
+
+    def __len__(self) -> int:
+        return len(self.clean_prompts)
+
+    def to(self, device: str | torch.device) -> PromptSet:
+        return replace(
+            self,
+            clean_tokens=self.clean_tokens.to(device),
+            corrupted_tokens=self.corrupted_tokens.to(device),
+            answer_tokens=self.answer_tokens.to(device),
+            final_pos=self.final_pos.to(device),
+        )
+
+
+def generate_prompt_texts(spec: TaskSpec) -> Iterator[PromptText]:
+    """Yield the task's prompts as text: the explicit list, or an endless seeded stream from templates.
+
+    The stream cycles through the templates in order and draws words with ``random.Random(spec.seed)``,
+    so the same task file and seed always give the same prompts, on any machine.
+    """
+    if spec.is_explicit:
+        for p in spec.prompts:
+            yield PromptText(p.clean, p.corrupted, p.correct, p.incorrect)
+        return
+    assert spec.corruption is not None
+    rng = random.Random(spec.seed)
+    index = 0
+    while True:
+        t = index % len(spec.templates)
+        clean_t = spec.templates[t]
+        corrupted_t = spec.corruption.apply(clean_t, t)
+        chosen: dict[str, str] = {}
+        used: dict[str, set[str]] = {}
+        for ph in dict.fromkeys(PLACEHOLDER_RE.findall(clean_t + " " + corrupted_t)):
+            list_name = spec.list_for(ph)
+            taken = used.setdefault(list_name, set())
+            choices = [w for w in spec.words_for(ph) if w not in taken]
+            chosen[ph] = rng.choice(choices)
+            taken.add(chosen[ph])
+
+        def fill(text: str) -> str:
+            return PLACEHOLDER_RE.sub(lambda m: chosen[m.group(1)], text)
+
+        yield PromptText(fill(clean_t), fill(corrupted_t), fill(spec.correct), fill(spec.incorrect),
+                         template_index=t, words=tuple(chosen.items()))
+        index += 1
+
+
+def build_prompts(spec: TaskSpec, tokenizer: Any, *, prepend_bos: bool = True) -> PromptSet:
+    """Generate and tokenize the task's prompts, keeping only those that line up.
+
+    Args:
+        spec: the validated task.
+        tokenizer: the model's Hugging Face tokenizer.
+        prepend_bos: put the BOS token first, as TransformerLens does for GPT-2.
+
+    Raises:
+        TaskError: an answer is not a single token, an explicit prompt's clean and corrupted versions
+            differ in length, or fewer than ``spec.n_prompts`` generated prompts line up.
+    """
+    check = _Checker(spec.source)
+    if not spec.is_explicit:
+        _check_answer_words(check, spec, tokenizer)
+
+    def encode(text: str) -> list[int]:
+        ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        if prepend_bos and tokenizer.bos_token_id is not None:
+            ids.insert(0, tokenizer.bos_token_id)
+        return ids
+
+    kept: list[tuple[PromptText, list[int], list[int], int, int]] = []
+    seen: set[tuple[str, str]] = set()
+    unequal = duplicates = 0
+    attempts = spec.n_prompts * _ATTEMPTS_PER_PROMPT
+    for i, text in enumerate(generate_prompt_texts(spec)):
+        if len(kept) == spec.n_prompts or i >= attempts:
+            break
+        where = f"prompts[{i}]" if spec.is_explicit else "templates"
+        correct = _single_token(check, f"{where}.correct" if spec.is_explicit else "correct", text.correct, tokenizer)
+        incorrect = _single_token(check, f"{where}.incorrect" if spec.is_explicit else "incorrect",
+                                  text.incorrect, tokenizer)
+        if correct == incorrect:
+            check.fail(f"{where}.incorrect" if spec.is_explicit else "incorrect", text.incorrect,
+                       f"is the same token as the correct answer in {text.clean!r}",
+                       "make the two answers differ")
+        clean_ids, corrupted_ids = encode(text.clean), encode(text.corrupted)
+        if len(clean_ids) != len(corrupted_ids):
+            if spec.is_explicit:
+                check.fail(f"{where}.corrupted", text.corrupted,
+                           f"is {len(corrupted_ids)} tokens long but its clean prompt is {len(clean_ids)}; "
+                           "positions must line up for patching", "make both versions the same number of tokens")
+            unequal += 1
+            continue
+        if not spec.is_explicit:
+            if (text.clean, text.corrupted) in seen:
+                duplicates += 1
+                continue
+            seen.add((text.clean, text.corrupted))
+        kept.append((text, clean_ids, corrupted_ids, correct, incorrect))
+
+    if len(kept) < spec.n_prompts:
+        check.fail("n_prompts", spec.n_prompts,
+                   f"only {len(kept)} distinct prompts could be made in {attempts} tries "
+                   f"({unequal} dropped because clean and corrupted differ in token length, "
+                   f"{duplicates} repeats)",
+                   "lower n_prompts, add words to the lists, or use words that are single tokens")
+    return _to_prompt_set(kept, tokenizer)
+
+
+def _check_answer_words(check: _Checker, spec: TaskSpec, tokenizer: Any) -> None:
+    """Name the offending word when a word list makes an answer more than one token."""
+    for field_name, answer in (("correct", spec.correct), ("incorrect", spec.incorrect)):
+        phs = PLACEHOLDER_RE.findall(answer)
+        if len(phs) != 1:
+            continue
+        list_name = spec.list_for(phs[0])
+        for word in spec.words_for(phs[0]):
+            text = answer.replace(f"[{phs[0]}]", word)
+            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            if n != 1:
+                check.fail(f"words.{list_name}", word, f"{field_name} answer {text!r} is {n} tokens, but answers "
+                           "must be single tokens", f"remove {word!r} from words.{list_name}")
+
+
+def _single_token(check: _Checker, field_name: str, text: str, tokenizer: Any) -> int:
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        pieces = [tokenizer.decode([i]) for i in ids]
+        check.fail(field_name, text, f"is {len(ids)} tokens {pieces}, but answers must be single tokens",
+                   "choose an answer that is one token, with its leading space")
+    return int(ids[0])
+
+
+def _to_prompt_set(kept: list[tuple[PromptText, list[int], list[int], int, int]], tokenizer: Any) -> PromptSet:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    width = max(len(c) for _, c, _, _, _ in kept)
+
+    def padded(rows: list[list[int]]) -> Tensor:
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    def str_tokens(ids: list[int]) -> tuple[str, ...]:
+        return tuple(tokenizer.decode([i]) for i in ids)
+
+    texts = [k[0] for k in kept]
+    return PromptSet(
+        clean_prompts=tuple(t.clean for t in texts),
+        corrupted_prompts=tuple(t.corrupted for t in texts),
+        correct_answers=tuple(t.correct for t in texts),
+        incorrect_answers=tuple(t.incorrect for t in texts),
+        template_index=tuple(t.template_index for t in texts),
+        clean_tokens=padded([k[1] for k in kept]),
+        corrupted_tokens=padded([k[2] for k in kept]),
+        answer_tokens=torch.tensor([[k[3], k[4]] for k in kept], dtype=torch.long),
+        final_pos=torch.tensor([len(k[1]) - 1 for k in kept], dtype=torch.long),
+        clean_str_tokens=tuple(str_tokens(k[1]) for k in kept),
+        corrupted_str_tokens=tuple(str_tokens(k[2]) for k in kept),
+    )

@@ -1,0 +1,193 @@
+"""Direct logit attribution, checked against computations that share none of its code."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helpers import attribution
+from helpers.heads import HeadScore, rank_heads
+from helpers.hooks import HookNotFoundError, cache_activations
+from helpers.metrics import at_final_pos, logit_diff
+from helpers.tasks import PromptSet
+
+
+@pytest.fixture(scope="module")
+def cache(toy_model: Any, ioi_prompts: PromptSet) -> attribution.FinalPositionCache:
+    return attribution.run_final_position_cache(toy_model, ioi_prompts)
+
+
+@pytest.fixture(scope="module")
+def hf_reference(toy_model_dir: Path, ioi_prompts: PromptSet) -> dict[str, Any]:
+    """A plain transformers forward pass on the saved (unfolded) model, recording each head's output."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(toy_model_dir, attn_implementation="eager").eval()
+    merged_heads: dict[int, torch.Tensor] = {}
+    handles = [
+        block.attn.c_proj.register_forward_pre_hook(
+            lambda _module, args, layer=layer: merged_heads.__setitem__(layer, args[0].detach()))
+        for layer, block in enumerate(model.transformer.h)
+    ]
+    with torch.no_grad():
+        out = model(ioi_prompts.clean_tokens, output_hidden_states=True)
+    for handle in handles:
+        handle.remove()
+    return {"model": model, "logits": out.logits, "final_resid": out.hidden_states[-1], "merged_heads": merged_heads}
+
+
+def test_logit_diff_by_hand() -> None:
+    logits = torch.zeros(2, 3, 5)
+    logits[0, 1, 2], logits[0, 1, 4] = 3.0, 1.0  # prompt 0 ends at position 1
+    logits[1, 2, 0], logits[1, 2, 3] = -1.0, 2.0  # prompt 1 ends at position 2
+    answers = torch.tensor([[2, 4], [0, 3]])
+    final_pos = torch.tensor([1, 2])
+    torch.testing.assert_close(logit_diff(logits, answers, final_pos), torch.tensor([2.0, -3.0]))
+    assert at_final_pos(logits, final_pos).shape == (2, 5)
+
+
+def test_shape_annotations_are_enforced_in_tests() -> None:
+    """The suite runs with jaxtyping's runtime checks: a wrong shape fails at the call."""
+    with pytest.raises(Exception, match="(?i)type-check|shape|dimension|jaxtyping"):
+        logit_diff(torch.zeros(2, 3, 5), torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
+def test_logit_diff_matches_a_transformers_forward_pass(cache: Any, ioi_prompts: PromptSet, hf_reference: Any) -> None:
+    final = hf_reference["logits"][torch.arange(len(ioi_prompts)), ioi_prompts.final_pos]
+    expected = final.gather(1, ioi_prompts.answer_tokens[:, :1])[:, 0] - final.gather(1, ioi_prompts.answer_tokens[:, 1:])[:, 0]
+    torch.testing.assert_close(cache.logit_diff, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_padding_does_not_change_a_prompt(toy_model: Any, ioi_prompts: PromptSet, cache: Any) -> None:
+    """Prompts are right-padded in a batch; each must give what it gives alone."""
+    lengths = ioi_prompts.final_pos + 1
+    i = int(torch.argmin(lengths))
+    assert lengths[i] < ioi_prompts.clean_tokens.shape[1], "the fixture needs prompts of different lengths"
+    alone = toy_model(ioi_prompts.clean_tokens[i : i + 1, : int(lengths[i])])[0, -1]
+    correct, incorrect = ioi_prompts.answer_tokens[i]
+    torch.testing.assert_close(alone[correct] - alone[incorrect], cache.logit_diff[i], atol=1e-4, rtol=1e-4)
+
+
+def test_component_attributions_add_up_to_the_logit_diff(cache: Any) -> None:
+    components = attribution.compute_component_attribution(cache)
+    assert components.labels[:2] == ("embed", "pos_embed") and components.labels[-1] == "unembed bias"
+    assert len(components.labels) == 2 + 2 * 2 + 1
+    torch.testing.assert_close(components.per_prompt.sum(0), cache.logit_diff, atol=1e-4, rtol=1e-4)
+    # the unembedding bias is not negligible here: leaving it out would break the sum
+    assert cache.logit_diff_bias.abs().max() > 1e-3
+
+
+def test_component_attribution_matches_unfolded_layernorm(cache: Any, ioi_prompts: PromptSet, hf_reference: Any) -> None:
+    """Independent route: the raw model's final LayerNorm (weight and bias unfolded) and unembedding."""
+    model = hf_reference["model"]
+    ln = model.transformer.ln_f
+    resid = hf_reference["final_resid"]  # GPT-2's hidden_states[-1] is after ln_f
+    final_resid = resid[torch.arange(len(ioi_prompts)), ioi_prompts.final_pos]
+    w_u = model.lm_head.weight  # [d_vocab, d_model]
+    direction = w_u[ioi_prompts.answer_tokens[:, 0]] - w_u[ioi_prompts.answer_tokens[:, 1]]
+    expected = (final_resid * direction).sum(-1)
+    components = attribution.compute_component_attribution(cache)
+    torch.testing.assert_close(components.per_prompt.sum(0), expected, atol=1e-4, rtol=1e-4)
+    assert ln.bias.abs().max() > 0  # the fixture's LayerNorm is not the identity
+
+
+def test_head_attribution_matches_a_hand_computation_on_the_raw_model(
+    toy_model: Any, cache: Any, ioi_prompts: PromptSet, hf_reference: Any
+) -> None:
+    """Each head's output from transformers' own tensors, through the unfolded final LayerNorm.
+
+    As in HookedTransformer, a head's value bias is not part of its output: attention weights sum to
+    one, so it adds the same vector whatever the input, and compatibility mode moves it into the
+    layer's output bias. The effective value bias includes what the first LayerNorm's bias adds
+    through ``W_V``; the hand computation takes it out of ``z`` likewise.
+    """
+    model = hf_reference["model"]
+    n_heads, d_head, d_model = toy_model.cfg.n_heads, toy_model.cfg.d_head, toy_model.cfg.d_model
+    rows = torch.arange(len(ioi_prompts))
+    ln = model.transformer.ln_f
+    w_u = model.lm_head.weight
+    direction = w_u[ioi_prompts.answer_tokens[:, 0]] - w_u[ioi_prompts.answer_tokens[:, 1]]
+    captured: dict[str, torch.Tensor] = {}
+    handle = ln.register_forward_pre_hook(lambda _m, args: captured.__setitem__("resid", args[0].detach()))
+    with torch.no_grad():
+        model(ioi_prompts.clean_tokens)
+    handle.remove()
+    resid = captured["resid"][rows, ioi_prompts.final_pos]  # the stream entering the final LayerNorm
+    std = (resid.var(-1, unbiased=False, keepdim=True) + ln.eps).sqrt()
+    expected = torch.zeros(toy_model.cfg.n_layers, n_heads, len(ioi_prompts))
+    for layer, block in enumerate(model.transformer.h):
+        z = hf_reference["merged_heads"][layer][rows, ioi_prompts.final_pos]  # [batch, n_heads * d_head]
+        # c_attn is [query | key | value] along its output dimension
+        w_v, b_v = block.attn.c_attn.weight[:, 2 * d_model :], block.attn.c_attn.bias[2 * d_model :]
+        value_bias = block.ln_1.bias @ w_v + b_v
+        w_proj = block.attn.c_proj.weight  # Conv1D: [n_heads * d_head, d_model]
+        for head in range(n_heads):
+            part = slice(head * d_head, (head + 1) * d_head)
+            head_out = (z[:, part] - value_bias[part]) @ w_proj[part]
+            centred = head_out - head_out.mean(-1, keepdim=True)
+            expected[layer, head] = ((centred / std) * ln.weight * direction).sum(-1)
+    heads = attribution.compute_head_attribution(toy_model, cache)
+    torch.testing.assert_close(heads.per_prompt, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_logit_lens_ends_at_the_logit_diff_and_starts_at_the_embeddings(toy_model: Any, cache: Any) -> None:
+    lens = attribution.compute_logit_lens(cache)
+    assert lens.labels[0] == "embeddings" and lens.labels[-1] == "L1 mlp" and len(lens.labels) == 5
+    torch.testing.assert_close(lens.per_prompt[-1], cache.logit_diff, atol=1e-4, rtol=1e-4)
+    # the first point: the embeddings alone through a freshly computed LayerNorm, by hand
+    x = cache.embed + cache.pos_embed
+    x = x - x.mean(-1, keepdim=True)
+    by_hand = (x / (x.pow(2).mean(-1, keepdim=True) + toy_model.cfg.eps).sqrt() * cache.logit_diff_direction).sum(-1)
+    torch.testing.assert_close(lens.per_prompt[0], by_hand + cache.logit_diff_bias)
+
+
+def test_additivity_check_passes_and_catches_a_broken_sum(toy_model: Any, cache: Any) -> None:
+    components = attribution.compute_component_attribution(cache)
+    lens = attribution.compute_logit_lens(cache)
+    check = attribution.check_additivity(toy_model, cache, components, lens)
+    assert check.ok, check.to_dict()
+    check.raise_if_failed()
+    without_bias = attribution.ComponentAttribution(components.labels[:-1], components.per_prompt[:-1], components.logit_diff)
+    broken = attribution.check_additivity(toy_model, cache, without_bias, lens)
+    assert not broken.ok
+    with pytest.raises(AssertionError, match="does not add up"):
+        broken.raise_if_failed()
+
+
+def test_top_heads_and_ranking() -> None:
+    scores = torch.tensor([[0.1, -2.0, 0.3], [1.5, 0.0, -0.4]])
+    top = rank_heads(scores, 2)
+    assert [(h.layer, h.head) for h in top] == [(1, 0), (0, 2)]
+    assert [h.value for h in top] == pytest.approx([1.5, 0.3])
+    assert [h.name for h in rank_heads(scores, 2, largest=False)] == ["L0H1", "L1H2"]
+    heads = attribution.HeadAttribution(scores[..., None])
+    positive, negative = heads.top(1)
+    assert positive[0].name == "L1H0" and negative[0].name == "L0H1"
+
+
+def test_top_predictions_rank_the_answers(cache: Any, ioi_prompts: PromptSet, toy_model: Any) -> None:
+    top = attribution.compute_top_predictions(cache, ioi_prompts, toy_model.tokenizer, k=5)
+    probs = cache.final_logits[0].softmax(-1)
+    correct = int(ioi_prompts.answer_tokens[0, 0])
+    assert top.correct_rank == int((probs > probs[correct]).sum()) + 1
+    assert len(top.tokens) == 5 and list(top.probs) == sorted(top.probs, reverse=True)
+    assert top.tokens[0] == toy_model.tokenizer.decode([int(probs.argmax())])
+
+
+def test_attention_patterns_come_from_hook_pattern(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    heads = [HeadScore(1, 2, 0.0), HeadScore(0, 3, 0.0)]
+    result = attribution.compute_attention_patterns(toy_model, ioi_prompts, heads, prompt_index=1)
+    n = int(ioi_prompts.final_pos[1]) + 1
+    assert result.patterns.shape == (2, n, n) and len(result.str_tokens) == n
+    torch.testing.assert_close(result.patterns.sum(-1), torch.ones(2, n))
+    assert torch.triu(result.patterns, diagonal=1).abs().max() == 0  # causal
+    _, acts = cache_activations(toy_model, ioi_prompts.clean_tokens[1:2, :n], ["blocks.1.attn.hook_pattern"])
+    torch.testing.assert_close(result.patterns[0], acts["blocks.1.attn.hook_pattern"][0, 2])
+
+
+def test_a_misspelled_hook_fails_loudly(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    with pytest.raises(HookNotFoundError, match="blocks.0.attn.hook_attn' is not a hook point.*hook_pattern"):
+        cache_activations(toy_model, ioi_prompts.clean_tokens[:1], ["blocks.0.attn.hook_attn"])

@@ -1,0 +1,118 @@
+"""The runner end to end: papermill executes the templates on the toy model into notebooks/<task>/."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+
+from helpers import run
+from helpers.tasks import TaskError
+
+
+@pytest.fixture(scope="module")
+def successful_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
+    notebooks = tmp_path_factory.mktemp("notebooks")
+    lines: list[str] = []
+    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=notebooks)
+    code = run.execute(plan, log=lines.append)
+    return notebooks / "ioi", lines, code
+
+
+def error_outputs(path: Path) -> list[Any]:
+    nb = nbformat.read(path, as_version=4)
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+
+
+@pytest.mark.slow
+def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, list[str], int]) -> None:
+    out, lines, code = successful_run
+    assert code == 0, "\n".join(lines)
+    assert sorted(p.name for p in out.iterdir()) == ["dla.ipynb", "results.json"]
+    assert error_outputs(out / "dla.ipynb") == []
+    results = json.loads((out / "results.json").read_text())
+    dla = results["templates"]["dla"]
+    assert dla["additivity"]["ok"] is True
+    assert len(dla["logit_diff"]["per_prompt"]) == 8
+    assert abs(dla["components"]["sum_of_mean"] - dla["logit_diff"]["mean"]) < 1e-4
+    assert len(dla["heads"]["top_positive"]) == 8  # 2 layers x 4 heads, fewer than the default 10
+    assert {"head", "layer", "head_index", "value"} <= set(dla["heads"]["top_positive"][0])
+    provenance = results["provenance"]
+    assert provenance["task"]["n_prompts"] == 8 and provenance["seed"] == 0
+    assert "name: ioi" in provenance["task_file_contents"]
+    assert provenance["packages"]["transformer-lens"].startswith("4.")
+    assert any("dla: done" in line for line in lines) and any("mean logit difference" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(successful_run: tuple[Path, list[str], int]) -> None:
+    out, _, _ = successful_run
+    nb = nbformat.read(out / "dla.ipynb", as_version=4)
+    assert sum("**How to interpret.**" in c.source for c in nb.cells if c.cell_type == "markdown") >= 7
+    shown = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
+    assert "TOY MODEL" in shown and "not GPT-2" in shown
+    assert "application/vnd.plotly.v1+json" in shown
+    assert "circuits-vis-" in shown and "CircuitsVis.render" in shown  # the inline view, no CDN
+    assert "unpkg.com" not in shown
+
+
+@pytest.mark.slow
+def test_a_failing_template_keeps_it_and_leaves_earlier_results_alone(
+    toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    broken = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell('task = "ioi"\ndevice = "auto"\ndtype = "float32"\nresults_path = None',
+                                  metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('raise RuntimeError("planted failure")'),
+    ])
+    broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(broken, templates / "dla.ipynb")
+    monkeypatch.setattr(run, "TEMPLATES_DIR", templates)
+    out = tmp_path / "notebooks" / "ioi"
+    out.mkdir(parents=True)
+    (out / "dla.ipynb").write_text("previous good notebook")
+    (out / "results.json").write_text('{"previous": true}')
+
+    lines: list[str] = []
+    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=4, device="cpu", notebooks_dir=tmp_path / "notebooks")
+    assert run.execute(plan, log=lines.append) == 1
+    report = "\n".join(lines)
+    assert "template 'dla'" in report and "RuntimeError: planted failure" in report and "cell [3]" in report  # as numbered in the notebook
+    assert (out / "dla.ipynb").read_text() == "previous good notebook"
+    assert json.loads((out / "results.json").read_text()) == {"previous": True}
+    assert len(error_outputs(out / "failed" / "dla.ipynb")) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["dla.ipynb", "failed", "results.json"]  # no staging left
+
+
+def test_bad_task_fails_before_any_model_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    task = tmp_path / "bad.yaml"
+    shutil.copy(Path(run.__file__).parent.parent / "params" / "ioi.yaml", task)
+    task.write_text(task.read_text().replace("n_prompts: 64", "n_prompts: lots"))
+    assert run.main(["--task", str(task), "--notebooks-dir", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.yaml" in err and "n_prompts" in err and "'lots'" in err and "Fix:" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_outside_params_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.main(["--task", "../ioi"]) == 2
+    assert "not an existing .yaml file" in capsys.readouterr().err
+
+
+def test_unknown_template_is_refused(toy_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="no template named 'dlaa'"):
+        run.prepare_run("ioi", model=str(toy_model_dir), templates=["dlaa"])
+
+
+def test_multi_token_answers_fail_after_the_tokenizer_loads(toy_model_dir: Path, tmp_path: Path) -> None:
+    task = tmp_path / "long_names.yaml"
+    text = (Path(run.__file__).parent.parent / "params" / "ioi.yaml").read_text()
+    task.write_text(text.replace("name: ioi", "name: long_names").replace("NAME: [Mary,", "NAME: [Xanthippe, Mary,"))
+    with pytest.raises(TaskError, match="Xanthippe"):
+        run.prepare_run(str(task), model=str(toy_model_dir))
