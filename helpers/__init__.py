@@ -4,3 +4,8 @@ Dependencies point one way: ``paths``, ``tasks`` and ``model`` at the bottom; ``
 and ``heads``; the analyses (``attribution``, ...); ``plotting`` and ``viz`` for figures; ``session``
 and ``results`` for templates; ``run`` (the command line) on top.
 """
+
+import warnings
+
+# tqdm.auto warns, inside every notebook, that Jupyter widgets are missing; its text bars are what we want.
+warnings.filterwarnings("ignore", message="IProgress not found")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,9 +20,6 @@ from typing import Any, Literal
 import torch
 
 from helpers.paths import CACHE_DIR, SHARED_GPT2_TOKENIZER
-
-# tqdm warns at import, inside every notebook, that Jupyter widgets are missing; we show no bars anyway.
-warnings.filterwarnings("ignore", message="IProgress not found")
 
 DEMO_MODEL = "demo"
 DEMO_MODEL_DIR = CACHE_DIR / "demo-model"

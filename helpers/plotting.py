@@ -23,13 +23,10 @@ from helpers.attribution import (
     TopPredictions,
 )
 from helpers.heads import HeadScore, head_name
+from helpers.patching import AttributionAgreement, MetricAnchors, PatchingResult
+from helpers.tasks import token_labels
 
 DIVERGING = "RdBu"
-
-
-def token_labels(str_tokens: Sequence[str]) -> list[str]:
-    """Unique, readable axis labels for a prompt's tokens."""
-    return [f"{i}: {t}" for i, t in enumerate(str_tokens)]
 
 
 def plot_logit_diff(result: LogitDiffResult) -> go.Figure:
@@ -120,3 +117,72 @@ def plot_attention_patterns(result: AttentionPatterns) -> go.Figure:
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=f"Attention patterns on: {result.prompt}", height=420 * rows, width=420 * cols + 120)
     return fig
+
+
+PATCH_TITLES = {
+    "resid_pre": "Residual stream (before each layer)",
+    "attn_out": "Attention output",
+    "mlp_out": "MLP output",
+    "head_out": "Each head's output (all positions)",
+    "head_v": "Each head's values (all positions)",
+    "head_pattern": "Each head's attention pattern (all positions)",
+}
+
+
+def plot_patching(result: PatchingResult) -> go.Figure:
+    """A layer x position (or layer x head) heatmap of the metric after each patch."""
+    title = f"Patching clean into corrupted: {PATCH_TITLES[result.kind]}"
+    if result.is_per_head:
+        return plot_head_heatmap(result.values.tolist(), title, colorbar_title=result.metric_name)
+    values = result.values.tolist()
+    bound = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    fig = go.Figure(go.Heatmap(
+        z=values, x=list(result.column_labels), y=list(range(len(values))), colorscale=DIVERGING, zmid=0,
+        zmin=-bound, zmax=bound, colorbar=dict(title="metric"),
+        hovertemplate="layer %{y}, position %{x}<br>%{z:.4f}<extra></extra>",
+    ))
+    fig.update_layout(title=title, xaxis_title="position (prompt 0's tokens)", yaxis_title="layer",
+                      yaxis_autorange="reversed", xaxis_tickangle=-45)
+    return fig
+
+
+def plot_head_scatter(x: PatchingResult, y: PatchingResult, *, x_title: str, y_title: str, title: str) -> go.Figure:
+    """One point per head, hover ``L{layer}H{head}``, with the diagonal y = x for reference."""
+    n_layers, n_heads = x.values.shape
+    names = [head_name(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    xs, ys = x.values.flatten().tolist(), y.values.flatten().tolist()
+    layers = [layer for layer in range(n_layers) for _ in range(n_heads)]
+    fig = go.Figure(go.Scatter(
+        x=xs, y=ys, mode="markers", text=names, marker=dict(color=layers, colorscale="Viridis", showscale=True,
+                                                           colorbar=dict(title="layer")),
+        hovertemplate="%{text}<br>x %{x:.4f}<br>y %{y:.4f}<extra></extra>"))
+    low, high = min(xs + ys + [0.0]), max(xs + ys + [0.0])
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dot", color="gray"),
+                             showlegend=False, hoverinfo="skip"))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, showlegend=False)
+    return fig
+
+
+def plot_attribution_agreement(exact: PatchingResult, estimate: PatchingResult,
+                               agreement: AttributionAgreement) -> go.Figure:
+    return plot_head_scatter(
+        exact, estimate, x_title="exact patching", y_title="attribution patching (estimate)",
+        title=f"{PATCH_TITLES[exact.kind]}: attribution vs exact, Pearson r = {agreement.pearson:.3f}")
+
+
+def anchors_table(anchors: MetricAnchors) -> pd.DataFrame:
+    return pd.DataFrame({
+        "run": ["clean", "corrupted"],
+        "mean logit difference": [anchors.clean_logit_diff, anchors.corrupted_logit_diff],
+        anchors.metric_name: [anchors.clean_metric, anchors.corrupted_metric],
+    }).set_index("run")
+
+
+def agreement_table(agreements: Sequence[AttributionAgreement]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "patching": [PATCH_TITLES[a.kind] for a in agreements],
+        "Pearson r": [a.pearson for a in agreements],
+        "largest |estimate - exact|": [a.max_abs_diff for a in agreements],
+        "heads that differ most": [", ".join(f"{h.name} ({h.value:+.3f})" for h in a.largest_gaps[:3])
+                                   for a in agreements],
+    }).set_index("patching")

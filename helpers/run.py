@@ -116,6 +116,7 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
                     parameters={"task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
                                 "results_path": f"{name}.results.json"},
                     cwd=str(staging), kernel_name="python3", progress_bar=False, log_output=False,
+                    stderr_file=sys.stderr,  # the notebooks' progress bars show on the command line too
                 )
             except pm.PapermillExecutionError as err:
                 return _report_failure(plan, name, notebook, err, log)

@@ -519,6 +519,46 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.clean_prompts)
 
+    def select(self, indices: list[int]) -> PromptSet:
+        """A subset of the prompts, with padding trimmed to the longest one kept."""
+        if not indices:
+            raise ValueError("select needs at least one prompt")
+        rows = torch.tensor(indices, dtype=torch.long)
+        width = int(self.final_pos[rows].max()) + 1
+
+        def pick(values: tuple[Any, ...]) -> tuple[Any, ...]:
+            return tuple(values[i] for i in indices)
+
+        return PromptSet(
+            clean_prompts=pick(self.clean_prompts),
+            corrupted_prompts=pick(self.corrupted_prompts),
+            correct_answers=pick(self.correct_answers),
+            incorrect_answers=pick(self.incorrect_answers),
+            template_index=pick(self.template_index),
+            clean_tokens=self.clean_tokens[rows, :width],
+            corrupted_tokens=self.corrupted_tokens[rows, :width],
+            answer_tokens=self.answer_tokens[rows],
+            final_pos=self.final_pos[rows],
+            clean_str_tokens=pick(self.clean_str_tokens),
+            corrupted_str_tokens=pick(self.corrupted_str_tokens),
+        )
+
+    def for_template(self, template: int | None) -> PromptSet:
+        """The prompts made from one template (their positions line up), or all with ``None``.
+        A task of explicit prompts has no templates: all its prompts are returned."""
+        if template is None or set(self.template_index) == {-1}:
+            return self
+        indices = [i for i, t in enumerate(self.template_index) if t == template]
+        if not indices:
+            raise ValueError(f"no prompt comes from template {template}; templates here: {sorted(set(self.template_index))}")
+        return self.select(indices)
+
+    def position_labels(self, index: int = 0) -> tuple[str, ...]:
+        """Axis labels for the positions of one clean prompt (with its padding, if any)."""
+        tokens = self.clean_str_tokens[index]
+        width = self.clean_tokens.shape[1]
+        return tuple(token_labels(tokens + ("<pad>",) * (width - len(tokens))))
+
     def to(self, device: str | torch.device) -> PromptSet:
         return replace(
             self,
@@ -527,6 +567,11 @@ class PromptSet:
             answer_tokens=self.answer_tokens.to(device),
             final_pos=self.final_pos.to(device),
         )
+
+
+def token_labels(str_tokens: tuple[str, ...] | list[str]) -> list[str]:
+    """Unique, readable axis labels for a prompt's tokens: ``"{position}: {token}"``."""
+    return [f"{i}: {t}" for i, t in enumerate(str_tokens)]
 
 
 def generate_prompt_texts(spec: TaskSpec) -> Iterator[PromptText]:

@@ -7,6 +7,8 @@ import os
 # Before anything imports huggingface_hub: no test may reach for the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# transformer_lens.patching draws a progress bar per sweep; in test logs that is noise
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402

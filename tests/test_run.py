@@ -32,8 +32,8 @@ def error_outputs(path: Path) -> list[Any]:
 def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, list[str], int]) -> None:
     out, lines, code = successful_run
     assert code == 0, "\n".join(lines)
-    assert sorted(p.name for p in out.iterdir()) == ["dla.ipynb", "results.json"]
-    assert error_outputs(out / "dla.ipynb") == []
+    assert sorted(p.name for p in out.iterdir()) == ["dla.ipynb", "patching.ipynb", "results.json"]
+    assert error_outputs(out / "dla.ipynb") == [] and error_outputs(out / "patching.ipynb") == []
     results = json.loads((out / "results.json").read_text())
     dla = results["templates"]["dla"]
     assert dla["additivity"]["ok"] is True
@@ -41,23 +41,41 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert abs(dla["components"]["sum_of_mean"] - dla["logit_diff"]["mean"]) < 1e-4
     assert len(dla["heads"]["top_positive"]) == 8  # 2 layers x 4 heads, fewer than the default 10
     assert {"head", "layer", "head_index", "value"} <= set(dla["heads"]["top_positive"][0])
+    patching = results["templates"]["patching"]
+    assert patching["metric"]["clean_metric"] == 1.0 and abs(patching["metric"]["corrupted_metric"]) < 1e-6
+    assert patching["metric"]["engine"] == "fast path"
+    assert len(patching["head_out"]["values"]) == 2 and len(patching["head_out"]["values"][0]) == 4
+    assert patching["head_out"]["top_positive"][0]["value"] == max(max(row) for row in patching["head_out"]["values"])
+    assert [a["kind"] for a in patching["attribution_agreement"]] == ["head_out", "head_v", "head_pattern"]
+    assert len(patching["resid_pre"]["columns"]) == len(patching["resid_pre"]["values"][0])
     provenance = results["provenance"]
     assert provenance["task"]["n_prompts"] == 8 and provenance["seed"] == 0
     assert "name: ioi" in provenance["task_file_contents"]
     assert provenance["packages"]["transformer-lens"].startswith("4.")
     assert any("dla: done" in line for line in lines) and any("mean logit difference" in line for line in lines)
+    assert any("patching: top heads by output patching" in line for line in lines)
 
 
 @pytest.mark.slow
-def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(successful_run: tuple[Path, list[str], int]) -> None:
+@pytest.mark.parametrize("template", ["dla", "patching"])
+def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(
+    template: str, successful_run: tuple[Path, list[str], int]
+) -> None:
     out, _, _ = successful_run
-    nb = nbformat.read(out / "dla.ipynb", as_version=4)
+    nb = nbformat.read(out / f"{template}.ipynb", as_version=4)
     assert sum("**How to interpret.**" in c.source for c in nb.cells if c.cell_type == "markdown") >= 7
     shown = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
     assert "TOY MODEL" in shown and "not GPT-2" in shown
-    assert "application/vnd.plotly.v1+json" in shown
-    assert "circuits-vis-" in shown and "CircuitsVis.render" in shown  # the inline view, no CDN
+    assert shown.count("application/vnd.plotly.v1+json") >= 5
     assert "unpkg.com" not in shown
+
+
+@pytest.mark.slow
+def test_attention_views_are_inline_and_need_no_network(successful_run: tuple[Path, list[str], int]) -> None:
+    out, _, _ = successful_run
+    nb = nbformat.read(out / "dla.ipynb", as_version=4)
+    shown = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
+    assert "circuits-vis-" in shown and "CircuitsVis.render" in shown  # the inline view, no CDN
 
 
 @pytest.mark.slow

@@ -1,0 +1,581 @@
+"""Activation patching: which activations carry the information that makes the answer correct?
+
+Context. Run the model on a corrupted prompt (the evidence for the correct answer removed), but replace
+one activation with its value from the clean prompt, and measure how far the output moves back towards
+the clean answer. The metric is the logit difference normalised so that 0 is the corrupted run and 1 is
+the clean run: a patch scoring 0.8 restores 80% of the behaviour on its own, so that activation carries
+most of what distinguishes the two prompts. Patching the residual stream position by position shows
+where information sits and when it moves between tokens; patching each head's output, values or
+attention pattern shows which heads move it, and whether a head matters for *what* it moves (values) or
+for *where* it looks (pattern).
+
+The engine. ``transformer_lens.patching`` runs one full forward pass per patched activation, from the
+embeddings to the full-vocabulary logits at every position. This engine gives the same numbers (the
+tests assert equality within 1e-4 for every variant) while doing less:
+
+- a patch at layer L restarts from the corrupted run's cached residual stream at layer L, since nothing
+  before it changes;
+- a head patch changes one head's contribution to its layer's output, ``(z_new - z_corrupted) @ W_O``,
+  so the attention of that layer is not recomputed; value and pattern patches recombine the cached
+  pattern and values (``z = pattern @ v``) of the two runs;
+- only the logits the metric needs are computed: the two answer tokens at each prompt's final position,
+  instead of the whole vocabulary at every position (a metric of the full final logits, e.g. a
+  probability-mass difference, takes the full-vocabulary path at the final position);
+- all patches of a layer run as one batch, in chunks of at most ``max_rows`` sequences to bound memory.
+
+The engine re-implements the forward pass of GPT-2-style blocks on the model's compatibility-mode
+weights. At start-up it checks that its forward pass reproduces the model's own logits; if not (another
+architecture), it says so and falls back to ``transformer_lens.patching``, which is exact but slower.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from helpers.heads import HeadScore, rank_heads
+from helpers.metrics import at_final_pos, logit_diff
+from helpers.tasks import PromptSet
+
+PatchKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern"]
+PATCH_KINDS: tuple[PatchKind, ...] = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern")
+PER_POSITION: tuple[PatchKind, ...] = ("resid_pre", "attn_out", "mlp_out")
+FinalLogitsMetric = Callable[[Float[Tensor, "batch d_vocab"]], Tensor]
+
+_ACTIVATIONS = {
+    "gelu_new": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3.0)))),
+    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
+    "gelu": torch.nn.functional.gelu,
+    "relu": torch.relu,
+}
+# Per-position patches in one batch; the batch runs from its first position on, so keep them close.
+_POSITIONS_PER_CHUNK = 2
+# A clean-corrupted gap in mean logit difference below this makes the normalised metric unreliable.
+_SMALL_GAP = 0.1
+# How close the engine's own forward pass must be to the model's logits before it is trusted.
+_SELF_CHECK_ATOL = 1e-3
+
+
+@dataclass(frozen=True)
+class LogitDiffMetric:
+    """Mean logit difference over prompts, normalised: 0 = corrupted run, 1 = clean run.
+
+    Only needs the two answer logits at each prompt's final position, which is what lets the engine
+    skip the full unembedding. Calling it on full final logits gives the same value.
+    """
+
+    answer_tokens: Int[Tensor, "batch 2"]
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+
+    def from_logit_diff(self, per_prompt: Float[Tensor, "*config batch"]) -> Float[Tensor, "*config"]:
+        return (per_prompt.mean(dim=-1) - self.corrupted_logit_diff) / (self.clean_logit_diff - self.corrupted_logit_diff)
+
+    def __call__(self, final_logits: Float[Tensor, "batch d_vocab"]) -> Tensor:
+        answers = self.answer_tokens.to(final_logits.device)
+        diff = final_logits.gather(-1, answers[:, :1])[:, 0] - final_logits.gather(-1, answers[:, 1:])[:, 0]
+        return self.from_logit_diff(diff)
+
+
+@dataclass(frozen=True)
+class PatchingResult:
+    """The metric after each patch: ``values[layer, pos]`` or ``values[layer, head]``."""
+
+    kind: PatchKind
+    values: Float[Tensor, "layer column"]
+    column_labels: tuple[str, ...]
+    metric_name: str
+
+    @property
+    def is_per_head(self) -> bool:
+        return self.kind not in PER_POSITION
+
+    def top(self, k: int) -> tuple[list[HeadScore], list[HeadScore]]:
+        """The ``k`` most positive and most negative heads (per-head kinds only)."""
+        if not self.is_per_head:
+            raise ValueError(f"{self.kind} patching is per position, not per head")
+        return rank_heads(self.values, k), rank_heads(self.values, k, largest=False)
+
+    def to_dict(self, k: int = 10) -> dict[str, Any]:
+        data: dict[str, Any] = {"kind": self.kind, "metric": self.metric_name, "values": self.values.tolist(),
+                                "columns": list(self.column_labels)}
+        if self.is_per_head:
+            positive, negative = self.top(k)
+            data["top_positive"] = [h.to_dict() for h in positive]
+            data["top_negative"] = [h.to_dict() for h in negative]
+        return data
+
+
+@dataclass(frozen=True)
+class MetricAnchors:
+    """The clean and corrupted runs that the normalised metric maps to 1 and 0."""
+
+    n_prompts: int
+    clean_logit_diff: float
+    corrupted_logit_diff: float
+    metric_name: str
+    clean_metric: float
+    corrupted_metric: float
+    engine: str
+
+    @property
+    def warning(self) -> str | None:
+        """Said when the clean and corrupted runs barely differ: normalising then magnifies noise."""
+        gap = abs(self.clean_logit_diff - self.corrupted_logit_diff)
+        if gap < _SMALL_GAP:
+            return (f"The clean and corrupted runs differ by only {gap:.3g} in mean logit difference, so the "
+                    "normalised metric divides by a tiny number: every patching result here is mostly noise.")
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**vars(self), "warning": self.warning}
+
+
+@dataclass(frozen=True)
+class _Weights:
+    """The compatibility-mode weights, stacked once (the model's ``W_Q`` etc. restack on every access)."""
+
+    W_E: Tensor
+    W_pos: Tensor
+    W_Q: Tensor
+    W_K: Tensor
+    W_V: Tensor
+    W_O: Tensor
+    b_Q: Tensor
+    b_K: Tensor
+    b_V: Tensor
+    b_O: Tensor
+    W_in: Tensor
+    b_in: Tensor
+    W_out: Tensor
+    b_out: Tensor
+    W_U: Tensor
+    b_U: Tensor
+
+    W_QKV: Tensor  # [layer, d_model, 3 * head_index * d_head]: the three projections as one matmul
+    b_QKV: Tensor  # [layer, 3 * head_index * d_head]
+    W_O_flat: Tensor  # [layer, head_index * d_head, d_model]
+
+    @classmethod
+    def of(cls, model: Any) -> _Weights:
+        weights = {name: getattr(model, name).detach() for name in cls.__dataclass_fields__
+                   if name not in ("W_QKV", "b_QKV", "W_O_flat")}
+        n_layers, _, d_model, _ = weights["W_Q"].shape
+
+        def flat(w: Tensor) -> Tensor:  # [layer, head, d_model, d_head] -> [layer, d_model, head * d_head]
+            return w.permute(0, 2, 1, 3).reshape(n_layers, d_model, -1)
+
+        weights["W_QKV"] = torch.cat([flat(weights[n]) for n in ("W_Q", "W_K", "W_V")], dim=-1).contiguous()
+        weights["b_QKV"] = torch.cat([weights[n].reshape(n_layers, -1) for n in ("b_Q", "b_K", "b_V")], dim=-1)
+        weights["W_O_flat"] = weights["W_O"].reshape(n_layers, -1, d_model).contiguous()
+        return cls(**weights)
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One run's activations, as the engine's forward pass computes them."""
+
+    resid_pre: Float[Tensor, "layer batch pos d_model"]
+    resid_mid: Float[Tensor, "layer batch pos d_model"]
+    resid_final: Float[Tensor, "batch pos d_model"]
+    attn_out: Float[Tensor, "layer batch pos d_model"]
+    mlp_out: Float[Tensor, "layer batch pos d_model"]
+    k: Float[Tensor, "layer batch pos head_index d_head"]
+    v: Float[Tensor, "layer batch pos head_index d_head"]
+    pattern: Float[Tensor, "layer batch head_index query_pos key_pos"]
+    z: Float[Tensor, "layer batch pos head_index d_head"]
+
+    def resid_post(self, layer: int) -> Float[Tensor, "batch pos d_model"]:
+        return self.resid_pre[layer + 1] if layer + 1 < self.resid_pre.shape[0] else self.resid_final
+
+
+class PatchingEngine:
+    """Patches clean activations into the corrupted run, for every layer, position and head.
+
+    Args:
+        model: a model loaded by :func:`helpers.model.load_model` (eval mode).
+        prompts: the task's prompts; clean and corrupted have equal lengths.
+        metric: ``None`` for the normalised logit difference, or a function of the final-position
+            logits ``[batch, d_vocab]`` returning a scalar tensor.
+        max_rows: at most this many sequences in one forward pass (bounds memory).
+        progress: show a progress bar per patching sweep.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        prompts: PromptSet,
+        *,
+        metric: FinalLogitsMetric | None = None,
+        max_rows: int = 256,
+        progress: bool = True,
+    ):
+        if model.training:
+            raise ValueError("activation patching needs model.eval(); load the model with helpers.model.load_model")
+        self.model, self.prompts, self.max_rows, self.progress = model, prompts, max_rows, progress
+        self.device = model.cfg.device
+        self.clean_tokens = prompts.clean_tokens.to(self.device)
+        self.corrupted_tokens = prompts.corrupted_tokens.to(self.device)
+        self.final_pos = prompts.final_pos.to(self.device)
+        self.answer_tokens = prompts.answer_tokens.to(self.device)
+        if torch.equal(self.clean_tokens, self.corrupted_tokens):
+            raise ValueError("the clean and corrupted prompts are identical: there is nothing to patch. "
+                             "Fix: give the task a corruption that changes the prompts.")
+        self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
+        self.column_labels = prompts.position_labels(0)
+
+        with torch.no_grad():
+            clean_logits = model(self.clean_tokens)
+            corrupted_logits = model(self.corrupted_tokens)
+        self.clean_logit_diff = logit_diff(clean_logits, self.answer_tokens, self.final_pos)
+        self.corrupted_logit_diff = logit_diff(corrupted_logits, self.answer_tokens, self.final_pos)
+        self.logit_diff_metric = LogitDiffMetric(
+            self.answer_tokens, float(self.clean_logit_diff.mean()), float(self.corrupted_logit_diff.mean()))
+        self.metric: FinalLogitsMetric = metric if metric is not None else self.logit_diff_metric
+        self.metric_name = "normalised logit difference" if metric is None else getattr(metric, "__name__", "metric")
+        self.clean_metric = float(self.metric(at_final_pos(clean_logits, self.final_pos)))
+        self.corrupted_metric = float(self.metric(at_final_pos(corrupted_logits, self.final_pos)))
+
+        self.w = _Weights.of(model)
+        self.fast_path_reason = self._fast_path_problem(corrupted_logits)
+        if self.fast_path_reason is None:
+            with torch.no_grad():
+                self.clean = self._forward(self.clean_tokens)
+                self.corrupted = self._forward(self.corrupted_tokens)
+        else:
+            warnings.warn(f"patching falls back to transformer_lens.patching (exact, slower): {self.fast_path_reason}",
+                          stacklevel=2)
+
+    # -- public ----------------------------------------------------------------------------------
+
+    @property
+    def uses_fast_path(self) -> bool:
+        return self.fast_path_reason is None
+
+    def for_template(self, template: int | None) -> PatchingEngine:
+        """An engine on the prompts of one template, whose positions line up (this one if that is all
+        of them)."""
+        subset = self.prompts.for_template(template)
+        if subset is self.prompts:
+            return self
+        return PatchingEngine(self.model, subset, metric=None if self.metric is self.logit_diff_metric else self.metric,
+                              max_rows=self.max_rows, progress=self.progress)
+
+    def anchors(self) -> MetricAnchors:
+        return MetricAnchors(
+            n_prompts=len(self.prompts),
+            clean_logit_diff=float(self.clean_logit_diff.mean()),
+            corrupted_logit_diff=float(self.corrupted_logit_diff.mean()),
+            metric_name=self.metric_name,
+            clean_metric=self.clean_metric,
+            corrupted_metric=self.corrupted_metric,
+            engine="fast path" if self.uses_fast_path else f"transformer_lens.patching ({self.fast_path_reason})",
+        )
+
+    def patch(self, kind: PatchKind) -> PatchingResult:
+        """Patch each clean activation of ``kind`` into the corrupted run; the metric for each patch."""
+        if kind not in PATCH_KINDS:
+            raise ValueError(f"unknown patch kind {kind!r}; use one of {', '.join(PATCH_KINDS)}")
+        with torch.no_grad():
+            values = self._patch_fast(kind) if self.uses_fast_path else self._patch_transformer_lens(kind)
+        columns = tuple(f"H{h}" for h in range(self.n_heads)) if kind not in PER_POSITION else self.column_labels
+        return PatchingResult(kind, values.float().cpu(), columns, self.metric_name)
+
+    # -- the engine's forward pass ------------------------------------------------------------------
+
+    def _fast_path_problem(self, corrupted_logits: Tensor) -> str | None:
+        cfg = self.model.cfg
+        if cfg.act_fn not in _ACTIVATIONS:
+            return f"activation function {cfg.act_fn!r} is not implemented by the engine"
+        if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
+            return "grouped-query attention is not implemented by the engine"
+        try:
+            with torch.no_grad():
+                own = self._forward(self.corrupted_tokens[:1]).resid_final
+                logits = self._unembed(own)
+        except (AttributeError, RuntimeError, KeyError) as err:
+            return f"the engine cannot run this architecture ({type(err).__name__}: {err})"
+        gap = float((logits - corrupted_logits[:1]).abs().max())
+        if not math.isfinite(gap) or gap > _SELF_CHECK_ATOL:
+            return f"the engine's forward pass differs from the model's by {gap:.2e} on this architecture"
+        return None
+
+    def _ln(self, x: Tensor) -> Tensor:
+        """LayerNorm after compatibility mode: its weight and bias are folded into the next layer."""
+        x = x - x.mean(dim=-1, keepdim=True)
+        return x / (x.pow(2).mean(dim=-1, keepdim=True) + self.model.cfg.eps).sqrt()
+
+    def _qkv(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries, keys and values ``[batch, pos, head_index, d_head]``, from one fused matmul."""
+        n_heads = self.n_heads
+        qkv = self._ln(x) @ self.w.W_QKV[layer] + self.w.b_QKV[layer]
+        q, k, v = qkv.unflatten(-1, (3, n_heads, -1)).unbind(dim=-3)
+        return q, k, v
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, query_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """(pattern, z) for queries at absolute positions ``query_pos`` ([rows, q] or [q]) over all keys."""
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.model.cfg.d_head)
+        key_pos = torch.arange(k.shape[1], device=k.device)
+        future = key_pos > query_pos[..., None]  # [(rows,) q, k]
+        future = future[:, None] if future.ndim == 3 else future
+        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
+        return pattern, torch.einsum("bhqk,bkhd->bqhd", pattern, v)
+
+    def _attn_out(self, layer: int, z: Tensor) -> Tensor:
+        return z.flatten(-2) @ self.w.W_O_flat[layer] + self.w.b_O[layer]
+
+    def _mlp_out(self, layer: int, x: Tensor) -> Tensor:
+        m = self.w
+        hidden = _ACTIVATIONS[self.model.cfg.act_fn](self._ln(x) @ m.W_in[layer] + m.b_in[layer])
+        return hidden @ m.W_out[layer] + m.b_out[layer]
+
+    def _forward(self, tokens: Tensor, *, grads: dict[str, list[Tensor]] | None = None) -> _Run:
+        """The whole model on ``tokens``, keeping every activation the sweeps reuse.
+
+        With ``grads`` (for attribution patching) the embeddings start an autograd graph, and each
+        layer's values, pattern and head outputs are appended to ``grads[name]`` with their gradients
+        retained.
+        """
+        m = self.w
+        x = m.W_E[tokens] + m.W_pos[: tokens.shape[1]]
+        if grads is not None:
+            x = x.detach().requires_grad_(True)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        acts: dict[str, list[Tensor]] = {name: [] for name in _Run.__dataclass_fields__ if name != "resid_final"}
+        for layer in range(self.n_layers):
+            acts["resid_pre"].append(x)
+            q, k, v = self._qkv(layer, x)
+            pattern, z = self._attend(q, k, v, positions)
+            if grads is not None:
+                for name, tensor in (("v", v), ("pattern", pattern), ("z", z)):
+                    tensor.retain_grad()
+                    grads.setdefault(name, []).append(tensor)
+            attn_out = self._attn_out(layer, z)
+            x = x + attn_out
+            acts["resid_mid"].append(x)
+            mlp_out = self._mlp_out(layer, x)
+            x = x + mlp_out
+            for name, value in (("attn_out", attn_out), ("mlp_out", mlp_out), ("k", k), ("v", v),
+                                ("pattern", pattern), ("z", z)):
+                acts[name].append(value)
+        return _Run(resid_final=x, **{name: torch.stack(values) for name, values in acts.items()})
+
+    def _unembed(self, resid: Tensor) -> Tensor:
+        return self._ln(resid) @ self.w.W_U + self.w.b_U
+
+    def _finish(self, x: Tensor, layer: int, *, from_mlp: bool, start: int) -> Float[Tensor, "rows d_model"]:
+        """Run a patched residual stream to the end and return it at each row's final position.
+
+        ``x`` holds positions ``start`` onwards of ``n_configs * batch`` sequences. Positions before
+        ``start`` are identical to the corrupted run (the model is causal), so their keys and values
+        come from the corrupted cache. In the last layer only each prompt's final position is computed.
+        """
+        batch = self.final_pos.shape[0]
+        n_configs = x.shape[0] // batch
+        final = self.final_pos.repeat(n_configs)
+        within = (final - start).clamp(min=0)
+        rows = torch.arange(x.shape[0], device=x.device)
+        suffix_pos = torch.arange(start, start + x.shape[1], device=x.device)
+        at_final = False
+        for current in range(layer, self.n_layers):
+            last = current == self.n_layers - 1
+            if not (from_mlp and current == layer):
+                q, k, v = self._qkv(current, x)
+                prefix_k = self.corrupted.k[current][:, :start].repeat(n_configs, 1, 1, 1)
+                prefix_v = self.corrupted.v[current][:, :start].repeat(n_configs, 1, 1, 1)
+                k, v = torch.cat([prefix_k, k], dim=1), torch.cat([prefix_v, v], dim=1)
+                if last:  # only the final position's query matters now
+                    x, q = x[rows, within][:, None], q[rows, within][:, None]
+                    _, z = self._attend(q, k, v, final[:, None])
+                    at_final = True
+                else:
+                    _, z = self._attend(q, k, v, suffix_pos)
+                x = x + self._attn_out(current, z)
+            if last and not at_final:
+                x, at_final = x[rows, within][:, None], True
+            x = x + self._mlp_out(current, x)
+        result = x[:, 0] if at_final else x[rows, within]
+        # a prompt that ends before ``start`` never sees the patch: its final state is the corrupted one
+        untouched = final < start
+        if bool(untouched.any()):
+            corrupted_final = at_final_pos(self.corrupted.resid_final, self.final_pos).repeat(n_configs, 1)
+            result = torch.where(untouched[:, None], corrupted_final, result)
+        return result
+
+    def _metric_of(self, final_resid: Float[Tensor, "rows d_model"], n_configs: int) -> Float[Tensor, " config"]:
+        batch = self.final_pos.shape[0]
+        if isinstance(self.metric, LogitDiffMetric):
+            normed = self._ln(final_resid)
+            w_u, b_u = self.w.W_U, self.w.b_U
+            answers = self.answer_tokens.repeat(n_configs, 1)
+            correct = (normed * w_u[:, answers[:, 0]].T).sum(-1) + b_u[answers[:, 0]]
+            incorrect = (normed * w_u[:, answers[:, 1]].T).sum(-1) + b_u[answers[:, 1]]
+            return self.metric.from_logit_diff((correct - incorrect).view(n_configs, batch))
+        logits = self._unembed(final_resid).view(n_configs, batch, -1)
+        return torch.stack([torch.as_tensor(self.metric(logits[i])) for i in range(n_configs)])
+
+    # -- the sweeps -----------------------------------------------------------------------------------
+
+    @property
+    def _first_difference(self) -> int:
+        """The first position where any clean prompt differs from its corrupted version."""
+        differs = (self.clean_tokens != self.corrupted_tokens).any(dim=0).nonzero()
+        return int(differs[0]) if len(differs) else self.clean_tokens.shape[1]
+
+    def patch_resid_positions(self, layer: int, positions: list[int]) -> float:
+        """The metric after patching the clean residual stream at ``positions`` of ``layer`` (all
+        positions of layer 0 give the clean run, no positions the corrupted one)."""
+        if not self.uses_fast_path:
+            raise NotImplementedError(f"needs the engine's fast path: {self.fast_path_reason}")
+        with torch.no_grad():
+            x = self.corrupted.resid_pre[layer].clone()
+            x[:, positions] = self.clean.resid_pre[layer][:, positions]
+            start = min(positions, default=0)
+            final = self._finish(x[:, start:], layer, from_mlp=False, start=start)
+            return float(self._metric_of(final, 1)[0])
+
+    def _patch_fast(self, kind: PatchKind) -> Float[Tensor, "layer column"]:
+        n_pos = self.clean_tokens.shape[1]
+        first = self._first_difference
+        if kind in PER_POSITION:
+            # before the first difference clean and corrupted activations are equal: no patch to make
+            values = torch.full((self.n_layers, n_pos), self.corrupted_metric)
+            columns_to_run = list(range(first, n_pos))
+        else:
+            values = torch.zeros(self.n_layers, self.n_heads)
+            columns_to_run = list(range(self.n_heads))
+        for layer in self._layers(kind):
+            for columns in self._chunks(kind, columns_to_run):
+                start = min(columns) if kind in PER_POSITION else min(first, n_pos - 1)
+                x, begin, from_mlp = self._patched_stream(kind, layer, columns, start)
+                final = self._finish(x.flatten(0, 1), begin, from_mlp=from_mlp, start=start)
+                values[layer, columns] = self._metric_of(final, len(columns)).float().cpu()
+        return values
+
+    def _patched_stream(self, kind: PatchKind, layer: int, columns: list[int], start: int) -> tuple[Tensor, int, bool]:
+        """Positions ``start`` onwards of the corrupted residual stream with one patch per column
+        (``[column, batch, pos, d_model]``), the layer to continue from, and whether that layer's
+        attention is already accounted for."""
+        clean, corrupted = self.clean, self.corrupted
+        n = len(columns)
+        if kind in PER_POSITION:
+            if kind == "resid_pre":
+                base, patched_from, begin, from_mlp = corrupted.resid_pre[layer], clean.resid_pre[layer], layer, False
+            elif kind == "attn_out":  # the stream after the attention, with the clean output in its place
+                base = corrupted.resid_mid[layer]
+                patched_from = base + clean.attn_out[layer] - corrupted.attn_out[layer]
+                begin, from_mlp = layer, True
+            else:
+                base = corrupted.resid_post(layer)
+                patched_from = base + clean.mlp_out[layer] - corrupted.mlp_out[layer]
+                begin, from_mlp = layer + 1, False
+            x = base[:, start:].expand(n, *base[:, start:].shape).clone()
+            for i, pos in enumerate(columns):
+                x[i, :, pos - start] = patched_from[:, pos]
+            return x, begin, from_mlp
+        heads = torch.tensor(columns, device=self.device)
+        z_corrupted = corrupted.z[layer][:, start:, heads]  # [batch, pos, n, d_head]
+        if kind == "head_out":
+            z_new = clean.z[layer][:, start:, heads]
+        elif kind == "head_v":
+            z_new = torch.einsum("bhqk,bkhd->bqhd", corrupted.pattern[layer][:, heads, start:], clean.v[layer][:, :, heads])
+        else:
+            z_new = torch.einsum("bhqk,bkhd->bqhd", clean.pattern[layer][:, heads, start:], corrupted.v[layer][:, :, heads])
+        delta = torch.einsum("bqnd,ndm->nbqm", z_new - z_corrupted, self.w.W_O[layer][heads])
+        return corrupted.resid_mid[layer][:, start:] + delta, layer, True
+
+    def _layers(self, kind: PatchKind) -> Iterator[int]:
+        layers = range(self.n_layers)
+        if not self.progress:
+            return iter(layers)
+        return iter(tqdm(layers, desc=f"patching {kind}", unit="layer", mininterval=1.0, leave=False))
+
+    def _chunks(self, kind: PatchKind, columns: list[int]) -> Iterator[list[int]]:
+        per_chunk = max(1, self.max_rows // self.final_pos.shape[0])
+        if kind in PER_POSITION:
+            # a chunk runs from its first position on: few positions per chunk keep that short
+            per_chunk = min(per_chunk, _POSITIONS_PER_CHUNK)
+        for i in range(0, len(columns), per_chunk):
+            yield columns[i : i + per_chunk]
+
+    # -- attribution patching ---------------------------------------------------------------------------
+
+    def attribution_patching(self) -> dict[PatchKind, PatchingResult]:
+        """Gradient estimates of head output, value and pattern patching, from one forward and one
+        backward pass of the corrupted run: metric(corrupted) + (clean - corrupted) . d metric / d act.
+
+        Exact where the metric is linear in the activation, an approximation elsewhere (attention
+        patterns and LayerNorm are not linear): use it to screen, and check the heads that matter
+        with exact patching.
+        """
+        if not self.uses_fast_path:
+            raise NotImplementedError(f"needs the engine's fast path: {self.fast_path_reason}")
+        kept: dict[str, list[Tensor]] = {}
+        with torch.enable_grad():
+            run = self._forward(self.corrupted_tokens, grads=kept)
+            final = at_final_pos(run.resid_final, self.final_pos)
+            self._metric_of(final, 1)[0].backward()
+        results: dict[PatchKind, PatchingResult] = {}
+        for kind, name, head_axis in (("head_out", "z", 2), ("head_v", "v", 2), ("head_pattern", "pattern", 1)):
+            estimate = torch.zeros(self.n_layers, self.n_heads)
+            for layer in range(self.n_layers):
+                act = kept[name][layer]
+                delta = getattr(self.clean, name)[layer] - act.detach()
+                product = (delta * act.grad).transpose(0, head_axis)
+                estimate[layer] = product.reshape(self.n_heads, -1).sum(-1).float().cpu()
+            results[kind] = PatchingResult(kind, estimate + self.corrupted_metric,  # type: ignore[arg-type]
+                                           tuple(f"H{h}" for h in range(self.n_heads)),
+                                           f"{self.metric_name} (attribution estimate)")
+        return results
+
+    # -- the fallback -------------------------------------------------------------------------------------
+
+    def _patch_transformer_lens(self, kind: PatchKind) -> Float[Tensor, "layer column"]:
+        from transformer_lens import patching as tl_patching
+
+        functions = {
+            "resid_pre": tl_patching.get_act_patch_resid_pre,
+            "attn_out": tl_patching.get_act_patch_attn_out,
+            "mlp_out": tl_patching.get_act_patch_mlp_out,
+            "head_out": tl_patching.get_act_patch_attn_head_out_all_pos,
+            "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
+            "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
+        }
+        if not hasattr(self, "_clean_cache"):
+            _, self._clean_cache = self.model.run_with_cache(self.clean_tokens)
+        final_pos = self.final_pos
+        return functions[kind](self.model, self.corrupted_tokens, self._clean_cache,
+                               lambda logits: self.metric(at_final_pos(logits, final_pos)))
+
+
+@dataclass(frozen=True)
+class AttributionAgreement:
+    """How well attribution patching's estimates match exact patching, head by head."""
+
+    kind: PatchKind
+    pearson: float
+    max_abs_diff: float
+    largest_gaps: tuple[HeadScore, ...]  # value = estimate - exact
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pearson": self.pearson, "max_abs_diff": self.max_abs_diff,
+                "largest_gaps": [h.to_dict() for h in self.largest_gaps]}
+
+
+def compare_attribution(exact: PatchingResult, estimate: PatchingResult, *, k: int = 5) -> AttributionAgreement:
+    """Pearson correlation of the estimates with the exact values, and the heads where they differ most."""
+    x, y = exact.values.flatten().double(), estimate.values.flatten().double()
+    pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
+    gap = estimate.values - exact.values
+    largest = rank_heads(gap.abs(), k)
+    return AttributionAgreement(
+        exact.kind, pearson, float(gap.abs().max()),
+        tuple(HeadScore(h.layer, h.head, float(gap[h.layer, h.head])) for h in largest))

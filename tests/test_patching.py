@@ -1,0 +1,220 @@
+"""The patching engine equals transformer_lens.patching, variant by variant."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from transformer_lens import patching as tlp
+
+from helpers import patching
+from helpers.metrics import at_final_pos
+from helpers.patching import PATCH_KINDS, PatchingEngine
+from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
+
+TL_FUNCTIONS = {
+    "resid_pre": tlp.get_act_patch_resid_pre,
+    "attn_out": tlp.get_act_patch_attn_out,
+    "mlp_out": tlp.get_act_patch_mlp_out,
+    "head_out": tlp.get_act_patch_attn_head_out_all_pos,
+    "head_v": tlp.get_act_patch_attn_head_v_all_pos,
+    "head_pattern": tlp.get_act_patch_attn_head_pattern_all_pos,
+}
+
+
+def transformer_lens_patch(model: Any, prompts: PromptSet, kind: str, metric: Any) -> torch.Tensor:
+    """The reference: transformer_lens.patching on the same model, prompts and metric."""
+    _, clean_cache = model.run_with_cache(prompts.clean_tokens)
+    return TL_FUNCTIONS[kind](model, prompts.corrupted_tokens, clean_cache,
+                              lambda logits: metric(at_final_pos(logits, prompts.final_pos)))
+
+
+@pytest.fixture(scope="module")
+def single_prompt(toy_model: Any) -> PromptSet:
+    spec = load_task("ioi").with_overrides(n_prompts=1, seed=5)
+    return build_prompts(spec, toy_model.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def engine(toy_model: Any, ioi_prompts: PromptSet) -> PatchingEngine:
+    return PatchingEngine(toy_model, ioi_prompts, progress=False)
+
+
+def test_engine_takes_the_fast_path_on_gpt2_architecture(engine: PatchingEngine, ioi_prompts: PromptSet) -> None:
+    assert engine.uses_fast_path, engine.fast_path_reason
+    # the fixture's prompts have different lengths, so padding is exercised
+    assert len(set(ioi_prompts.final_pos.tolist())) > 1
+
+
+@pytest.mark.parametrize("kind", PATCH_KINDS)
+def test_equals_transformer_lens(kind: str, engine: PatchingEngine, toy_model: Any, ioi_prompts: PromptSet) -> None:
+    ours = engine.patch(kind)  # type: ignore[arg-type]
+    reference = transformer_lens_patch(toy_model, ioi_prompts, kind, engine.metric)
+    assert ours.values.shape == reference.shape
+    # first and last position (and every other) are compared for the per-position kinds
+    torch.testing.assert_close(ours.values, reference.float().cpu(), atol=1e-4, rtol=0)
+    assert reference.abs().max() > 0.05, "a vacuous comparison: nothing moved the metric"
+
+
+@pytest.mark.parametrize("kind", PATCH_KINDS)
+def test_equals_transformer_lens_on_a_single_prompt(kind: str, toy_model: Any, single_prompt: PromptSet) -> None:
+    engine = PatchingEngine(toy_model, single_prompt, progress=False, max_rows=3)  # also: chunks of 3 configs
+    reference = transformer_lens_patch(toy_model, single_prompt, kind, engine.metric)
+    torch.testing.assert_close(engine.patch(kind).values, reference.float().cpu(), atol=1e-4, rtol=0)  # type: ignore[arg-type]
+
+
+def test_normalised_metric_is_one_for_the_whole_clean_stream_and_zero_for_no_patch(engine: PatchingEngine) -> None:
+    """The anchors come from the model's own logits, the patched runs from the engine's forward pass:
+    they agree to float precision, which normalising by a small clean-corrupted gap magnifies, so the
+    tolerance is the one every patching result is held to (1e-4)."""
+    n_pos = engine.clean_tokens.shape[1]
+    assert engine.patch_resid_positions(0, list(range(n_pos))) == pytest.approx(1.0, abs=1e-4)
+    assert engine.patch_resid_positions(0, []) == pytest.approx(0.0, abs=1e-4)
+    assert (engine.clean_metric, engine.corrupted_metric) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-6))
+    # patching every position at a later layer restores the clean run too
+    assert engine.patch_resid_positions(1, list(range(n_pos))) == pytest.approx(1.0, abs=1e-4)
+
+
+def probability_mass_difference(final_logits: torch.Tensor) -> torch.Tensor:
+    """Probability on a few name tokens minus probability on a few others: needs the whole vocabulary."""
+    probs = final_logits.softmax(dim=-1)
+    return probs[:, [5335, 1757, 4186]].sum(-1).mean() - probs[:, [3700, 6035, 7459]].sum(-1).mean()
+
+
+@pytest.mark.parametrize("kind", ["resid_pre", "head_pattern"])
+def test_a_metric_of_the_full_final_logits_still_equals_transformer_lens(
+    kind: str, toy_model: Any, ioi_prompts: PromptSet
+) -> None:
+    engine = PatchingEngine(toy_model, ioi_prompts, metric=probability_mass_difference, progress=False)
+    assert engine.uses_fast_path
+    reference = transformer_lens_patch(toy_model, ioi_prompts, kind, probability_mass_difference)
+    ours = engine.patch(kind)  # type: ignore[arg-type]
+    assert ours.metric_name == "probability_mass_difference"
+    torch.testing.assert_close(ours.values, reference.float().cpu(), atol=1e-6, rtol=1e-4)
+
+
+def test_engine_refuses_a_forward_pass_that_does_not_reproduce_the_model(
+    toy_model: Any, ioi_prompts: PromptSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(patching._ACTIVATIONS, "gelu_new", torch.relu)
+    with pytest.warns(UserWarning, match="falls back to transformer_lens.patching.*differs from the model"):
+        engine = PatchingEngine(toy_model, ioi_prompts, progress=False)
+    assert not engine.uses_fast_path
+    reference = transformer_lens_patch(toy_model, ioi_prompts, "head_out", engine.metric)
+    torch.testing.assert_close(engine.patch("head_out").values, reference.float().cpu())
+
+
+def test_patching_needs_eval_mode(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    toy_model.train()
+    try:
+        with pytest.raises(ValueError, match="model.eval"):
+            PatchingEngine(toy_model, ioi_prompts, progress=False)
+    finally:
+        toy_model.eval()
+
+
+def test_attribution_patching_equals_gradients_taken_through_the_model(
+    engine: PatchingEngine, toy_model: Any, ioi_prompts: PromptSet
+) -> None:
+    """Independent route: hooks on the model itself retain the gradients of z, v and the pattern."""
+    estimates = engine.attribution_patching()
+    names = {"head_out": "attn.hook_z", "head_v": "attn.hook_v", "head_pattern": "attn.hook_pattern"}
+    stored: dict[str, torch.Tensor] = {}
+
+    def keep(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        # the bridge continues from what a hook returns: a fresh tensor puts it on the gradient's path
+        act = act.clone()
+        act.retain_grad()
+        stored[hook.name] = act
+        return act
+
+    def start_graph(act: torch.Tensor, hook: Any) -> torch.Tensor:
+        return act.detach().requires_grad_(True)
+
+    hooks = [("hook_embed", start_graph)] + [(f"blocks.{layer}.{name}", keep) for layer in range(2)
+                                              for name in names.values()]
+    with torch.enable_grad():
+        logits = toy_model.run_with_hooks(ioi_prompts.corrupted_tokens, fwd_hooks=hooks)
+        engine.metric(at_final_pos(logits, ioi_prompts.final_pos)).backward()
+    _, clean = toy_model.run_with_cache(ioi_prompts.clean_tokens)
+    for kind, name in names.items():
+        expected = torch.zeros(2, 4)
+        for layer in range(2):
+            key = f"blocks.{layer}.{name}"
+            product = (clean[key] - stored[key].detach()) * stored[key].grad
+            head_axis = 1 if kind == "head_pattern" else 2
+            expected[layer] = product.transpose(0, head_axis).reshape(4, -1).sum(-1)
+        torch.testing.assert_close(estimates[kind].values - engine.corrupted_metric, expected, atol=1e-4, rtol=1e-3)
+
+
+def test_top_heads_come_from_the_values(engine: PatchingEngine) -> None:
+    result = engine.patch("head_out")
+    positive, negative = result.top(3)
+    assert positive[0].value == pytest.approx(float(result.values.max()))
+    assert negative[0].value == pytest.approx(float(result.values.min()))
+    data = result.to_dict(k=3)
+    assert data["top_positive"][0]["head"] == positive[0].name and len(data["values"]) == 2
+    with pytest.raises(ValueError, match="per position"):
+        engine.patch("resid_pre").top(3)
+
+
+def test_position_labels_name_each_token(engine: PatchingEngine, ioi_prompts: PromptSet) -> None:
+    labels = engine.patch("resid_pre").column_labels
+    assert labels[0] == "0: <|endoftext|>" and len(labels) == ioi_prompts.clean_tokens.shape[1]
+    assert labels[1] == f"1: {ioi_prompts.clean_str_tokens[0][1]}"
+
+
+def test_unknown_kind_is_refused(engine: PatchingEngine) -> None:
+    # in notebooks a ValueError; under the tests' runtime type checks, the checker refuses it first
+    with pytest.raises((ValueError, TypeError), match="resid_post"):
+        engine.patch("resid_post")  # type: ignore[arg-type]
+
+
+def test_engine_needs_no_warnings_on_its_fast_path(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        PatchingEngine(toy_model, ioi_prompts, progress=False)
+
+
+def test_explicit_prompts_work_with_the_engine(toy_model: Any) -> None:
+    data = {"name": "pairs", "description": "d", "model": "x", "prompts": [
+        {"clean": "When John and Mary went to the shops, John gave the bag to",
+         "corrupted": "When John and Mary went to the shops, Mary gave the bag to", "correct": " Mary",
+         "incorrect": " John"},
+        {"clean": "When Tom and James went to the park, James gave the ball to",
+         "corrupted": "When Tom and James went to the park, Tom gave the ball to", "correct": " Tom",
+         "incorrect": " James"}]}
+    prompts = build_prompts(parse_task(data, source="pairs.yaml"), toy_model.tokenizer)
+    engine = PatchingEngine(toy_model, prompts, progress=False)
+    reference = transformer_lens_patch(toy_model, prompts, "resid_pre", engine.metric)
+    torch.testing.assert_close(engine.patch("resid_pre").values, reference.float().cpu(), atol=1e-4, rtol=0)
+
+
+def test_a_tiny_clean_corrupted_gap_is_flagged() -> None:
+    def anchors(clean: float, corrupted: float) -> patching.MetricAnchors:
+        return patching.MetricAnchors(8, clean, corrupted, "normalised logit difference", 1.0, 0.0, "fast path")
+
+    assert anchors(3.2, -3.1).warning is None
+    warning = anchors(-0.016, -0.015).warning
+    assert warning is not None and "0.001" in warning and "noise" in warning
+    assert anchors(-0.016, -0.015).to_dict()["warning"] == warning
+
+
+def test_prompts_of_one_template_line_up(engine: PatchingEngine, ioi_prompts: PromptSet) -> None:
+    subset = engine.for_template(0)
+    assert set(subset.prompts.template_index) == {0}
+    assert subset.prompts.clean_tokens.shape[1] == int(subset.prompts.final_pos.max()) + 1
+    assert len(set(subset.prompts.final_pos.tolist())) == 1
+    assert engine.for_template(None) is engine
+    reference = transformer_lens_patch(subset.model, subset.prompts, "attn_out", subset.metric)
+    torch.testing.assert_close(subset.patch("attn_out").values, reference.float().cpu(), atol=1e-4, rtol=0)
+
+
+def test_identical_clean_and_corrupted_prompts_are_refused(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    from dataclasses import replace
+
+    same = replace(ioi_prompts, corrupted_tokens=ioi_prompts.clean_tokens)
+    with pytest.raises(ValueError, match="nothing to patch"):
+        PatchingEngine(toy_model, same, progress=False)
