@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 RUN_ARGS = --task $(TASK) --device $(DEVICE) --dtype $(DTYPE) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(N),--n $(N)) $(if $(SEED),--seed $(SEED)) $(if $(TEMPLATES),--templates $(TEMPLATES))
 
-.PHONY: help setup run test bench lab clean
+.PHONY: help setup run test check bench lab clean
 
 help: ## list the targets and variables
 	@echo "Targets:"
@@ -49,6 +49,9 @@ run: setup ## execute every template on TASK into notebooks/<task>/
 
 test: setup ## run the test suite, offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
+
+check: setup ## lint helpers/ and tests/ with ruff
+	$(VENV)/bin/ruff check helpers tests
 
 bench: setup ## time our patching engine against transformer_lens.patching (about 5 minutes)
 	$(PY) tests/bench_patching.py

@@ -539,21 +539,25 @@ class PatchingEngine:
     # -- the fallback -------------------------------------------------------------------------------------
 
     def _patch_transformer_lens(self, kind: PatchKind) -> Float[Tensor, "layer column"]:
-        from transformer_lens import patching as tl_patching
-
-        functions = {
-            "resid_pre": tl_patching.get_act_patch_resid_pre,
-            "attn_out": tl_patching.get_act_patch_attn_out,
-            "mlp_out": tl_patching.get_act_patch_mlp_out,
-            "head_out": tl_patching.get_act_patch_attn_head_out_all_pos,
-            "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
-            "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
-        }
         if not hasattr(self, "_clean_cache"):
             _, self._clean_cache = self.model.run_with_cache(self.clean_tokens)
         final_pos = self.final_pos
-        return functions[kind](self.model, self.corrupted_tokens, self._clean_cache,
-                               lambda logits: self.metric(at_final_pos(logits, final_pos)))
+        return transformer_lens_patch_function(kind)(
+            self.model, self.corrupted_tokens, self._clean_cache, lambda logits: self.metric(at_final_pos(logits, final_pos)))
+
+
+def transformer_lens_patch_function(kind: PatchKind) -> Callable[..., Tensor]:
+    """The ``transformer_lens.patching`` function that computes the same sweep as ``kind``."""
+    from transformer_lens import patching as tl_patching
+
+    return {
+        "resid_pre": tl_patching.get_act_patch_resid_pre,
+        "attn_out": tl_patching.get_act_patch_attn_out,
+        "mlp_out": tl_patching.get_act_patch_mlp_out,
+        "head_out": tl_patching.get_act_patch_attn_head_out_all_pos,
+        "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
+        "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
+    }[kind]
 
 
 @dataclass(frozen=True)

@@ -599,13 +599,13 @@ def generate_prompt_texts(spec: TaskSpec) -> Iterator[PromptText]:
             choices = [w for w in spec.words_for(ph) if w not in taken]
             chosen[ph] = rng.choice(choices)
             taken.add(chosen[ph])
-
-        def fill(text: str) -> str:
-            return PLACEHOLDER_RE.sub(lambda m: chosen[m.group(1)], text)
-
-        yield PromptText(fill(clean_t), fill(corrupted_t), fill(spec.correct), fill(spec.incorrect),
-                         template_index=t, words=tuple(chosen.items()))
+        yield PromptText(_fill(clean_t, chosen), _fill(corrupted_t, chosen), _fill(spec.correct, chosen),
+                         _fill(spec.incorrect, chosen), template_index=t, words=tuple(chosen.items()))
         index += 1
+
+
+def _fill(text: str, words: dict[str, str]) -> str:
+    return PLACEHOLDER_RE.sub(lambda m: words[m.group(1)], text)
 
 
 def build_prompts(spec: TaskSpec, tokenizer: Any, *, prepend_bos: bool = True) -> PromptSet:

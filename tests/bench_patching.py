@@ -21,25 +21,12 @@ import torch  # noqa: E402
 
 from helpers.metrics import at_final_pos  # noqa: E402
 from helpers.model import load_gpt2_tokenizer, load_model  # noqa: E402
-from helpers.patching import PATCH_KINDS, PatchingEngine  # noqa: E402
+from helpers.patching import PATCH_KINDS, PatchingEngine, transformer_lens_patch_function  # noqa: E402
 from helpers.paths import CACHE_DIR  # noqa: E402
 from helpers.tasks import build_prompts, load_task, parse_task  # noqa: E402
 from helpers.toy_models import build_toy_model  # noqa: E402
 
 MODEL_DIR = CACHE_DIR / "bench-gpt2-small-shape"
-
-
-def transformer_lens_function(kind: str):  # type: ignore[no-untyped-def]
-    from transformer_lens import patching as tlp
-
-    return {
-        "resid_pre": tlp.get_act_patch_resid_pre,
-        "attn_out": tlp.get_act_patch_attn_out,
-        "mlp_out": tlp.get_act_patch_mlp_out,
-        "head_out": tlp.get_act_patch_attn_head_out_all_pos,
-        "head_v": tlp.get_act_patch_attn_head_v_all_pos,
-        "head_pattern": tlp.get_act_patch_attn_head_pattern_all_pos,
-    }[kind]
 
 
 def main() -> None:
@@ -77,7 +64,7 @@ def main() -> None:
         tl_times, our_times = [], []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            reference = transformer_lens_function(kind)(model, prompts.corrupted_tokens, clean_cache, metric)
+            reference = transformer_lens_patch_function(kind)(model, prompts.corrupted_tokens, clean_cache, metric)
             tl_times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             ours = engine.patch(kind).values
