@@ -290,7 +290,8 @@ def parse_task(data: Mapping[str, Any], *, source: str) -> TaskSpec:
         prompts = _parse_explicit_prompts(check, data["prompts"], answer_space)
         n_prompts = check.integer("n_prompts", data.get("n_prompts", len(prompts)), minimum=1)
         if n_prompts > len(prompts):
-            check.fail("n_prompts", n_prompts, f"only {len(prompts)} prompts are listed",
+            listed = f"{len(prompts)} prompt" + ("s are" if len(prompts) != 1 else " is")
+            check.fail("n_prompts", n_prompts, f"only {listed} listed",
                        f"set n_prompts to at most {len(prompts)} or list more prompts")
         return TaskSpec(**common, n_prompts=n_prompts, prompts=prompts)
     return _parse_generated(check, data, common)

@@ -232,3 +232,13 @@ def test_ioi_prompts_line_up_under_gpt2_tokenization(gpt2_tokenizer: Any) -> Non
     for clean, corrupted in zip(prompts.clean_prompts, prompts.corrupted_prompts):
         assert len(gpt2_tokenizer.encode(clean)) == len(gpt2_tokenizer.encode(corrupted))
     assert (prompts.clean_tokens != prompts.corrupted_tokens).any(dim=1).all()
+
+
+def test_the_readme_task_examples_are_valid(gpt2_tokenizer: Any) -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Task files") : readme.index("### Adding a task")]
+    blocks = [block.split("```")[0] for block in section.split("```yaml\n")[1:]]
+    assert len(blocks) == 2
+    for block in blocks:
+        spec = parse_task(yaml.safe_load(block), source="README.md")
+        assert len(build_prompts(spec.with_overrides(n_prompts=2), gpt2_tokenizer)) == 2
