@@ -17,6 +17,7 @@ All analyses here read one clean forward pass, :func:`run_final_position_cache`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,14 +53,19 @@ class FinalPositionCache:
         return self.attn_out.shape[0]
 
 
-def run_final_position_cache(model: Any, prompts: PromptSet) -> FinalPositionCache:
-    """Run the clean prompts once and keep the final-position activations every DLA analysis needs."""
+def run_final_position_cache(
+    model: Any, prompts: PromptSet, *, fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = ()
+) -> FinalPositionCache:
+    """Run the clean prompts once and keep the final-position activations every DLA analysis needs.
+
+    ``fwd_hooks`` edit the run (e.g. ablate a head); everything is then read from the edited run.
+    """
     n_layers = model.cfg.n_layers
     names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
     for layer in range(n_layers):
         names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_z"]
     tokens = prompts.clean_tokens.to(model.cfg.device)
-    logits, acts = cache_activations(model, tokens, names)
+    logits, acts = cache_activations(model, tokens, names, fwd_hooks=fwd_hooks)
     final = {name: at_final_pos(act, prompts.final_pos).float() for name, act in acts.items()}
     correct, incorrect = prompts.answer_tokens[:, 0], prompts.answer_tokens[:, 1]
     w_u, b_u = model.W_U.float(), model.b_U.float()

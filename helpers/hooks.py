@@ -10,7 +10,7 @@ and checks afterwards that each requested hook fired.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -25,21 +25,33 @@ class HookNotFoundError(KeyError):
         return str(self.args[0])
 
 
-def cache_activations(
-    model: Any, tokens: Int[Tensor, "batch pos"], hook_names: Sequence[str]
-) -> tuple[Tensor, dict[str, Tensor]]:
-    """Run ``model`` on ``tokens`` once and return (logits, {hook name: activation}).
-
-    Raises:
-        HookNotFoundError: a name is not a hook point of ``model``, or its hook did not fire.
-    """
+def check_hook_names(model: Any, hook_names: Sequence[str]) -> None:
+    """Raise :class:`HookNotFoundError` for any name that is not a hook point of ``model``."""
     known = model.hook_dict
     for name in hook_names:
         if name not in known:
             close = difflib.get_close_matches(name, list(known), n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise HookNotFoundError(f"'{name}' is not a hook point of this model.{hint}")
-    with torch.no_grad():
+
+
+def cache_activations(
+    model: Any,
+    tokens: Int[Tensor, "batch pos"],
+    hook_names: Sequence[str],
+    *,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Run ``model`` on ``tokens`` once and return (logits, {hook name: activation}).
+
+    ``fwd_hooks`` (name, function) edit activations during the run, e.g. to ablate a head; cached
+    activations are read after them.
+
+    Raises:
+        HookNotFoundError: a name is not a hook point of ``model``, or its hook did not fire.
+    """
+    check_hook_names(model, list(hook_names) + [name for name, _ in fwd_hooks])
+    with torch.no_grad(), model.hooks(fwd_hooks=list(fwd_hooks)):
         logits, cache = model.run_with_cache(tokens, names_filter=list(hook_names))
     missing = [name for name in hook_names if name not in cache]
     if missing:

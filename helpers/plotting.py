@@ -9,11 +9,13 @@ so repeated tokens stay distinct.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from helpers.ablation import AblationResult
 from helpers.attribution import (
     AttentionPatterns,
     ComponentAttribution,
@@ -22,6 +24,7 @@ from helpers.attribution import (
     LogitLensResult,
     TopPredictions,
 )
+from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
 from helpers.heads import HeadScore, head_name
 from helpers.patching import AttributionAgreement, MetricAnchors, PatchingResult
 from helpers.tasks import token_labels
@@ -65,14 +68,18 @@ def plot_component_attribution(result: ComponentAttribution) -> go.Figure:
     return fig
 
 
-def plot_head_heatmap(values: Sequence[Sequence[float]], title: str, *, colorbar_title: str = "") -> go.Figure:
-    """A layer x head heatmap of a signed per-head quantity, centred on zero."""
+def plot_head_heatmap(
+    values: Sequence[Sequence[float]], title: str, *, colorbar_title: str = "", unit_interval: bool = False
+) -> go.Figure:
+    """A layer x head heatmap: signed quantities centred on zero, or scores in [0, 1] with
+    ``unit_interval``."""
     n_layers, n_heads = len(values), len(values[0])
     names = [[head_name(layer, head) for head in range(n_heads)] for layer in range(n_layers)]
     bound = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    scale = dict(colorscale="Blues", zmin=0, zmax=1) if unit_interval else dict(
+        colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound)
     fig = go.Figure(go.Heatmap(
-        z=values, x=list(range(n_heads)), y=list(range(n_layers)), customdata=names,
-        colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound,
+        z=values, x=list(range(n_heads)), y=list(range(n_layers)), customdata=names, **scale,
         hovertemplate="%{customdata}: %{z:.4f}<extra></extra>", colorbar=dict(title=colorbar_title),
     ))
     fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
@@ -186,3 +193,54 @@ def agreement_table(agreements: Sequence[AttributionAgreement]) -> pd.DataFrame:
         "heads that differ most": [", ".join(f"{h.name} ({h.value:+.3f})" for h in a.largest_gaps[:3])
                                    for a in agreements],
     }).set_index("patching")
+
+
+def plot_role_scores(scores: HeadRoleScores, role: str) -> go.Figure:
+    return plot_head_heatmap(
+        scores.scores[role].tolist(), f"{ROLE_NAMES[role].capitalize()} score per head "
+        f"({scores.batch} repeated random sequences of {scores.seq_len} tokens)", colorbar_title="score",
+        unit_interval=True)
+
+
+def role_score_table(scores: HeadRoleScores, k: int) -> pd.DataFrame:
+    """The top ``k`` heads for each role, side by side."""
+    columns: dict[str, list[object]] = {}
+    for role in ROLES:
+        top = scores.top(role, k)
+        columns[f"{ROLE_NAMES[role]} head"] = [h.name for h in top]
+        columns[f"{ROLE_NAMES[role]} score"] = [h.value for h in top]
+    return pd.DataFrame(columns, index=pd.RangeIndex(1, len(top) + 1, name="rank"))
+
+
+def heads_with_roles_table(heads: Sequence[Any], scores: HeadRoleScores) -> pd.DataFrame:
+    """Important heads with their DLA, patching effect and score for each role."""
+    rows = []
+    for h in heads:
+        rows.append({"head": h.name, "group": h.group, "DLA": h.dla, "output patching": h.patching,
+                     **{ROLE_NAMES[role]: value for role, value in scores.of(h.layer, h.head).items()}})
+    return pd.DataFrame(rows).set_index("head") if rows else pd.DataFrame()
+
+
+def ablation_table(result: AblationResult) -> pd.DataFrame:
+    return pd.DataFrame({
+        "value": [float(result.logit_diff_before.mean()), float(result.logit_diff_after.mean()),
+                  float(result.predicted_after.mean()), float(result.scale_ratio.mean()), result.compensation],
+    }, index=pd.Index(["logit difference before", "logit difference after", "after, as the head's DLA predicted",
+                       "final LayerNorm scale, after / before", "share of the predicted drop made up"], name=""))
+
+
+def plot_ablation_dla(result: AblationResult) -> go.Figure:
+    """Each head's DLA after the ablation against before: off-diagonal heads changed behaviour."""
+    n_layers, n_heads = result.dla_before.shape
+    names = [head_name(layer, head) for layer in range(n_layers) for head in range(n_heads)]
+    xs, ys = result.dla_before.flatten().tolist(), result.dla_after.flatten().tolist()
+    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers", text=names,
+                               marker=dict(color=[n // n_heads for n in range(len(xs))], colorscale="Viridis",
+                                           showscale=True, colorbar=dict(title="layer")),
+                               hovertemplate="%{text}<br>before %{x:.4f}<br>after %{y:.4f}<extra></extra>"))
+    low, high = min(xs + ys), max(xs + ys)
+    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dot", color="gray"),
+                             hoverinfo="skip"))
+    fig.update_layout(title=f"DLA per head after {result.method}-ablating {result.head.name} vs before",
+                      xaxis_title="DLA before", yaxis_title="DLA after", showlegend=False)
+    return fig

@@ -47,3 +47,31 @@ def save_template_results(results_path: str | None, results: dict[str, Any], sum
     if results_path is None:
         return
     write_json(results_path, {"summary": summary, **results})
+
+
+def load_earlier_results(results_path: str | None, names: list[str], *, task: Any = None) -> dict[str, Any]:
+    """Results of earlier templates, by template name.
+
+    In a run, they are the files the run's earlier templates left beside ``results_path``. By hand
+    (``results_path`` is None), they come from ``notebooks/<task>/results.json`` of the last run, but
+    only if that run used the same task settings (``task``, a :class:`helpers.tasks.TaskSpec`).
+    """
+    if results_path is None:
+        if task is None:
+            return {}
+        from helpers.paths import NOTEBOOKS_DIR
+
+        last = NOTEBOOKS_DIR / task.name / "results.json"
+        if not last.is_file():
+            return {}
+        data = json.loads(last.read_text(encoding="utf-8"))
+        if data.get("provenance", {}).get("task") != to_jsonable(task.to_dict()):
+            return {}
+        return {name: data["templates"][name] for name in names if name in data.get("templates", {})}
+    folder = Path(results_path).parent
+    found = {}
+    for name in names:
+        path = folder / f"{name}.results.json"
+        if path.is_file():
+            found[name] = json.loads(path.read_text(encoding="utf-8"))
+    return found

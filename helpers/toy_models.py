@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from helpers.model import TOY_MODEL_KEY, load_gpt2_tokenizer
 
@@ -68,15 +70,122 @@ def build_toy_model(
 
 
 def ensure_demo_model(directory: Path) -> Path:
-    """Build the demo model into ``directory`` once; later calls reuse it."""
+    """Build the demo model (the planted-heads model, so the head-function plots show real roles)
+    into ``directory`` once; later calls reuse it."""
     if (directory / "config.json").is_file():
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so an interrupted build never leaves a half-written model.
     staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=directory.parent))
     try:
-        build_toy_model(staging, description="random weights, the suite's demo model")
+        build_planted_model(staging)
         staging.rename(directory)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    return directory
+
+
+# Where the planted model keeps each kind of information in its residual stream.
+_TOKEN, _POSITION, _PREVIOUS = slice(0, 32), slice(32, 64), slice(64, 96)
+_ANCHOR = (96, 97)
+
+
+@dataclass(frozen=True)
+class PlantedHeads:
+    """Which heads of :func:`build_planted_model` do what (layer, head)."""
+
+    previous_token: tuple[int, int] = (0, 0)
+    duplicate_token: tuple[int, int] = (0, 1)
+    silent: tuple[int, int] = (0, 2)  # attends, but its output is planted to be exactly zero
+    induction: tuple[int, int] = (1, 0)  # also the copying head: it writes the token it attends to
+
+
+PLANTED = PlantedHeads()
+
+
+def build_planted_model(directory: str | Path, *, tokenizer: Any = None, seed: int = 0) -> Path:
+    """Save a 2-layer, 4-head GPT-2 whose heads are set by hand to known roles (see :data:`PLANTED`).
+
+    The residual stream (d_model 256) has separate subspaces: a random 32-dimensional code of the
+    current token, a one-hot code of the position (so ``n_ctx`` is 32), the previous token's code (written
+    by the previous-token head), and a large constant "anchor" that keeps every LayerNorm scale nearly
+    the same, so hand-set attention scores behave as designed. MLPs are zero; the other heads have
+    small random weights. The unembedding is the (tied) embedding, so the induction head, which writes
+    the code of the token it attends to, raises that token's logit: a copying head.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
+    d_model, n_heads, n_ctx = 256, 4, 32
+    d_head = d_model // n_heads
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_ctx, n_embd=d_model, n_layer=2, n_head=n_heads,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, activation_function="gelu_new",
+        **{TOY_MODEL_KEY: "2 layers, 4 heads, d_model 256, hand-set previous-token, duplicate-token and "
+                          "induction heads"},
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+        for name, param in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            if ".mlp." in name:
+                param.zero_()
+        codes = torch.randn(config.vocab_size, 32, generator=generator)
+        wte = model.transformer.wte.weight
+        wte.zero_()
+        wte[:, _TOKEN] = codes / codes.norm(dim=-1, keepdim=True)
+        wpe = model.transformer.wpe.weight
+        wpe.zero_()
+        wpe[:, _POSITION] = torch.eye(n_ctx)
+        wpe[:, _ANCHOR[0]], wpe[:, _ANCHOR[1]] = 8.0, -8.0
+
+        def head_columns(kind: int, head: int) -> slice:  # c_attn's output is [query | key | value]
+            start = kind * d_model + head * d_head
+            return slice(start, start + d_head)
+
+        def plant(layer: int, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            attn = model.transformer.h[layer].attn
+            for kind in range(3):
+                attn.c_attn.weight[:, head_columns(kind, head)] = 0.0
+                attn.c_attn.bias[head_columns(kind, head)] = 0.0
+            attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0.0
+            return (attn.c_attn.weight[:, head_columns(0, head)], attn.c_attn.weight[:, head_columns(1, head)],
+                    attn.c_attn.weight[:, head_columns(2, head)], attn.c_proj.weight[head * d_head : (head + 1) * d_head])
+
+        eye = torch.eye(32)
+        # previous-token head: the query at position p looks for the key of position p - 1, and the
+        # head writes the token code it finds into the previous-token subspace
+        w_q, w_k, w_v, w_o = plant(*PLANTED.previous_token)
+        w_q[_POSITION.start + 1 : _POSITION.stop, : n_ctx - 1] = 40.0 * torch.eye(n_ctx - 1)
+        w_k[_POSITION, :n_ctx] = eye
+        w_v[_TOKEN, :32] = eye
+        w_o[:32, _PREVIOUS] = eye
+        # duplicate-token head: the query matches keys with the same token code, never its own position
+        w_q, w_k, w_v, w_o = plant(*PLANTED.duplicate_token)
+        w_q[_TOKEN, :32] = 40.0 * eye
+        w_q[_POSITION, 32:] = -80.0 * eye
+        w_k[_TOKEN, :32] = eye
+        w_k[_POSITION, 32:] = eye
+        # silent head: random attention, output weights exactly zero
+        w_q, w_k, w_v, w_o = plant(*PLANTED.silent)
+        w_q.copy_(torch.randn(w_q.shape, generator=generator))
+        w_k.copy_(torch.randn(w_k.shape, generator=generator))
+        w_v.copy_(torch.randn(w_v.shape, generator=generator))
+        # induction head: the query's token code matches the key's previous-token code (K-composition
+        # with the previous-token head); it copies the attended token's code into the token subspace
+        w_q, w_k, w_v, w_o = plant(*PLANTED.induction)
+        w_q[_TOKEN, :32] = 40.0 * eye
+        w_k[_PREVIOUS, :32] = eye
+        w_v[_TOKEN, :32] = eye
+        w_o[:32, _TOKEN] = 4.0 * eye
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory

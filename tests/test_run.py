@@ -32,8 +32,10 @@ def error_outputs(path: Path) -> list[Any]:
 def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, list[str], int]) -> None:
     out, lines, code = successful_run
     assert code == 0, "\n".join(lines)
-    assert sorted(p.name for p in out.iterdir()) == ["dla.ipynb", "patching.ipynb", "results.json"]
-    assert error_outputs(out / "dla.ipynb") == [] and error_outputs(out / "patching.ipynb") == []
+    notebooks = ["dla.ipynb", "head_functions.ipynb", "patching.ipynb"]
+    assert sorted(p.name for p in out.iterdir()) == notebooks + ["results.json"]
+    for name in notebooks:
+        assert error_outputs(out / name) == [], name
     results = json.loads((out / "results.json").read_text())
     dla = results["templates"]["dla"]
     assert dla["additivity"]["ok"] is True
@@ -48,6 +50,11 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert patching["head_out"]["top_positive"][0]["value"] == max(max(row) for row in patching["head_out"]["values"])
     assert [a["kind"] for a in patching["attribution_agreement"]] == ["head_out", "head_v", "head_pattern"]
     assert len(patching["resid_pre"]["columns"]) == len(patching["resid_pre"]["values"][0])
+    heads = results["templates"]["head_functions"]
+    assert heads["importance_source"] == "earlier notebooks of this run"
+    assert heads["ablation"]["head"]["head"] == dla["heads"]["top_positive"][0]["head"]  # ablate_by = "dla"
+    assert set(heads["role_scores"]) >= {"previous_token", "duplicate_token", "induction"}
+    assert {h["group"] for h in heads["important_heads"]} <= {"early", "middle", "late"}
     provenance = results["provenance"]
     assert provenance["task"]["n_prompts"] == 8 and provenance["seed"] == 0
     assert "name: ioi" in provenance["task_file_contents"]
@@ -57,16 +64,16 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("template", ["dla", "patching"])
+@pytest.mark.parametrize("template", ["dla", "patching", "head_functions"])
 def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(
     template: str, successful_run: tuple[Path, list[str], int]
 ) -> None:
     out, _, _ = successful_run
     nb = nbformat.read(out / f"{template}.ipynb", as_version=4)
-    assert sum("**How to interpret.**" in c.source for c in nb.cells if c.cell_type == "markdown") >= 7
+    assert sum("**How to interpret.**" in c.source for c in nb.cells if c.cell_type == "markdown") >= 4
     shown = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
     assert "TOY MODEL" in shown and "not GPT-2" in shown
-    assert shown.count("application/vnd.plotly.v1+json") >= 5
+    assert shown.count("application/vnd.plotly.v1+json") >= 4
     assert "unpkg.com" not in shown
 
 
