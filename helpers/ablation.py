@@ -22,7 +22,7 @@ from helpers.attribution import (
     project_on_logit_diff,
     run_final_position_cache,
 )
-from helpers.heads import HeadScore
+from helpers.heads import HeadScore, rank_heads_by_magnitude
 from helpers.tasks import PromptSet
 
 AblationMethod = Literal["zero", "mean"]
@@ -52,9 +52,7 @@ class AblationResult:
         """The heads whose DLA changed most (value = after - before), the ablated head excluded."""
         change = self.dla_after - self.dla_before
         change[self.head.layer, self.head.head] = 0.0
-        n_heads = change.shape[1]
-        order = change.abs().flatten().argsort(descending=True)[:k]
-        return [HeadScore(int(i) // n_heads, int(i) % n_heads, float(change.flatten()[i])) for i in order]
+        return rank_heads_by_magnitude(change, k)
 
     def to_dict(self) -> dict[str, Any]:
         return {

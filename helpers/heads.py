@@ -35,3 +35,8 @@ def rank_heads(scores: Float[Tensor, "layer head_index"], k: int, *, largest: bo
     k = min(k, scores.numel())
     values, flat = torch.topk(scores.flatten().float(), k, largest=largest)
     return [HeadScore(int(i) // n_heads, int(i) % n_heads, float(v)) for v, i in zip(values, flat)]
+
+
+def rank_heads_by_magnitude(scores: Float[Tensor, "layer head_index"], k: int) -> list[HeadScore]:
+    """The ``k`` heads with the largest absolute scores, largest first, each with its signed score."""
+    return [HeadScore(h.layer, h.head, float(scores[h.layer, h.head])) for h in rank_heads(scores.abs(), k)]

@@ -15,12 +15,18 @@ def at_final_pos(
     return activations[rows, final_pos.to(activations.device)]
 
 
+def answer_logit_diff(
+    final_logits: Float[Tensor, "batch d_vocab"], answer_tokens: Int[Tensor, "batch 2"]
+) -> Float[Tensor, " batch"]:
+    """Correct minus incorrect answer logit, from each prompt's final-position logits."""
+    answers = answer_tokens.to(final_logits.device)
+    return final_logits.gather(-1, answers[:, :1]).squeeze(-1) - final_logits.gather(-1, answers[:, 1:]).squeeze(-1)
+
+
 def logit_diff(
     logits: Float[Tensor, "batch pos d_vocab"],
     answer_tokens: Int[Tensor, "batch 2"],
     final_pos: Int[Tensor, " batch"],
 ) -> Float[Tensor, " batch"]:
     """Correct minus incorrect answer logit at each prompt's final position."""
-    final = at_final_pos(logits, final_pos)
-    answers = answer_tokens.to(final.device)
-    return final.gather(-1, answers[:, :1]).squeeze(-1) - final.gather(-1, answers[:, 1:]).squeeze(-1)
+    return answer_logit_diff(at_final_pos(logits, final_pos), answer_tokens)

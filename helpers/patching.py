@@ -41,8 +41,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from helpers.heads import HeadScore, rank_heads
-from helpers.metrics import at_final_pos, logit_diff
+from helpers.heads import HeadScore, rank_heads, rank_heads_by_magnitude
+from helpers.metrics import answer_logit_diff, at_final_pos, logit_diff
 from helpers.tasks import PromptSet
 
 PatchKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern"]
@@ -80,9 +80,7 @@ class LogitDiffMetric:
         return (per_prompt.mean(dim=-1) - self.corrupted_logit_diff) / (self.clean_logit_diff - self.corrupted_logit_diff)
 
     def __call__(self, final_logits: Float[Tensor, "batch d_vocab"]) -> Tensor:
-        answers = self.answer_tokens.to(final_logits.device)
-        diff = final_logits.gather(-1, answers[:, :1])[:, 0] - final_logits.gather(-1, answers[:, 1:])[:, 0]
-        return self.from_logit_diff(diff)
+        return self.from_logit_diff(answer_logit_diff(final_logits, self.answer_tokens))
 
 
 @dataclass(frozen=True)
@@ -245,12 +243,8 @@ class PatchingEngine:
         self.corrupted_metric = float(self.metric(at_final_pos(corrupted_logits, self.final_pos)))
 
         self.w = _Weights.of(model)
-        self.fast_path_reason = self._fast_path_problem(corrupted_logits)
-        if self.fast_path_reason is None:
-            with torch.no_grad():
-                self.clean = self._forward(self.clean_tokens)
-                self.corrupted = self._forward(self.corrupted_tokens)
-        else:
+        self.fast_path_reason = self._start_fast_path(corrupted_logits)
+        if self.fast_path_reason is not None:
             warnings.warn(f"patching falls back to transformer_lens.patching (exact, slower): {self.fast_path_reason}",
                           stacklevel=2)
 
@@ -291,7 +285,9 @@ class PatchingEngine:
 
     # -- the engine's forward pass ------------------------------------------------------------------
 
-    def _fast_path_problem(self, corrupted_logits: Tensor) -> str | None:
+    def _start_fast_path(self, corrupted_logits: Tensor) -> str | None:
+        """Run the engine's own forward pass on both prompt sets; return why it cannot be trusted, or
+        None. Its final-position logits on the corrupted prompts must match the model's."""
         cfg = self.model.cfg
         if cfg.act_fn not in _ACTIVATIONS:
             return f"activation function {cfg.act_fn!r} is not implemented by the engine"
@@ -299,13 +295,15 @@ class PatchingEngine:
             return "grouped-query attention is not implemented by the engine"
         try:
             with torch.no_grad():
-                own = self._forward(self.corrupted_tokens[:1]).resid_final
-                logits = self._unembed(own)
+                self.corrupted = self._forward(self.corrupted_tokens)
+                own = self._unembed(at_final_pos(self.corrupted.resid_final, self.final_pos))
         except (AttributeError, RuntimeError, KeyError) as err:
             return f"the engine cannot run this architecture ({type(err).__name__}: {err})"
-        gap = float((logits - corrupted_logits[:1]).abs().max())
+        gap = float((own - at_final_pos(corrupted_logits, self.final_pos)).abs().max())
         if not math.isfinite(gap) or gap > _SELF_CHECK_ATOL:
             return f"the engine's forward pass differs from the model's by {gap:.2e} on this architecture"
+        with torch.no_grad():
+            self.clean = self._forward(self.clean_tokens)
         return None
 
     def _ln(self, x: Tensor) -> Tensor:
@@ -579,7 +577,4 @@ def compare_attribution(exact: PatchingResult, estimate: PatchingResult, *, k: i
     x, y = exact.values.flatten().double(), estimate.values.flatten().double()
     pearson = float(torch.corrcoef(torch.stack([x, y]))[0, 1]) if x.std() > 0 and y.std() > 0 else float("nan")
     gap = estimate.values - exact.values
-    largest = rank_heads(gap.abs(), k)
-    return AttributionAgreement(
-        exact.kind, pearson, float(gap.abs().max()),
-        tuple(HeadScore(h.layer, h.head, float(gap[h.layer, h.head])) for h in largest))
+    return AttributionAgreement(exact.kind, pearson, float(gap.abs().max()), tuple(rank_heads_by_magnitude(gap, k)))

@@ -9,11 +9,12 @@ so repeated tokens stay distinct.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import pandas as pd
 import plotly.graph_objects as go
+from jaxtyping import Float
 from plotly.subplots import make_subplots
+from torch import Tensor
 
 from helpers.ablation import AblationResult
 from helpers.attribution import (
@@ -27,6 +28,7 @@ from helpers.attribution import (
 from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
 from helpers.heads import HeadScore, head_name
 from helpers.patching import AttributionAgreement, MetricAnchors, PatchingResult
+from helpers.roles import ImportantHead
 from helpers.tasks import token_labels
 
 DIVERGING = "RdBu"
@@ -155,9 +157,17 @@ def plot_patching(result: PatchingResult) -> go.Figure:
 
 def plot_head_scatter(x: PatchingResult, y: PatchingResult, *, x_title: str, y_title: str, title: str) -> go.Figure:
     """One point per head, hover ``L{layer}H{head}``, with the diagonal y = x for reference."""
-    n_layers, n_heads = x.values.shape
+    return head_scatter(x.values, y.values, x_title=x_title, y_title=y_title, title=title)
+
+
+def head_scatter(
+    x: Float[Tensor, "layer head_index"], y: Float[Tensor, "layer head_index"], *, x_title: str, y_title: str,
+    title: str,
+) -> go.Figure:
+    """Two per-head quantities against each other, coloured by layer, with the diagonal y = x."""
+    n_layers, n_heads = x.shape
     names = [head_name(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    xs, ys = x.values.flatten().tolist(), y.values.flatten().tolist()
+    xs, ys = x.flatten().tolist(), y.flatten().tolist()
     layers = [layer for layer in range(n_layers) for _ in range(n_heads)]
     fig = go.Figure(go.Scatter(
         x=xs, y=ys, mode="markers", text=names, marker=dict(color=layers, colorscale="Viridis", showscale=True,
@@ -212,7 +222,7 @@ def role_score_table(scores: HeadRoleScores, k: int) -> pd.DataFrame:
     return pd.DataFrame(columns, index=pd.RangeIndex(1, len(top) + 1, name="rank"))
 
 
-def heads_with_roles_table(heads: Sequence[Any], scores: HeadRoleScores) -> pd.DataFrame:
+def heads_with_roles_table(heads: Sequence[ImportantHead], scores: HeadRoleScores) -> pd.DataFrame:
     """Important heads with their DLA, patching effect and score for each role."""
     rows = []
     for h in heads:
@@ -231,16 +241,5 @@ def ablation_table(result: AblationResult) -> pd.DataFrame:
 
 def plot_ablation_dla(result: AblationResult) -> go.Figure:
     """Each head's DLA after the ablation against before: off-diagonal heads changed behaviour."""
-    n_layers, n_heads = result.dla_before.shape
-    names = [head_name(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    xs, ys = result.dla_before.flatten().tolist(), result.dla_after.flatten().tolist()
-    fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers", text=names,
-                               marker=dict(color=[n // n_heads for n in range(len(xs))], colorscale="Viridis",
-                                           showscale=True, colorbar=dict(title="layer")),
-                               hovertemplate="%{text}<br>before %{x:.4f}<br>after %{y:.4f}<extra></extra>"))
-    low, high = min(xs + ys), max(xs + ys)
-    fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dot", color="gray"),
-                             hoverinfo="skip"))
-    fig.update_layout(title=f"DLA per head after {result.method}-ablating {result.head.name} vs before",
-                      xaxis_title="DLA before", yaxis_title="DLA after", showlegend=False)
-    return fig
+    return head_scatter(result.dla_before, result.dla_after, x_title="DLA before", y_title="DLA after",
+                        title=f"DLA per head after {result.method}-ablating {result.head.name} vs before")

@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from helpers.attribution import compute_head_attribution, run_final_position_cache
-from helpers.heads import HeadScore, head_name, rank_heads
+from helpers.attribution import FinalPositionCache, compute_head_attribution
+from helpers.heads import HeadScore, head_name, rank_heads, rank_heads_by_magnitude
 from helpers.patching import PatchingEngine
 from helpers.tasks import PromptSet
 
@@ -50,13 +50,15 @@ class ImportantHead:
                 "patching": self.patching, "group": self.group}
 
 
-def compute_head_importance(model: Any, prompts: PromptSet, earlier: dict[str, Any]) -> HeadImportance:
-    """DLA and head-output patching per head: from the earlier notebooks' results when this run has
-    them, else computed now."""
+def compute_head_importance(
+    model: Any, prompts: PromptSet, earlier: dict[str, Any], clean: FinalPositionCache
+) -> HeadImportance:
+    """DLA and head-output patching per head: from the earlier notebooks' results when there are some,
+    else computed now (DLA from ``clean``, the clean run the notebook already has)."""
     if "dla" in earlier and "patching" in earlier:
         return HeadImportance(torch.tensor(earlier["dla"]["heads"]["mean"]),
                               torch.tensor(earlier["patching"]["head_out"]["values"]), "earlier notebooks of this run")
-    dla = compute_head_attribution(model, run_final_position_cache(model, prompts)).mean
+    dla = compute_head_attribution(model, clean).mean
     patching = PatchingEngine(model, prompts).patch("head_out").values
     return HeadImportance(dla, patching, "computed here (no earlier results in this run)")
 
@@ -77,7 +79,8 @@ def important_heads(
     n_layers, n_heads = importance.dla.shape
     best_rank: dict[int, int] = {}
     for scores in (importance.dla, importance.patching):
-        for rank, i in enumerate(scores.abs().flatten().topk(min(k, scores.numel())).indices.tolist()):
+        for rank, h in enumerate(rank_heads_by_magnitude(scores, k)):
+            i = h.layer * n_heads + h.head
             best_rank[i] = min(rank, best_rank.get(i, rank))
     chosen = sorted(best_rank, key=lambda i: (best_rank[i], i))
     heads = [

@@ -11,6 +11,7 @@ from transformer_lens.head_detector import detect_head
 
 from helpers import ablation, attribution, head_scores, roles
 from helpers.model import load_model
+from helpers.patching import PatchingEngine
 from helpers.tasks import PromptSet, build_prompts, parse_task
 from helpers.toy_models import PLANTED, build_planted_model
 
@@ -126,11 +127,13 @@ def test_importance_is_read_from_earlier_results_when_present(tmp_path: Path, to
                                                                ioi_prompts: PromptSet) -> None:
     earlier = {"dla": {"heads": {"mean": [[0.1, 0.2, 0.3, 0.4], [0.0, 0.0, 0.0, 0.5]]}},
                "patching": {"head_out": {"values": [[0.0, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]]}}}
-    read = roles.compute_head_importance(toy_model, ioi_prompts, earlier)
+    clean = attribution.run_final_position_cache(toy_model, ioi_prompts)
+    read = roles.compute_head_importance(toy_model, ioi_prompts, earlier, clean)
     assert read.source.startswith("earlier") and float(read.patching[1, 0]) == pytest.approx(0.9)
-    computed = roles.compute_head_importance(toy_model, ioi_prompts, {})
-    expected = attribution.compute_head_attribution(toy_model, attribution.run_final_position_cache(toy_model, ioi_prompts))
-    torch.testing.assert_close(computed.dla, expected.mean)
+    computed = roles.compute_head_importance(toy_model, ioi_prompts, {}, clean)
+    torch.testing.assert_close(computed.dla, attribution.compute_head_attribution(toy_model, clean).mean)
+    reference = PatchingEngine(toy_model, ioi_prompts, progress=False).patch("head_out").values
+    torch.testing.assert_close(computed.patching, reference)
 
 
 def test_earlier_results_come_from_this_run_or_a_matching_last_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
