@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 
 TASK ?= ioi
+TASKS ?= numseq months days letters
 MODEL ?=
 DEVICE ?= auto
 DTYPE ?= float32
@@ -15,17 +16,18 @@ SEED ?=
 TEMPLATES ?=
 PYTEST_ARGS ?=
 
-RUN_ARGS = --task $(TASK) --device $(DEVICE) --dtype $(DTYPE) $(if $(MODEL),--model $(MODEL)) \
+OPTIONS = --device $(DEVICE) --dtype $(DTYPE) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(N),--n $(N)) $(if $(SEED),--seed $(SEED)) $(if $(TEMPLATES),--templates $(TEMPLATES))
 
-.PHONY: help setup run test check bench lab clean
+.PHONY: help setup run run-all compare test check bench lab clean
 
 help: ## list the targets and variables
 	@echo "Targets:"
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo
 	@echo "Variables (make run TASK=ioi MODEL=demo N=16 ...):"
-	@echo "  TASK=$(TASK)       a task name in params/ or a path to a task .yaml file"
+	@echo "  TASK=$(TASK)       a task name in params/ or a path to a task .yaml file; several: TASK=\"numseq months\""
+	@echo "  TASKS=\"$(TASKS)\"  the tasks make compare compares"
 	@echo "  MODEL=...      override the task's model: a hub name (gpt2), a local directory, or demo"
 	@echo "  DEVICE=$(DEVICE)    auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
 	@echo "  DTYPE=$(DTYPE) float32, float16 or bfloat16"
@@ -44,8 +46,14 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed ## create the environment (run and test do it for you)
 
-run: setup ## execute every template on TASK into notebooks/<task>/
-	$(PY) -m helpers.run $(RUN_ARGS)
+run: setup ## execute every template on TASK (one or several) into notebooks/<task>/
+	$(PY) -m helpers.run --task $(TASK) $(OPTIONS)
+
+run-all: setup ## run every task in params/; a failing task does not stop the others
+	$(PY) -m helpers.run --all $(OPTIONS)
+
+compare: setup ## compare TASKS' heads into notebooks/compare/ (runs tasks without results first)
+	$(PY) -m helpers.run --compare $(TASKS) $(OPTIONS)
 
 test: setup ## run the test suite, offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)

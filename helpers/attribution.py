@@ -27,7 +27,7 @@ from torch import Tensor
 
 from helpers.heads import HeadScore, rank_heads
 from helpers.hooks import cache_activations
-from helpers.metrics import at_final_pos, logit_diff
+from helpers.metrics import at_final_pos
 from helpers.tasks import PromptSet
 
 
@@ -67,19 +67,19 @@ def run_final_position_cache(
     tokens = prompts.clean_tokens.to(model.cfg.device)
     logits, acts = cache_activations(model, tokens, names, fwd_hooks=fwd_hooks)
     final = {name: at_final_pos(act, prompts.final_pos).float() for name, act in acts.items()}
-    correct, incorrect = prompts.answer_tokens[:, 0], prompts.answer_tokens[:, 1]
-    w_u, b_u = model.W_U.float(), model.b_U.float()
+    final_logits = at_final_pos(logits, prompts.final_pos).float()
+    metric = prompts.metric.to(final_logits.device)
     return FinalPositionCache(
-        final_logits=at_final_pos(logits, prompts.final_pos).float().cpu(),
-        logit_diff=logit_diff(logits.float(), prompts.answer_tokens, prompts.final_pos).cpu(),
+        final_logits=final_logits.cpu(),
+        logit_diff=metric.logit_diff(final_logits).cpu(),
         embed=final["hook_embed"].cpu(),
         pos_embed=final["hook_pos_embed"].cpu(),
         attn_out=torch.stack([final[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)]).cpu(),
         mlp_out=torch.stack([final[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)]).cpu(),
         z=torch.stack([final[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)]).cpu(),
         final_scale=final["ln_final.hook_scale"].cpu(),
-        logit_diff_direction=(w_u[:, correct] - w_u[:, incorrect]).T.cpu(),
-        logit_diff_bias=(b_u[correct] - b_u[incorrect]).cpu(),
+        logit_diff_direction=metric.direction(model.W_U.float()).cpu(),
+        logit_diff_bias=metric.bias(model.b_U.float()).cpu(),
         # RMSNorm models (LLaMA-style) scale without centring; GPT-2's LayerNorm centres first.
         ln_centres=model.cfg.normalization_type in ("LN", "LNPre"),
         ln_eps=float(model.cfg.eps),
@@ -106,12 +106,21 @@ def project_on_logit_diff(
 
 @dataclass(frozen=True)
 class LogitDiffResult:
-    """Correct minus incorrect answer logit per prompt."""
+    """Correct minus incorrect answer logit per prompt (mean over the answer sets, for tasks with sets),
+    and the task's own metric when that is something else (a probability difference)."""
 
     per_prompt: Float[Tensor, " batch"]
     prompts: tuple[str, ...]
     correct_answers: tuple[str, ...]
     incorrect_answers: tuple[str, ...]
+    metric_name: str = "logit difference"
+    metric_per_prompt: Float[Tensor, " batch"] | None = None
+
+    @property
+    def metric_mean(self) -> float:
+        """The task metric's mean (the logit difference's, for logit-difference tasks)."""
+        values = self.per_prompt if self.metric_per_prompt is None else self.metric_per_prompt
+        return float(values.mean())
 
     @property
     def mean(self) -> float:
@@ -122,8 +131,19 @@ class LogitDiffResult:
         """Fraction of prompts where the correct answer beats the incorrect one."""
         return float((self.per_prompt > 0).float().mean())
 
+    @property
+    def description(self) -> str:
+        text = f"mean logit difference {self.mean:.3f} (correct preferred on {self.accuracy:.0%} of prompts)"
+        if self.metric_per_prompt is not None:
+            text += f"; the task's metric, {self.metric_name}, {self.metric_mean:.3f}"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "accuracy": self.accuracy, "per_prompt": self.per_prompt.tolist()}
+        data = {"mean": self.mean, "accuracy": self.accuracy, "per_prompt": self.per_prompt.tolist(),
+                "metric": self.metric_name, "metric_mean": self.metric_mean}
+        if self.metric_per_prompt is not None:
+            data["metric_per_prompt"] = self.metric_per_prompt.tolist()
+        return data
 
 
 @dataclass(frozen=True)
@@ -202,7 +222,9 @@ class HeadAttribution:
 
 
 def compute_logit_diff(cache: FinalPositionCache, prompts: PromptSet) -> LogitDiffResult:
-    return LogitDiffResult(cache.logit_diff, prompts.clean_prompts, prompts.correct_answers, prompts.incorrect_answers)
+    metric = prompts.metric
+    return LogitDiffResult(cache.logit_diff, prompts.clean_prompts, prompts.correct_answers, prompts.incorrect_answers,
+                           metric.name, None if metric.is_linear else metric(cache.final_logits).cpu())
 
 
 def compute_component_attribution(cache: FinalPositionCache) -> ComponentAttribution:
@@ -303,13 +325,15 @@ class TopPredictions:
 def compute_top_predictions(
     cache: FinalPositionCache, prompts: PromptSet, tokenizer: Any, *, prompt_index: int = 0, k: int = 10
 ) -> TopPredictions:
-    """Top-``k`` next-token predictions on one clean prompt; ranks count from 1."""
+    """Top-``k`` next-token predictions on one clean prompt; ranks count from 1. For answer sets, a
+    set's rank is its best token's and its probability their total."""
     probs = cache.final_logits[prompt_index].softmax(dim=-1)
     top = torch.topk(probs, k)
-    correct, incorrect = (int(t) for t in prompts.answer_tokens[prompt_index])
+    correct = torch.tensor(prompts.metric.correct_tokens(prompt_index))
+    incorrect = torch.tensor(prompts.metric.incorrect_tokens(prompt_index))
 
-    def rank(token: int) -> int:
-        return int((probs > probs[token]).sum()) + 1
+    def rank(tokens: Tensor) -> int:
+        return int((probs > probs[tokens].max()).sum()) + 1
 
     return TopPredictions(
         prompt=prompts.clean_prompts[prompt_index],
@@ -319,8 +343,8 @@ def compute_top_predictions(
         incorrect=prompts.incorrect_answers[prompt_index],
         correct_rank=rank(correct),
         incorrect_rank=rank(incorrect),
-        correct_prob=float(probs[correct]),
-        incorrect_prob=float(probs[incorrect]),
+        correct_prob=float(probs[correct].sum()),
+        incorrect_prob=float(probs[incorrect].sum()),
     )
 
 

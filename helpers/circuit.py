@@ -12,7 +12,7 @@ corrupted prompts or fresh prompts from the same templates (another seed, like t
 distribution). Mean ablation rather than zero ablation: a head's average output is part of the
 model's normal operating point, and removing it would break more than the head's task-specific job.
 
-- *Faithfulness* of a circuit: its metric (mean logit difference, unless another is given) as a fraction
+- *Faithfulness* of a circuit: its metric (the task's, mean over prompts, unless another is given) as a fraction
   of the full model's. Keeping every head gives exactly 1; keeping none (the empty circuit) shows what
   is left without any head's task-specific output.
 - The *curve* adds heads in order of importance and shows how many the behaviour needs.
@@ -38,7 +38,7 @@ from torch import Tensor
 
 from helpers.heads import HeadScore, head_name
 from helpers.hooks import cache_activations, run_with_hooks
-from helpers.metrics import answer_logit_diff, at_final_pos
+from helpers.metrics import at_final_pos
 from helpers.tasks import PromptSet, TaskSpec, build_prompts
 
 Reference = Literal["corrupted", "other_prompts"]
@@ -46,8 +46,9 @@ REFERENCES: tuple[Reference, ...] = ("corrupted", "other_prompts")
 FINAL = "final"
 _POSITION_RE = re.compile(r"^(?P<word>[A-Za-z][A-Za-z0-9_]*)(?:#(?P<occurrence>\d+))?(?P<offset>[+-]\d+)?$")
 _HEAD_RE = re.compile(r"^L(?P<layer>\d+)H(?P<head>\d+)$|^(?P<layer2>\d+)\.(?P<head2>\d+)$")
-# A full-model metric this close to 0 makes "fraction of the full model" meaningless (as in patching).
-_SMALL_METRIC = 0.1
+# A full-model metric this close to 0 makes "fraction of the full model" meaningless (as in patching);
+# by the task metric's kind, and for a metric given by the caller.
+_SMALL_METRIC = {"logit_diff": 0.1, "prob_diff": 0.01, "given": 0.1}
 
 
 class CircuitError(ValueError):
@@ -364,19 +365,20 @@ class CircuitEvaluator:
         model: the model.
         prompts: the task's clean prompts.
         ablation: the reference means (:func:`compute_mean_ablation`).
-        metric: final-position logits ``[batch, d_vocab]`` -> a number; by default the mean logit
-            difference between the two answers.
+        metric: final-position logits ``[batch, d_vocab]`` -> a number; by default the task's metric
+            (``prompts.metric``), mean over prompts.
     """
 
     def __init__(self, model: Any, prompts: PromptSet, ablation: MeanAblation, metric: Metric | None = None):
         self.model, self.prompts, self.ablation = model, prompts, ablation
-        self.metric = metric if metric is not None else self._mean_logit_diff
+        self.metric = metric if metric is not None else self._mean_task_metric
+        self.small_metric = _SMALL_METRIC["given" if metric is not None else prompts.metric.kind]
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
         self.full_metric = self._run(None)
         self.empty_metric = self._run(Circuit("empty", ()))
 
-    def _mean_logit_diff(self, final_logits: Tensor) -> Tensor:
-        return answer_logit_diff(final_logits, self.prompts.answer_tokens).mean()
+    def _mean_task_metric(self, final_logits: Tensor) -> Tensor:
+        return self.prompts.metric(final_logits).mean()
 
     def _run(self, circuit: Circuit | None) -> float:
         hooks = [] if circuit is None else self.ablation.hooks(
@@ -390,7 +392,7 @@ class CircuitEvaluator:
         if self.full_metric <= 0:
             return (f"the full model's metric is {self.full_metric:.3f}: the model does not prefer the correct answer, "
                     "so faithfulness (a fraction of that) does not measure how much of a behaviour a circuit explains.")
-        if self.full_metric < _SMALL_METRIC:
+        if self.full_metric < self.small_metric:
             return (f"the full model's metric is only {self.full_metric:.3f}: faithfulness, a fraction of it, "
                     "magnifies noise.")
         return None

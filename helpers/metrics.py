@@ -1,8 +1,12 @@
-"""Logit differences, the quantity every analysis of a task explains, and the correlation used to compare analyses."""
+"""The task metric every analysis explains (a logit or probability difference between answer tokens), and
+the correlation used to compare analyses."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
@@ -18,21 +22,125 @@ def at_final_pos(
     return activations[rows, final_pos.to(activations.device)]
 
 
-def answer_logit_diff(
-    final_logits: Float[Tensor, "batch d_vocab"], answer_tokens: Int[Tensor, "batch 2"]
-) -> Float[Tensor, " batch"]:
-    """Correct minus incorrect answer logit, from each prompt's final-position logits."""
-    answers = answer_tokens.to(final_logits.device)
-    return final_logits.gather(-1, answers[:, :1]).squeeze(-1) - final_logits.gather(-1, answers[:, 1:]).squeeze(-1)
+MetricKind = Literal["logit_diff", "prob_diff"]
+METRIC_KINDS: tuple[MetricKind, ...] = ("logit_diff", "prob_diff")
+METRIC_NAMES: dict[str, str] = {"logit_diff": "logit difference", "prob_diff": "probability difference"}
 
 
-def logit_diff(
-    logits: Float[Tensor, "batch pos d_vocab"],
-    answer_tokens: Int[Tensor, "batch 2"],
-    final_pos: Int[Tensor, " batch"],
-) -> Float[Tensor, " batch"]:
-    """Correct minus incorrect answer logit at each prompt's final position."""
-    return answer_logit_diff(at_final_pos(logits, final_pos), answer_tokens)
+@dataclass(frozen=True)
+class AnswerMetric:
+    """A task's metric on each prompt's final-position logits.
+
+    Each prompt has a set of correct and a set of incorrect answer tokens: one of each for most tasks
+    (" Mary" against " John"), many for a task like greater-than (every year after YY against every
+    year up to it). ``logit_diff`` is the mean logit of the correct tokens minus that of the incorrect
+    ones (for one token each, the usual logit difference); ``prob_diff`` is the total probability of
+    the correct tokens minus that of the incorrect ones.
+
+    Whatever the task's metric, :meth:`logit_diff` is there too: it is linear in the final residual
+    stream, so it is what direct logit attribution splits into components (:meth:`direction`).
+
+    Stored as padded rows: ``tokens[i, j]`` is a candidate of prompt ``i`` and ``signs[i, j]`` is +1
+    (correct), -1 (incorrect) or 0 (an unused slot).
+    """
+
+    kind: MetricKind
+    tokens: Int[Tensor, "batch k"]
+    signs: Int[Tensor, "batch k"]
+
+    @classmethod
+    def from_sets(cls, kind: MetricKind, correct: Sequence[Sequence[int]],
+                  incorrect: Sequence[Sequence[int]]) -> AnswerMetric:
+        """From each prompt's correct and incorrect tokens (each set non-empty, the two disjoint)."""
+        if kind not in METRIC_KINDS:
+            raise ValueError(f"metric kind {kind!r}: use one of {', '.join(METRIC_KINDS)}")
+        width = max(len(c) + len(i) for c, i in zip(correct, incorrect))
+        tokens, signs = [], []
+        for good, bad in zip(correct, incorrect):
+            if not good or not bad or set(good) & set(bad):
+                raise ValueError(f"answer sets must be non-empty and disjoint: {list(good)} / {list(bad)}")
+            pad = width - len(good) - len(bad)
+            tokens.append([*good, *bad] + [0] * pad)
+            signs.append([1] * len(good) + [-1] * len(bad) + [0] * pad)
+        return cls(kind, torch.tensor(tokens, dtype=torch.long), torch.tensor(signs, dtype=torch.long))
+
+    @classmethod
+    def from_pairs(cls, answer_tokens: Int[Tensor, "batch 2"], kind: MetricKind = "logit_diff") -> AnswerMetric:
+        """One correct and one incorrect token per prompt: ``answer_tokens[:, 0]`` and ``[:, 1]``."""
+        signs = torch.tensor([1, -1]).expand(answer_tokens.shape[0], 2).clone()
+        return cls(kind, answer_tokens.long().clone(), signs)
+
+    @property
+    def name(self) -> str:
+        return METRIC_NAMES[self.kind]
+
+    @property
+    def is_linear(self) -> bool:
+        """The metric is the logit difference itself (so a direction in the residual stream reads it)."""
+        return self.kind == "logit_diff"
+
+    @property
+    def is_pairs(self) -> bool:
+        """One correct and one incorrect token per prompt."""
+        return self.signs.shape[1] == 2 and bool((self.signs == torch.tensor([1, -1])).all())
+
+    def pairs(self) -> Int[Tensor, "batch 2"]:
+        """``[correct, incorrect]`` per prompt, for tasks with one of each."""
+        if not self.is_pairs:
+            raise ValueError("this task's answers are sets of tokens, not one correct and one incorrect token; "
+                             "use the task's metric (prompts.metric) instead")
+        return self.tokens
+
+    def correct_tokens(self, index: int) -> list[int]:
+        return [int(t) for t, s in zip(self.tokens[index], self.signs[index]) if s > 0]
+
+    def incorrect_tokens(self, index: int) -> list[int]:
+        return [int(t) for t, s in zip(self.tokens[index], self.signs[index]) if s < 0]
+
+    @property
+    def weights(self) -> Float[Tensor, "batch k"]:
+        """+1/(number correct) on correct tokens, -1/(number incorrect) on incorrect ones, 0 elsewhere."""
+        signs = self.signs.float()
+        n_correct = (self.signs > 0).sum(dim=1, keepdim=True).float()
+        n_incorrect = (self.signs < 0).sum(dim=1, keepdim=True).float()
+        return torch.where(self.signs > 0, signs / n_correct, signs / n_incorrect)
+
+    def logit_diff(self, final_logits: Float[Tensor, "rows d_vocab"]) -> Float[Tensor, " rows"]:
+        """Mean correct minus mean incorrect logit (rows may repeat the prompts, config by config)."""
+        tokens, weights = self._rows(final_logits)
+        return (final_logits.gather(-1, tokens) * weights.to(final_logits.dtype)).sum(dim=-1)
+
+    def __call__(self, final_logits: Float[Tensor, "rows d_vocab"]) -> Float[Tensor, " rows"]:
+        """The task's metric per prompt."""
+        if self.is_linear:
+            return self.logit_diff(final_logits)
+        tokens, _ = self._rows(final_logits)
+        signs = self.signs.to(final_logits.device).repeat(final_logits.shape[0] // self.signs.shape[0], 1)
+        probs = final_logits.float().softmax(dim=-1).gather(-1, tokens)
+        return (probs * signs.float()).sum(dim=-1)
+
+    def direction(self, w_u: Float[Tensor, "d_model d_vocab"]) -> Float[Tensor, "batch d_model"]:
+        """The residual direction (after the final LayerNorm) that :meth:`logit_diff` reads, per prompt."""
+        tokens, weights = self.tokens.to(w_u.device), self.weights.to(w_u.device, w_u.dtype)
+        return (w_u[:, tokens] * weights).sum(dim=-1).T
+
+    def bias(self, b_u: Float[Tensor, " d_vocab"]) -> Float[Tensor, " batch"]:
+        """The unembedding bias's share of :meth:`logit_diff`."""
+        return (b_u[self.tokens.to(b_u.device)] * self.weights.to(b_u.device, b_u.dtype)).sum(dim=-1)
+
+    def select(self, rows: Int[Tensor, " n"] | list[int]) -> AnswerMetric:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        tokens, signs = self.tokens[rows], self.signs[rows]
+        width = int((signs != 0).sum(dim=1).max())  # drop slots no kept prompt uses
+        return AnswerMetric(self.kind, tokens[:, :width], signs[:, :width])
+
+    def to(self, device: str | torch.device) -> AnswerMetric:
+        return AnswerMetric(self.kind, self.tokens.to(device), self.signs.to(device))
+
+    def _rows(self, final_logits: Tensor) -> tuple[Tensor, Tensor]:
+        repeat = final_logits.shape[0] // self.tokens.shape[0]
+        return (self.tokens.to(final_logits.device).repeat(repeat, 1),
+                self.weights.to(final_logits.device).repeat(repeat, 1))
 
 
 def pearson_correlation(x: Float[Tensor, " n"], y: Float[Tensor, " n"]) -> tuple[float, float]:

@@ -109,8 +109,7 @@ def compute_neuron_writes(
     promote and suppress through the unembedding."""
     w_out = model.W_out[patching.layer].float()  # [d_mlp, d_model]
     w_u = model.W_U.float()
-    answers = prompts.answer_tokens.to(w_u.device)
-    direction = (w_u[:, answers[:, 0]] - w_u[:, answers[:, 1]]).mean(dim=1)  # [d_model]
+    direction = prompts.metric.direction(w_u).mean(dim=0)  # [d_model]
     decode = model.tokenizer.decode
     writes = []
     for n in neurons:

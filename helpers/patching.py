@@ -2,8 +2,8 @@
 
 Context. Run the model on a corrupted prompt (the evidence for the correct answer removed), but replace
 one activation with its value from the clean prompt, and measure how far the output moves back towards
-the clean answer. The metric is the logit difference normalised so that 0 is the corrupted run and 1 is
-the clean run: a patch scoring 0.8 restores 80% of the behaviour on its own, so that activation carries
+the clean answer. The metric is the task's metric (a logit or probability difference, see
+:class:`helpers.metrics.AnswerMetric`) normalised so that 0 is the corrupted run and 1 is the clean run: a patch scoring 0.8 restores 80% of the behaviour on its own, so that activation carries
 most of what distinguishes the two prompts. Patching the residual stream position by position shows
 where information sits and when it moves between tokens; patching each head's output, values or
 attention pattern shows which heads move it, and whether a head matters for *what* it moves (values) or
@@ -18,9 +18,10 @@ tests assert equality within 1e-4 for every variant) while doing less:
 - a head patch changes one head's contribution to its layer's output, ``(z_new - z_corrupted) @ W_O``,
   so the attention of that layer is not recomputed; value and pattern patches recombine the cached
   pattern and values (``z = pattern @ v``) of the two runs;
-- only the logits the metric needs are computed: the two answer tokens at each prompt's final position,
-  instead of the whole vocabulary at every position (a metric of the full final logits, e.g. a
-  probability-mass difference, takes the full-vocabulary path at the final position);
+- only the logits the metric needs are computed: for a logit difference, the answer tokens at each
+  prompt's final position instead of the whole vocabulary at every position (a probability
+  difference, or any metric of the full final logits, takes the full-vocabulary path at the final
+  position);
 - all patches of a layer run as one batch, in chunks of at most ``max_rows`` sequences to bound memory.
 
 The engine re-implements the forward pass of GPT-2-style blocks on the model's compatibility-mode
@@ -37,12 +38,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from helpers.heads import HeadScore, rank_heads, rank_heads_by_magnitude
-from helpers.metrics import answer_logit_diff, at_final_pos, logit_diff, pearson_correlation
+from helpers.metrics import AnswerMetric, at_final_pos, pearson_correlation
 from helpers.model import folded_norm
 from helpers.tasks import PromptSet
 
@@ -59,29 +60,29 @@ _ACTIVATIONS = {
 }
 # Per-position patches in one batch; the batch runs from its first position on, so keep them close.
 _POSITIONS_PER_CHUNK = 2
-# A clean-corrupted gap in mean logit difference below this makes the normalised metric unreliable.
-_SMALL_GAP = 0.1
+# A clean-corrupted gap in the task metric's mean below this makes the normalised metric unreliable.
+_SMALL_GAP = {"logit_diff": 0.1, "prob_diff": 0.01}
 # How close the engine's own forward pass must be to the model's logits before it is trusted.
 _SELF_CHECK_ATOL = 1e-3
 
 
 @dataclass(frozen=True)
-class LogitDiffMetric:
-    """Mean logit difference over prompts, normalised: 0 = corrupted run, 1 = clean run.
+class NormalisedMetric:
+    """The task's metric, mean over prompts, normalised: 0 = corrupted run, 1 = clean run.
 
-    Only needs the two answer logits at each prompt's final position, which is what lets the engine
-    skip the full unembedding. Calling it on full final logits gives the same value.
+    A logit difference only needs the answer tokens' logits at each prompt's final position, which is
+    what lets the engine skip the full unembedding; calling this on full final logits gives the same value.
     """
 
-    answer_tokens: Int[Tensor, "batch 2"]
-    clean_logit_diff: float
-    corrupted_logit_diff: float
+    answers: AnswerMetric
+    clean: float
+    corrupted: float
 
-    def from_logit_diff(self, per_prompt: Float[Tensor, "*config batch"]) -> Float[Tensor, "*config"]:
-        return (per_prompt.mean(dim=-1) - self.corrupted_logit_diff) / (self.clean_logit_diff - self.corrupted_logit_diff)
+    def normalise(self, per_prompt: Float[Tensor, "*config batch"]) -> Float[Tensor, "*config"]:
+        return (per_prompt.mean(dim=-1) - self.corrupted) / (self.clean - self.corrupted)
 
     def __call__(self, final_logits: Float[Tensor, "batch d_vocab"]) -> Tensor:
-        return self.from_logit_diff(answer_logit_diff(final_logits, self.answer_tokens))
+        return self.normalise(self.answers(final_logits))
 
 
 @dataclass(frozen=True)
@@ -118,19 +119,21 @@ class MetricAnchors:
     """The clean and corrupted runs that the normalised metric maps to 1 and 0."""
 
     n_prompts: int
-    clean_logit_diff: float
-    corrupted_logit_diff: float
-    metric_name: str
+    task_metric: str  # the task's metric ("logit difference", "probability difference")
+    clean_value: float  # its mean on the clean and corrupted runs
+    corrupted_value: float
+    metric_name: str  # what the patching results report
     clean_metric: float
     corrupted_metric: float
     engine: str
+    small_gap: float = _SMALL_GAP["logit_diff"]
 
     @property
     def warning(self) -> str | None:
         """Said when the clean and corrupted runs barely differ: normalising then magnifies noise."""
-        gap = abs(self.clean_logit_diff - self.corrupted_logit_diff)
-        if gap < _SMALL_GAP:
-            return (f"The clean and corrupted runs differ by only {gap:.3g} in mean logit difference, so the "
+        gap = abs(self.clean_value - self.corrupted_value)
+        if gap < self.small_gap:
+            return (f"The clean and corrupted runs differ by only {gap:.3g} in mean {self.task_metric}, so the "
                     "normalised metric divides by a tiny number: every patching result here is mostly noise.")
         return None
 
@@ -202,8 +205,8 @@ class PatchingEngine:
     Args:
         model: a model loaded by :func:`helpers.model.load_model` (eval mode).
         prompts: the task's prompts; clean and corrupted have equal lengths.
-        metric: ``None`` for the normalised logit difference, or a function of the final-position
-            logits ``[batch, d_vocab]`` returning a scalar tensor.
+        metric: ``None`` for the task's metric, normalised (0 = corrupted run, 1 = clean run), or a
+            function of the final-position logits ``[batch, d_vocab]`` returning a scalar tensor.
         max_rows: at most this many sequences in one forward pass (bounds memory).
         progress: show a progress bar per patching sweep.
     """
@@ -224,7 +227,7 @@ class PatchingEngine:
         self.clean_tokens = prompts.clean_tokens.to(self.device)
         self.corrupted_tokens = prompts.corrupted_tokens.to(self.device)
         self.final_pos = prompts.final_pos.to(self.device)
-        self.answer_tokens = prompts.answer_tokens.to(self.device)
+        self.answers = prompts.metric.to(self.device)
         if torch.equal(self.clean_tokens, self.corrupted_tokens):
             raise ValueError("the clean and corrupted prompts are identical: there is nothing to patch. "
                              "Fix: give the task a corruption that changes the prompts.")
@@ -234,12 +237,13 @@ class PatchingEngine:
         with torch.no_grad():
             clean_logits = model(self.clean_tokens)
             corrupted_logits = model(self.corrupted_tokens)
-        self.clean_logit_diff = logit_diff(clean_logits, self.answer_tokens, self.final_pos)
-        self.corrupted_logit_diff = logit_diff(corrupted_logits, self.answer_tokens, self.final_pos)
-        self.logit_diff_metric = LogitDiffMetric(
-            self.answer_tokens, float(self.clean_logit_diff.mean()), float(self.corrupted_logit_diff.mean()))
-        self.metric: FinalLogitsMetric = metric if metric is not None else self.logit_diff_metric
-        self.metric_name = "normalised logit difference" if metric is None else getattr(metric, "__name__", "metric")
+        # the task's metric per prompt on the clean and corrupted runs
+        self.clean_values = self.answers(at_final_pos(clean_logits, self.final_pos).float())
+        self.corrupted_values = self.answers(at_final_pos(corrupted_logits, self.final_pos).float())
+        self.task_metric = NormalisedMetric(
+            self.answers, float(self.clean_values.mean()), float(self.corrupted_values.mean()))
+        self.metric: FinalLogitsMetric = metric if metric is not None else self.task_metric
+        self.metric_name = f"normalised {self.answers.name}" if metric is None else getattr(metric, "__name__", "metric")
         self.clean_metric = float(self.metric(at_final_pos(clean_logits, self.final_pos)))
         self.corrupted_metric = float(self.metric(at_final_pos(corrupted_logits, self.final_pos)))
 
@@ -261,14 +265,16 @@ class PatchingEngine:
         subset = self.prompts.for_template(template)
         if subset is self.prompts:
             return self
-        return PatchingEngine(self.model, subset, metric=None if self.metric is self.logit_diff_metric else self.metric,
+        return PatchingEngine(self.model, subset, metric=None if self.metric is self.task_metric else self.metric,
                               max_rows=self.max_rows, progress=self.progress)
 
     def anchors(self) -> MetricAnchors:
         return MetricAnchors(
             n_prompts=len(self.prompts),
-            clean_logit_diff=float(self.clean_logit_diff.mean()),
-            corrupted_logit_diff=float(self.corrupted_logit_diff.mean()),
+            task_metric=self.answers.name,
+            clean_value=self.task_metric.clean,
+            corrupted_value=self.task_metric.corrupted,
+            small_gap=_SMALL_GAP[self.answers.kind],
             metric_name=self.metric_name,
             clean_metric=self.clean_metric,
             corrupted_metric=self.corrupted_metric,
@@ -416,13 +422,12 @@ class PatchingEngine:
 
     def _metric_of(self, final_resid: Float[Tensor, "rows d_model"], n_configs: int) -> Float[Tensor, " config"]:
         batch = self.final_pos.shape[0]
-        if isinstance(self.metric, LogitDiffMetric):
+        if isinstance(self.metric, NormalisedMetric) and self.answers.is_linear:
             normed = self._ln(final_resid)
-            w_u, b_u = self.w.W_U, self.w.b_U
-            answers = self.answer_tokens.repeat(n_configs, 1)
-            correct = (normed * w_u[:, answers[:, 0]].T).sum(-1) + b_u[answers[:, 0]]
-            incorrect = (normed * w_u[:, answers[:, 1]].T).sum(-1) + b_u[answers[:, 1]]
-            return self.metric.from_logit_diff((correct - incorrect).view(n_configs, batch))
+            tokens = self.answers.tokens.repeat(n_configs, 1)  # [rows, k]
+            weights = self.answers.weights.to(normed.dtype).repeat(n_configs, 1)
+            logits = torch.einsum("rd,drk->rk", normed, self.w.W_U[:, tokens]) + self.w.b_U[tokens]
+            return self.metric.normalise((logits * weights).sum(-1).view(n_configs, batch))
         logits = self._unembed(final_resid).view(n_configs, batch, -1)
         return torch.stack([torch.as_tensor(self.metric(logits[i])) for i in range(n_configs)])
 

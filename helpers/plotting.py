@@ -26,6 +26,7 @@ from helpers.attribution import (
     TopPredictions,
 )
 from helpers.circuit import Circuit, CircuitFaithfulness, FaithfulnessCurve, Minimality
+from helpers.compare import MEASURE_NAMES, SharedHeads, TaskResults
 from helpers.copy_scores import AttentionProjection, CopyPredictions, CopyScores
 from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
 from helpers.heads import HeadScore, head_name
@@ -45,8 +46,11 @@ def plot_logit_diff(result: LogitDiffResult) -> go.Figure:
     fig = go.Figure(go.Bar(x=list(range(len(values))), y=values, hovertext=hover,
                            marker_color=["#2166ac" if v > 0 else "#b2182b" for v in values]))
     fig.add_hline(y=result.mean, line_dash="dash", annotation_text=f"mean {result.mean:.3f}")
-    fig.update_layout(title="Logit difference (correct - incorrect) per prompt", xaxis_title="prompt",
-                      yaxis_title="logit difference")
+    title = "Logit difference (correct - incorrect) per prompt"
+    if result.metric_per_prompt is not None:
+        title = (f"Logit difference (mean correct - mean incorrect) per prompt; the task's {result.metric_name} "
+                 f"is {result.metric_mean:.3f} on average")
+    fig.update_layout(title=title, xaxis_title="prompt", yaxis_title="logit difference")
     return fig
 
 
@@ -194,7 +198,7 @@ def plot_attribution_agreement(exact: PatchingResult, estimate: PatchingResult,
 def anchors_table(anchors: MetricAnchors) -> pd.DataFrame:
     return pd.DataFrame({
         "run": ["clean", "corrupted"],
-        "mean logit difference": [anchors.clean_logit_diff, anchors.corrupted_logit_diff],
+        f"mean {anchors.task_metric}": [anchors.clean_value, anchors.corrupted_value],
         anchors.metric_name: [anchors.clean_metric, anchors.corrupted_metric],
     }).set_index("run")
 
@@ -471,3 +475,61 @@ def plot_neuron_activations(result: NeuronActivations) -> go.Figure:
     fig.update_layout(title="Top neurons' activations at the final position, per prompt", height=max(300, 180 * n))
     fig.update_xaxes(title_text="prompt", row=n, col=1)
     return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cross-task comparison
+# ---------------------------------------------------------------------------------------------------
+
+
+def task_results_table(results: Sequence[TaskResults]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "task": [r.task for r in results], "model": [r.model for r in results],
+        "prompts": [r.n_prompts for r in results], "metric": [r.metric for r in results],
+        "layers x heads": [f"{r.shape[0]} x {r.shape[1]}" for r in results],
+    }).set_index("task")
+
+
+def plot_importance_by_task(results: Sequence[TaskResults], measure: str, *, per_row: int = 4) -> go.Figure:
+    """One layer x head heatmap per task, side by side. Each task keeps its own colour range (the
+    tasks' metrics differ in scale); the hover shows the value."""
+    rows = (len(results) + per_row - 1) // per_row
+    cols = min(per_row, len(results))
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[r.task for r in results],
+                        horizontal_spacing=0.04, vertical_spacing=0.12)
+    for i, result in enumerate(results):
+        values = result.heads[measure]
+        bound = float(values.abs().max()) or 1.0
+        names = [[head_name(layer, head) for head in range(values.shape[1])] for layer in range(values.shape[0])]
+        fig.add_trace(go.Heatmap(z=values.tolist(), customdata=names, colorscale=DIVERGING, zmid=0, zmin=-bound,
+                                 zmax=bound, showscale=False,
+                                 hovertemplate=f"{result.task} %{{customdata}}: %{{z:.4f}}<extra></extra>"),
+                      row=i // per_row + 1, col=i % per_row + 1)
+    fig.update_yaxes(autorange="reversed")
+    fig.update_layout(title=f"{MEASURE_NAMES[measure].capitalize()} per head, by task (layer down, head across; "
+                            "blue helps, red hurts)", height=320 * rows)
+    return fig
+
+
+def plot_task_matrix(values: Float[Tensor, "task task"], tasks: Sequence[str], title: str, *,
+                     colorbar_title: str, signed: bool = False) -> go.Figure:
+    """A task x task heatmap with each cell's value written in it."""
+    scale = dict(colorscale=DIVERGING, zmid=0, zmin=-1, zmax=1) if signed else dict(colorscale="Blues", zmin=0)
+    fig = go.Figure(go.Heatmap(z=values.tolist(), x=list(tasks), y=list(tasks), text=[[f"{v:.2f}" for v in row]
+                               for row in values.tolist()], texttemplate="%{text}", colorbar=dict(title=colorbar_title),
+                               hovertemplate="%{y} / %{x}: %{z:.3f}<extra></extra>", **scale))
+    fig.update_layout(title=title, yaxis_autorange="reversed")
+    return fig
+
+
+def shared_heads_table(shared: SharedHeads) -> pd.DataFrame:
+    return pd.DataFrame({
+        "head": list(shared.in_tasks),
+        "in how many tasks' top heads": [len(ts) for ts in shared.in_tasks.values()],
+        "tasks": [", ".join(ts) for ts in shared.in_tasks.values()],
+    }).set_index("head")
+
+
+def head_function_table(scores: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:
+    rows = [{"head": head, "task": task, **values} for head, by_task in scores.items() for task, values in by_task.items()]
+    return pd.DataFrame(rows).set_index(["head", "task"]) if rows else pd.DataFrame()

@@ -1,4 +1,11 @@
-"""Run every template of the suite on one task: ``python -m helpers.run --task ioi`` (``make run``).
+"""Run every template of the suite on tasks: ``python -m helpers.run --task ioi`` (``make run``).
+
+``--task numseq months`` runs several tasks one after another, ``--all`` every task in ``params/``;
+a task that fails is reported and the others still run. ``--compare numseq months`` executes the
+cross-task comparison (``templates/compare.ipynb``) into ``notebooks/compare/``, running first any
+task whose results are missing.
+
+For each task:
 
 1. Validate the task file, then load only the model's tokenizer and build the prompts, so a bad task
    fails in seconds, before any model runs.
@@ -28,10 +35,14 @@ from typing import Any
 from helpers.model import ModelLoadError, load_tokenizer, pick_device
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
 from helpers.results import write_json
-from helpers.tasks import TaskError, TaskSpec, build_prompts, load_task, resolve_task_path
+from helpers.tasks import TaskError, TaskSpec, available_tasks, build_prompts, load_task, resolve_task_path
 
 # Templates run in this order (later ones read the earlier ones' results); others follow by name.
 TEMPLATE_ORDER = ("dla", "patching", "head_functions", "copy_scores", "circuit", "mlp_neurons", "vector_arithmetic")
+# Templates that read several tasks' results instead of running on one task.
+CROSS_TASK_TEMPLATES = ("compare",)
+# What the comparison reads from each task's results.json.
+COMPARED_TEMPLATES = ("dla", "patching", "head_functions", "copy_scores")
 PACKAGES = ("torch", "transformer-lens", "transformers", "papermill", "circuitsvis", "plotly", "numpy")
 
 
@@ -50,7 +61,8 @@ class RunPlan:
 
 
 def available_templates() -> list[str]:
-    names = [p.stem for p in TEMPLATES_DIR.glob("*.ipynb")]
+    """The per-task templates, in run order."""
+    names = [p.stem for p in TEMPLATES_DIR.glob("*.ipynb") if p.stem not in CROSS_TASK_TEMPLATES]
     order = {name: i for i, name in enumerate(TEMPLATE_ORDER)}
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
@@ -101,8 +113,6 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env_path) if p)
     results: dict[str, Any] = {}
     try:
         for i, template in enumerate(plan.templates, start=1):
@@ -111,26 +121,140 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
             started = time.perf_counter()
             notebook = staging / f"{name}.ipynb"
             try:
-                pm.execute_notebook(
-                    str(template), str(notebook),
-                    parameters={"task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
-                                "results_path": f"{name}.results.json"},
-                    cwd=str(staging), kernel_name="python3", progress_bar=False, log_output=False,
-                    stderr_file=sys.stderr,  # the notebooks' progress bars show on the command line too
-                )
+                _execute_notebook(template, notebook, {
+                    "task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
+                    "results_path": f"{name}.results.json"})
             except pm.PapermillExecutionError as err:
-                return _report_failure(plan, name, notebook, err, log)
+                return _report_failure(plan.output_dir, name, notebook, err, log)
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
         write_json(staging / "results.json", {
             "task": plan.spec.name, "templates": results, "provenance": _provenance(plan)})
         _publish(staging, plan.output_dir, [t.stem for t in plan.templates])
     finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _summarise(plan, results, log)
+    return 0
+
+
+def _execute_notebook(template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
+    """Execute ``template`` into ``notebook`` with ``parameters`` injected, in the notebook's folder,
+    with this checkout's ``helpers`` importable by the kernel."""
+    import papermill as pm
+
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env_path) if p)
+    try:
+        pm.execute_notebook(
+            str(template), str(notebook), parameters=parameters, cwd=str(notebook.parent), kernel_name="python3",
+            progress_bar=False, log_output=False,
+            stderr_file=sys.stderr,  # the notebooks' progress bars show on the command line too
+        )
+    finally:
         os.environ["PYTHONPATH"] = env_path
         if not env_path:
             del os.environ["PYTHONPATH"]
+
+
+def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEBOOKS_DIR, **options: Any) -> int:
+    """Validate and run each task in turn (``options`` as for :func:`prepare_run`). A task that fails,
+    in validation or in a template, is reported and the others still run.
+
+    Returns:
+        0 if every task succeeded; for one task, 2 if it was invalid and 1 if a template failed; for
+        several, 1 if any failed.
+    """
+    outcomes: dict[str, str] = {}
+    code = 0
+    for i, task in enumerate(tasks, start=1):
+        if len(tasks) > 1:
+            log(f"\n=== task {i}/{len(tasks)}: {task} ===")
+        try:
+            plan = prepare_run(task, notebooks_dir=notebooks_dir, **options)
+        except (TaskError, ModelLoadError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            outcomes[task], code = "invalid: " + str(err).splitlines()[0], code or 2
+            continue
+        if execute(plan, log=log) == 0:
+            outcomes[task] = f"ok -> {_shown(plan.output_dir)}/"
+        else:
+            outcomes[task], code = f"failed (kept in {_shown(plan.output_dir / 'failed')}/)", 1
+    if len(tasks) > 1:
+        failed = [t for t, outcome in outcomes.items() if not outcome.startswith("ok")]
+        log(f"\n{len(tasks) - len(failed)} of {len(tasks)} tasks succeeded" + (f"; failed: {', '.join(failed)}" if failed else ""))
+        for task, outcome in outcomes.items():
+            log(f"  {task:<16} {outcome}")
+        return 1 if failed else 0
+    return code
+
+
+def missing_for_comparison(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_DIR, model: str | None = None) -> list[str]:
+    """The tasks whose ``results.json`` is absent, lacks a template the comparison reads, or (when
+    ``model`` is given) came from another model."""
+    missing = []
+    for task in tasks:
+        path = notebooks_dir / task / "results.json"
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        has_all = set(COMPARED_TEMPLATES) <= set(data.get("templates", {}))
+        if not has_all or (model is not None and data.get("provenance", {}).get("model") != _model_argument(model)):
+            missing.append(task)
+    return missing
+
+
+def _model_argument(model: str) -> str:
+    """A model as a run records it (local directories absolute, as :func:`prepare_run` stores them)."""
+    return str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
+
+
+def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
+            notebooks_dir: Path = NOTEBOOKS_DIR, **options: Any) -> int:
+    """Execute ``templates/compare.ipynb`` on the tasks' results into ``notebooks/compare/``.
+
+    Tasks without usable results are run first (``run_missing``), or named with the command to run.
+    """
+    import papermill as pm
+
+    if len(tasks) < 2:
+        print(f"error: TASKS = {' '.join(tasks)!r}: a comparison needs at least two tasks. "
+              "Fix: e.g. make compare TASKS=\"numseq months\"", file=sys.stderr)
+        return 2
+    for task in tasks:
+        try:
+            resolve_task_path(task)
+        except TaskError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    missing = missing_for_comparison(tasks, notebooks_dir=notebooks_dir, model=options.get("model"))
+    if missing and not run_missing:
+        print(f"error: no usable results for {', '.join(missing)}. Fix: make run TASK=\"{' '.join(missing)}\"",
+              file=sys.stderr)
+        return 2
+    if missing:
+        log(f"Running first the tasks without results: {', '.join(missing)}")
+        run_tasks(missing, log=log, notebooks_dir=notebooks_dir, **options)
+        still = missing_for_comparison(tasks, notebooks_dir=notebooks_dir, model=options.get("model"))
+        if still:
+            print(f"error: {', '.join(still)} did not produce results; the comparison needs them", file=sys.stderr)
+            return 1
+    output_dir = notebooks_dir / "compare"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+    try:
+        log(f"compare: {', '.join(tasks)} ...")
+        try:
+            _execute_notebook(TEMPLATES_DIR / "compare.ipynb", staging / "compare.ipynb", {
+                "tasks": list(tasks), "notebooks_dir": str(notebooks_dir.resolve()),
+                "results_path": "compare.results.json"})
+        except pm.PapermillExecutionError as err:
+            return _report_failure(output_dir, "compare", staging / "compare.ipynb", err, log)
+        results = json.loads((staging / "compare.results.json").read_text())
+        os.replace(staging / "compare.results.json", staging / "results.json")
+        _publish(staging, output_dir, ["compare"])
+    finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _summarise(plan, results, log)
+    for line in results.get("summary", []):
+        log(f"  {line}")
+    log(f"The comparison is in {_shown(output_dir)}/")
     return 0
 
 
@@ -142,8 +266,8 @@ def _publish(staging: Path, output_dir: Path, names: list[str]) -> None:
     shutil.rmtree(output_dir / "failed", ignore_errors=True)
 
 
-def _report_failure(plan: RunPlan, name: str, notebook: Path, err: Any, log: Any) -> int:
-    failed_dir = plan.output_dir / "failed"
+def _report_failure(output_dir: Path, name: str, notebook: Path, err: Any, log: Any) -> int:
+    failed_dir = output_dir / "failed"
     failed_dir.mkdir(exist_ok=True)
     kept = failed_dir / f"{name}.ipynb"
     if notebook.exists():
@@ -153,7 +277,7 @@ def _report_failure(plan: RunPlan, name: str, notebook: Path, err: Any, log: Any
         f"FAILED: template '{name}' stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}\n"
         f"  cell source:\n{source}\n"
         f"  The failed notebook is kept for inspection at {_shown(kept)}\n"
-        f"  The previous results in {_shown(plan.output_dir)} are untouched."
+        f"  The previous results in {_shown(output_dir)} are untouched."
     )
     return 1
 
@@ -208,7 +332,10 @@ def _git_commit() -> str | None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m helpers.run", description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", required=True, help="a task name in params/ or a path to a task .yaml file")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--task", nargs="+", help="task names in params/ or paths to task .yaml files")
+    which.add_argument("--all", action="store_true", help="run every task in params/")
+    which.add_argument("--compare", nargs="+", metavar="TASK", help="compare these tasks' results (running missing ones)")
     parser.add_argument("--model", help="override the task's model: a hub name, a local directory, or 'demo'")
     parser.add_argument("--n", type=int, dest="n_prompts", help="override the number of prompts")
     parser.add_argument("--seed", type=int, help="override the task's seed")
@@ -221,16 +348,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        plan = prepare_run(
-            args.task, model=args.model, n_prompts=args.n_prompts, seed=args.seed, device=args.device,
-            dtype=args.dtype, templates=args.templates.split(",") if args.templates else None,
-            notebooks_dir=args.notebooks_dir,
-        )
-    except (TaskError, ModelLoadError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return execute(plan)
+    options = dict(model=args.model, n_prompts=args.n_prompts, seed=args.seed, device=args.device, dtype=args.dtype,
+                   templates=args.templates.split(",") if args.templates else None, notebooks_dir=args.notebooks_dir)
+    if args.compare:
+        return compare(_split(args.compare), **options)
+    return run_tasks(available_tasks() if args.all else _split(args.task), **options)
+
+
+def _split(tasks: list[str]) -> list[str]:
+    """Task arguments as given: ``numseq months``, ``"numseq months"`` or ``numseq,months``."""
+    return [t for arg in tasks for t in arg.replace(",", " ").split()]
 
 
 if __name__ == "__main__":

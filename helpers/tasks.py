@@ -19,8 +19,21 @@ A task is given either as templates to fill from word lists::
       PLACE: [store, garden, ...]
       OBJECT: [ring, ...]
     placeholders: {IO: NAME, S: NAME}  # a placeholder not listed here draws from the list of its own name
+    metric: logit_diff                # or prob_diff (see below)
     n_prompts: 64
     seed: 0
+
+The metric is the correct answer's logit minus the incorrect one's (``logit_diff``, the default) or
+its probability minus the incorrect one's (``prob_diff``). A task whose answer is a set of tokens
+names the candidates and picks the sets by comparing with a placeholder's word in that list's order::
+
+    metric:
+      kind: prob_diff
+      answers: YEAR                   # a word list: the candidate answers
+      correct: "> [YY]"               # the candidates after this prompt's YY in the list
+      incorrect: "<= [YY]"            # the others (ops: >, >=, <, <=)
+
+(``correct`` and ``incorrect`` then live under ``metric``, not at the top level.)
 
 or as an explicit list of prompts::
 
@@ -51,16 +64,24 @@ import yaml
 from jaxtyping import Int
 from torch import Tensor
 
+from helpers.metrics import METRIC_KINDS, AnswerMetric, MetricKind
 from helpers.paths import PARAMS_DIR
 
-PLACEHOLDER_RE = re.compile(r"\[([A-Za-z][A-Za-z0-9_]*)\]")
+# [NAME], or [NAME+k] / [NAME-k]: the word k places after (before) NAME's word in NAME's word list.
+PLACEHOLDER_RE = re.compile(r"\[([A-Za-z][A-Za-z0-9_]*)([+-][0-9]+)?\]")
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 CorruptionKind = Literal["swap", "replace", "templates"]
 
 _GENERATED_KEYS = ("templates", "corrupted", "correct", "incorrect", "words", "placeholders")
 _ALLOWED_KEYS = (
-    "name", "description", "model", "n_prompts", "seed", "answer_space", "prompts", *_GENERATED_KEYS
+    "name", "description", "model", "n_prompts", "seed", "answer_space", "metric", "cyclic", "prompts",
+    *_GENERATED_KEYS,
 )
+_METRIC_KEYS = ("kind", "answers", "correct", "incorrect")
+_COMPARISONS: dict[str, Any] = {
+    ">": lambda a, b: a > b, ">=": lambda a, b: a >= b, "<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
+}
+_RULE_RE = re.compile(r"^\s*(>=|<=|>|<)\s*\[([A-Za-z][A-Za-z0-9_]*)\]\s*$")
 _PROMPT_KEYS = ("clean", "corrupted", "correct", "incorrect")
 # Generation tries this many candidates per wanted prompt before giving up on finding enough.
 _ATTEMPTS_PER_PROMPT = 50
@@ -99,7 +120,7 @@ class Corruption:
             marker = "\x00"
             return template.replace(f"[{a}]", marker).replace(f"[{b}]", f"[{a}]").replace(marker, f"[{b}]")
         mapping = dict(self.replace)
-        return PLACEHOLDER_RE.sub(lambda m: f"[{mapping.get(m.group(1), m.group(1))}]", template)
+        return PLACEHOLDER_RE.sub(lambda m: f"[{mapping.get(m.group(1), m.group(1))}{m.group(2) or ''}]", template)
 
     def to_dict(self) -> dict[str, Any]:
         if self.kind == "swap":
@@ -107,6 +128,30 @@ class Corruption:
         if self.kind == "replace":
             return {"replace": dict(self.replace)}
         return {"templates": list(self.templates)}
+
+
+@dataclass(frozen=True)
+class AnswerRule:
+    """Which candidates are answers: those ``op`` the placeholder's word, in the candidate list's order."""
+
+    op: str
+    placeholder: str
+
+    def select(self, candidates: tuple[str, ...], word: str) -> tuple[str, ...]:
+        here = candidates.index(word)
+        return tuple(c for i, c in enumerate(candidates) if _COMPARISONS[self.op](i, here))
+
+    def __str__(self) -> str:
+        return f"{self.op} [{self.placeholder}]"
+
+
+@dataclass(frozen=True)
+class AnswerSets:
+    """A metric over sets of answers: candidates from a word list, split by the prompt's own word."""
+
+    answers: str  # the word list of candidates
+    correct: AnswerRule
+    incorrect: AnswerRule
 
 
 @dataclass(frozen=True)
@@ -137,6 +182,9 @@ class TaskSpec:
     words: tuple[tuple[str, tuple[str, ...]], ...] = ()
     placeholders: tuple[tuple[str, str], ...] = ()
     prompts: tuple[ExplicitPrompt, ...] = field(default=())
+    metric: MetricKind = "logit_diff"
+    answer_sets: AnswerSets | None = None
+    cyclic: tuple[str, ...] = ()  # word lists whose [NAME+k] offsets wrap around (months, weekdays)
 
     @property
     def is_explicit(self) -> bool:
@@ -172,19 +220,31 @@ class TaskSpec:
             "seed": self.seed,
             "answer_space": self.answer_space,
         }
+        if self.answer_sets is not None:
+            sets = self.answer_sets
+            data["metric"] = {"kind": self.metric, "answers": sets.answers, "correct": str(sets.correct),
+                              "incorrect": str(sets.incorrect)}
+        else:
+            data["metric"] = self.metric
         if self.is_explicit:
             data["prompts"] = [vars(p).copy() for p in self.prompts]
             return data
         assert self.corruption is not None
+        if self.cyclic:
+            data["cyclic"] = list(self.cyclic)
         data.update(
             templates=list(self.templates),
             corrupted=self.corruption.to_dict(),
-            correct=self.correct,
-            incorrect=self.incorrect,
             words={name: list(ws) for name, ws in self.words},
             placeholders=dict(self.placeholders),
         )
+        if self.answer_sets is None:
+            data.update(correct=self.correct, incorrect=self.incorrect)
         return data
+
+    def answer_text(self, word: str) -> str:
+        """The text the model predicts for a candidate answer word (with its leading space, if any)."""
+        return f" {word}" if self.answer_space else word
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -284,8 +344,9 @@ def parse_task(data: Mapping[str, Any], *, source: str) -> TaskSpec:
         check.fail("templates", None, "missing: a task needs 'templates' (with word lists) or 'prompts'",
                    "add 'templates: [...]' or an explicit 'prompts:' list")
 
+    metric, raw_sets = _parse_metric(check, data.get("metric", "logit_diff"), has_prompts)
     common = dict(name=name, description=description, model=model, source=source, seed=seed,
-                  answer_space=answer_space)
+                  answer_space=answer_space, metric=metric)
     if has_prompts:
         prompts = _parse_explicit_prompts(check, data["prompts"], answer_space)
         n_prompts = check.integer("n_prompts", data.get("n_prompts", len(prompts)), minimum=1)
@@ -294,7 +355,75 @@ def parse_task(data: Mapping[str, Any], *, source: str) -> TaskSpec:
             check.fail("n_prompts", n_prompts, f"only {listed} listed",
                        f"set n_prompts to at most {len(prompts)} or list more prompts")
         return TaskSpec(**common, n_prompts=n_prompts, prompts=prompts)
-    return _parse_generated(check, data, common)
+    return _parse_generated(check, data, common, raw_sets)
+
+
+def _parse_metric(check: _Checker, raw: Any, explicit: bool) -> tuple[MetricKind, Mapping[str, Any] | None]:
+    """The metric's kind, and its answer-set part (checked later, against the word lists) if any."""
+    kinds = " or ".join(METRIC_KINDS)
+    if isinstance(raw, str):
+        if raw not in METRIC_KINDS:
+            check.fail("metric", raw, f"unknown metric; use {kinds}", "write metric: logit_diff")
+        return raw, None  # type: ignore[return-value]
+    if not isinstance(raw, Mapping):
+        check.fail("metric", raw, f"must be {kinds}, or a mapping with kind, answers, correct and incorrect",
+                   "write metric: logit_diff (see README.md, 'Task files')")
+    for key in raw:
+        if key not in _METRIC_KEYS:
+            check.fail(f"metric.{key}", raw[key], "unknown key", f"use only {', '.join(_METRIC_KEYS)}")
+    kind = raw.get("kind", "logit_diff")
+    if kind not in METRIC_KINDS:
+        check.fail("metric.kind", kind, f"unknown metric; use {kinds}", "write kind: prob_diff")
+    if set(raw) <= {"kind"}:
+        return kind, None
+    if explicit:
+        check.fail("metric.answers", raw.get("answers"), "answer sets need templates and word lists",
+                   "give each explicit prompt its correct and incorrect answer instead")
+    for key in ("answers", "correct", "incorrect"):
+        if key not in raw:
+            check.fail(f"metric.{key}", None, "missing: answer sets need answers, correct and incorrect",
+                       'e.g. metric: {kind: prob_diff, answers: YEAR, correct: "> [YY]", incorrect: "<= [YY]"}')
+    return kind, raw
+
+
+def _parse_answer_sets(check: _Checker, raw: Mapping[str, Any], templates: tuple[str, ...],
+                       words: tuple[tuple[str, tuple[str, ...]], ...],
+                       placeholders: tuple[tuple[str, str], ...]) -> AnswerSets:
+    lists = dict(words)
+    answers = raw["answers"]
+    if answers not in lists:
+        check.fail("metric.answers", answers, "no such word list", f"use one of: {', '.join(lists)}")
+    rules = []
+    for key in ("correct", "incorrect"):
+        match = _RULE_RE.match(str(raw[key]))
+        if match is None:
+            check.fail(f"metric.{key}", raw[key], "must compare with a placeholder, like \"> [YY]\"",
+                       f"use one of {', '.join(_COMPARISONS)} followed by a placeholder of every template")
+        rule = AnswerRule(match.group(1), match.group(2))
+        for i, template in enumerate(templates):
+            if f"[{rule.placeholder}]" not in template:
+                check.fail(f"metric.{key}", raw[key], f"[{rule.placeholder}] does not occur in templates[{i}]",
+                           "compare with a placeholder that every template uses")
+        list_name = dict(placeholders).get(rule.placeholder, rule.placeholder)
+        outside = [w for w in lists.get(list_name, ()) if w not in lists[answers]]
+        if outside:
+            check.fail(f"words.{list_name}", outside, f"[{rule.placeholder}]'s words must be among the candidate "
+                       f"answers (words.{answers}) to be compared with them", f"add them to words.{answers}")
+        rules.append(rule)
+    correct, incorrect = rules
+    if correct.placeholder != incorrect.placeholder:
+        check.fail("metric.incorrect", raw["incorrect"], f"compares with a different placeholder than metric.correct "
+                   f"([{correct.placeholder}])", f"compare both with [{correct.placeholder}]")
+    candidates = lists[answers]
+    for word in lists[dict(placeholders).get(correct.placeholder, correct.placeholder)]:
+        good, bad = correct.select(candidates, word), incorrect.select(candidates, word)
+        if not good or not bad:
+            check.fail("metric", dict(raw), f"leaves no correct or no incorrect answer when [{correct.placeholder}] "
+                       f"is {word!r}", f"remove {word!r} from its word list")
+        if set(good) & set(bad):
+            check.fail("metric", dict(raw), "the correct and incorrect answers overlap",
+                       "use complementary comparisons, like \"> [YY]\" and \"<= [YY]\"")
+    return AnswerSets(answers, correct, incorrect)
 
 
 def _parse_explicit_prompts(check: _Checker, raw: Any, answer_space: bool) -> tuple[ExplicitPrompt, ...]:
@@ -321,46 +450,92 @@ def _parse_explicit_prompts(check: _Checker, raw: Any, answer_space: bool) -> tu
     return tuple(prompts)
 
 
-def _parse_generated(check: _Checker, data: Mapping[str, Any], common: dict[str, Any]) -> TaskSpec:
+def _parse_generated(check: _Checker, data: Mapping[str, Any], common: dict[str, Any],
+                     raw_sets: Mapping[str, Any] | None) -> TaskSpec:
     raw_templates = data["templates"]
     if isinstance(raw_templates, str):
         raw_templates = [raw_templates]
     if not isinstance(raw_templates, list) or not raw_templates:
         check.fail("templates", raw_templates, "must be a non-empty list of strings", "templates: [\"When [A] ...\"]")
     templates = tuple(check.string(f"templates[{i}]", t, strip=True) for i, t in enumerate(raw_templates))
-    for key in ("corrupted", "correct", "incorrect", "words"):
+    answer_keys = ("correct", "incorrect") if raw_sets is None else ()
+    for key in ("corrupted", *answer_keys, "words"):
         if key not in data:
             check.fail(key, None, "missing (needed with 'templates')", f"add '{key}:' (see README.md, 'Task files')")
-    correct = check.answer("correct", data["correct"], common["answer_space"])
-    incorrect = check.answer("incorrect", data["incorrect"], common["answer_space"])
+    if raw_sets is not None:
+        for key in ("correct", "incorrect"):
+            if key in data:
+                check.fail(key, data[key], "the metric's answer sets already say which answers are correct",
+                           f"remove the top-level '{key}' (it belongs under 'metric')")
+    correct = check.answer("correct", data["correct"], common["answer_space"]) if answer_keys else ""
+    incorrect = check.answer("incorrect", data["incorrect"], common["answer_space"]) if answer_keys else ""
     words = _parse_words(check, data["words"])
     placeholders = _parse_placeholder_map(check, data.get("placeholders", {}), words)
     corruption = _parse_corruption(check, data["corrupted"], templates)
+    answer_sets = None if raw_sets is None else _parse_answer_sets(check, raw_sets, templates, words, placeholders)
+    cyclic = _parse_cyclic(check, data.get("cyclic", []), words)
 
     corrupted_templates = tuple(corruption.apply(t, i) for i, t in enumerate(templates))
     for field_name, texts in (("templates", templates), ("corrupted", corrupted_templates),
                               ("correct", (correct,)), ("incorrect", (incorrect,))):
         for text in texts:
-            for ph in PLACEHOLDER_RE.findall(text):
+            for ph in placeholder_names(text):
                 if dict(placeholders).get(ph, ph) not in dict(words):
                     check.fail(field_name, text, f"placeholder [{ph}] has no word list",
                                f"add 'words: {{{ph}: [...]}}' or map it in 'placeholders: {{{ph}: LIST}}'")
     for i, (clean, corrupted) in enumerate(zip(templates, corrupted_templates)):
         for answer_field, answer in (("correct", correct), ("incorrect", incorrect)):
-            for ph in PLACEHOLDER_RE.findall(answer):
-                if f"[{ph}]" not in clean:
+            for ph in placeholder_names(answer):
+                if ph not in placeholder_names(clean):
                     check.fail(answer_field, answer, f"[{ph}] does not occur in templates[{i}], so it has no word there",
                                f"use a placeholder of templates[{i}] or add [{ph}] to it")
         if clean == corrupted:
             check.fail("corrupted", corruption.to_dict(), f"leaves templates[{i}] unchanged",
                        "corrupt something that occurs in every template")
         _check_list_sizes(check, clean + corrupted, placeholders, words)
+        _check_offsets(check, " ".join((clean, corrupted, correct, incorrect)), placeholders, words, cyclic)
 
     n_prompts = check.integer("n_prompts", data.get("n_prompts", 32), minimum=1)
     return TaskSpec(
         **common, n_prompts=n_prompts, templates=templates, corruption=corruption, correct=correct,
-        incorrect=incorrect, words=words, placeholders=placeholders,
+        incorrect=incorrect, words=words, placeholders=placeholders, answer_sets=answer_sets, cyclic=cyclic,
     )
+
+
+def placeholder_names(text: str) -> list[str]:
+    """The placeholders of ``text`` by name, in order, without offsets (``[N+1]`` counts as ``N``)."""
+    return [m.group(1) for m in PLACEHOLDER_RE.finditer(text)]
+
+
+def _offsets(text: str) -> dict[str, list[int]]:
+    """The offsets each placeholder is used with in ``text`` (0 for the plain ``[NAME]``)."""
+    found: dict[str, list[int]] = {}
+    for m in PLACEHOLDER_RE.finditer(text):
+        found.setdefault(m.group(1), []).append(int(m.group(2) or 0))
+    return found
+
+
+def _parse_cyclic(check: _Checker, raw: Any, words: tuple[tuple[str, tuple[str, ...]], ...]) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list):
+        check.fail("cyclic", raw, "must be a list of word-list names", "cyclic: [MONTH]")
+    for name in raw:
+        if name not in dict(words):
+            check.fail("cyclic", name, "no such word list", f"use one of: {', '.join(dict(words))}")
+    return tuple(raw)
+
+
+def _check_offsets(check: _Checker, text: str, placeholders: tuple[tuple[str, str], ...],
+                   words: tuple[tuple[str, tuple[str, ...]], ...], cyclic: tuple[str, ...]) -> None:
+    """A placeholder used as [N+k] needs a list long enough for some word to have all its neighbours."""
+    for ph, offsets in _offsets(text).items():
+        list_name = dict(placeholders).get(ph, ph)
+        span = max(offsets) - min(offsets)
+        if span and list_name not in cyclic and span >= len(dict(words)[list_name]):
+            check.fail(f"words.{list_name}", list(dict(words)[list_name]),
+                       f"[{ph}] is used {span} places apart, but the list has only {len(dict(words)[list_name])} words",
+                       f"list more words, or add {list_name} to 'cyclic' if the list wraps around")
 
 
 def _parse_words(check: _Checker, raw: Any) -> tuple[tuple[str, tuple[str, ...]], ...]:
@@ -439,7 +614,7 @@ def _check_list_sizes(check: _Checker, text: str, placeholders: tuple[tuple[str,
                       words: tuple[tuple[str, tuple[str, ...]], ...]) -> None:
     mapping, lists = dict(placeholders), dict(words)
     users: dict[str, set[str]] = {}
-    for ph in PLACEHOLDER_RE.findall(text):
+    for ph in placeholder_names(text):
         users.setdefault(mapping.get(ph, ph), set()).add(ph)
     for list_name, phs in users.items():
         if len(lists[list_name]) < len(phs):
@@ -495,6 +670,12 @@ class PromptText:
     template_index: int = -1
     words: tuple[tuple[str, str], ...] = ()
     spans: tuple[tuple[str, int, int], ...] = ()  # (placeholder, start, end) of each word in ``clean``
+    correct_set: tuple[str, ...] = ()  # the answers' texts; (correct,) unless the metric has answer sets
+    incorrect_set: tuple[str, ...] = ()
+
+    @property
+    def answers(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return self.correct_set or (self.correct,), self.incorrect_set or (self.incorrect,)
 
 
 @dataclass(frozen=True)
@@ -522,7 +703,7 @@ class PromptSet:
     template_index: tuple[int, ...]
     clean_tokens: Int[Tensor, "batch pos"]
     corrupted_tokens: Int[Tensor, "batch pos"]
-    answer_tokens: Int[Tensor, "batch 2"]
+    metric: AnswerMetric
     final_pos: Int[Tensor, " batch"]
     clean_str_tokens: tuple[tuple[str, ...], ...]
     corrupted_str_tokens: tuple[tuple[str, ...], ...]
@@ -530,6 +711,11 @@ class PromptSet:
 
     def __len__(self) -> int:
         return len(self.clean_prompts)
+
+    @property
+    def answer_tokens(self) -> Int[Tensor, "batch 2"]:
+        """``[correct, incorrect]`` token per prompt; a ValueError for tasks whose answers are sets."""
+        return self.metric.pairs()
 
     def select(self, indices: list[int]) -> PromptSet:
         """A subset of the prompts, with padding trimmed to the longest one kept."""
@@ -549,7 +735,7 @@ class PromptSet:
             template_index=pick(self.template_index),
             clean_tokens=self.clean_tokens[rows, :width],
             corrupted_tokens=self.corrupted_tokens[rows, :width],
-            answer_tokens=self.answer_tokens[rows],
+            metric=self.metric.select(rows),
             final_pos=self.final_pos[rows],
             clean_str_tokens=pick(self.clean_str_tokens),
             corrupted_str_tokens=pick(self.corrupted_str_tokens),
@@ -577,7 +763,7 @@ class PromptSet:
             self,
             clean_tokens=self.clean_tokens.to(device),
             corrupted_tokens=self.corrupted_tokens.to(device),
-            answer_tokens=self.answer_tokens.to(device),
+            metric=self.metric.to(device),
             final_pos=self.final_pos.to(device),
         )
 
@@ -606,20 +792,42 @@ def generate_prompt_texts(spec: TaskSpec) -> Iterator[PromptText]:
         corrupted_t = spec.corruption.apply(clean_t, t)
         chosen: dict[str, str] = {}
         used: dict[str, set[str]] = {}
-        for ph in dict.fromkeys(PLACEHOLDER_RE.findall(clean_t + " " + corrupted_t)):
+        offsets = _offsets(" ".join((clean_t, corrupted_t, spec.correct, spec.incorrect)))
+        for ph in dict.fromkeys(placeholder_names(clean_t + " " + corrupted_t)):
             list_name = spec.list_for(ph)
             taken = used.setdefault(list_name, set())
-            choices = [w for w in spec.words_for(ph) if w not in taken]
+            words = spec.words_for(ph)
+            low, high = min(offsets[ph]), max(offsets[ph])
+            choices = [w for i, w in enumerate(words) if w not in taken
+                       and (list_name in spec.cyclic or 0 <= i + low and i + high < len(words))]
             chosen[ph] = rng.choice(choices)
             taken.add(chosen[ph])
+            for offset in offsets[ph]:
+                if offset:
+                    chosen[f"{ph}{offset:+d}"] = words[(words.index(chosen[ph]) + offset) % len(words)]
         clean, spans = _fill_with_spans(clean_t, chosen)
-        yield PromptText(clean, _fill(corrupted_t, chosen), _fill(spec.correct, chosen),
-                         _fill(spec.incorrect, chosen), template_index=t, words=tuple(chosen.items()), spans=spans)
+        filled = dict(clean=clean, corrupted=_fill(corrupted_t, chosen), template_index=t,
+                      words=tuple(chosen.items()), spans=spans)
+        if spec.answer_sets is None:
+            yield PromptText(correct=_fill(spec.correct, chosen), incorrect=_fill(spec.incorrect, chosen), **filled)
+        else:
+            sets = spec.answer_sets
+            candidates, word = dict(spec.words)[sets.answers], chosen[sets.correct.placeholder]
+            yield PromptText(correct=f"{sets.correct.op} {spec.answer_text(word)}",
+                             incorrect=f"{sets.incorrect.op} {spec.answer_text(word)}",
+                             correct_set=tuple(map(spec.answer_text, sets.correct.select(candidates, word))),
+                             incorrect_set=tuple(map(spec.answer_text, sets.incorrect.select(candidates, word))),
+                             **filled)
         index += 1
 
 
+def _key(match: re.Match[str]) -> str:
+    """How a placeholder occurrence is keyed among the chosen words: ``N``, ``N+1``, ``N-2``."""
+    return match.group(1) + (f"{int(match.group(2)):+d}" if match.group(2) and int(match.group(2)) else "")
+
+
 def _fill(text: str, words: dict[str, str]) -> str:
-    return PLACEHOLDER_RE.sub(lambda m: words[m.group(1)], text)
+    return PLACEHOLDER_RE.sub(lambda m: words[_key(m)], text)
 
 
 def _fill_with_spans(template: str, words: dict[str, str]) -> tuple[str, tuple[tuple[str, int, int], ...]]:
@@ -629,9 +837,9 @@ def _fill_with_spans(template: str, words: dict[str, str]) -> tuple[str, tuple[t
     length = last = 0
     for match in PLACEHOLDER_RE.finditer(template):
         literal = template[last : match.start()]
-        word = words[match.group(1)]
+        word = words[_key(match)]
         pieces += [literal, word]
-        spans.append((match.group(1), length + len(literal), length + len(literal) + len(word)))
+        spans.append((_key(match), length + len(literal), length + len(literal) + len(word)))
         length += len(literal) + len(word)
         last = match.end()
     pieces.append(template[last:])
@@ -660,19 +868,28 @@ def build_prompts(spec: TaskSpec, tokenizer: Any, *, prepend_bos: bool = True) -
             ids.insert(0, tokenizer.bos_token_id)
         return ids
 
-    kept: list[tuple[PromptText, list[int], list[int], int, int]] = []
+    kept: list[tuple[PromptText, list[int], list[int], tuple[int, ...], tuple[int, ...]]] = []
     seen: set[tuple[str, str]] = set()
     unequal = duplicates = 0
     attempts = spec.n_prompts * _ATTEMPTS_PER_PROMPT
+    answer_fields = _answer_fields(spec)
+    token_of: dict[str, int] = {}
+
+    def answer_ids(texts: tuple[str, ...], field_name: str) -> tuple[int, ...]:
+        for text in texts:
+            if text not in token_of:
+                token_of[text] = _single_token(check, field_name, text, tokenizer)
+        return tuple(token_of[t] for t in texts)
+
     for i, text in enumerate(generate_prompt_texts(spec)):
         if len(kept) == spec.n_prompts or i >= attempts:
             break
         where = f"prompts[{i}]" if spec.is_explicit else "templates"
-        correct = _single_token(check, f"{where}.correct" if spec.is_explicit else "correct", text.correct, tokenizer)
-        incorrect = _single_token(check, f"{where}.incorrect" if spec.is_explicit else "incorrect",
-                                  text.incorrect, tokenizer)
-        if correct == incorrect:
-            check.fail(f"{where}.incorrect" if spec.is_explicit else "incorrect", text.incorrect,
+        correct_set, incorrect_set = text.answers
+        correct = answer_ids(correct_set, answer_fields[0].replace("prompts[i]", where))
+        incorrect = answer_ids(incorrect_set, answer_fields[1].replace("prompts[i]", where))
+        if set(correct) & set(incorrect):
+            check.fail(answer_fields[1].replace("prompts[i]", where), text.incorrect,
                        f"is the same token as the correct answer in {text.clean!r}",
                        "make the two answers differ")
         clean_ids, corrupted_ids = encode(text.clean), encode(text.corrupted)
@@ -696,18 +913,72 @@ def build_prompts(spec: TaskSpec, tokenizer: Any, *, prepend_bos: bool = True) -
                    f"({unequal} dropped because clean and corrupted differ in token length, "
                    f"{duplicates} repeats)",
                    "lower n_prompts, add words to the lists, or use words that are single tokens")
-    return _to_prompt_set(kept, tokenizer)
+    return _to_prompt_set(kept, tokenizer, spec.metric)
+
+
+def _answer_fields(spec: TaskSpec) -> tuple[str, str]:
+    """Where a task file states its answers (for error messages)."""
+    if spec.is_explicit:
+        return "prompts[i].correct", "prompts[i].incorrect"
+    if spec.answer_sets is not None:
+        return f"words.{spec.answer_sets.answers}", f"words.{spec.answer_sets.answers}"
+    return "correct", "incorrect"
+
+
+def multi_token_words(spec: TaskSpec, tokenizer: Any) -> list[str]:
+    """Every word that is not a single token where a template (clean or corrupted) puts it, described.
+
+    Each placeholder occurrence of one generated prompt per template is refilled with every word of
+    its list; the word (with the space before it, if the template has one) must be exactly one token.
+    Multi-token words are allowed in a task, but they shift positions (such prompts are dropped when
+    clean and corrupted lengths differ) and copy scores read only their first token.
+    """
+    if spec.is_explicit:
+        return []
+    assert spec.corruption is not None
+    problems: list[str] = []
+    first_of_template: dict[int, PromptText] = {}
+    for text in generate_prompt_texts(spec):
+        first_of_template.setdefault(text.template_index, text)
+        if len(first_of_template) == len(spec.templates):
+            break
+    for t, text in sorted(first_of_template.items()):
+        for which, template in (("templates", spec.templates[t]), ("corrupted", spec.corruption.apply(spec.templates[t], t))):
+            filled, spans = _fill_with_spans(template, dict(text.words))
+            for key, start, end in spans:
+                placeholder = PLACEHOLDER_RE.match(f"[{key}]").group(1)  # type: ignore[union-attr]
+                for word in spec.words_for(placeholder):
+                    candidate = filled[:start] + word + filled[end:]
+                    offsets = _token_offsets(tokenizer, candidate)
+                    covering = [(a, b) for a, b in offsets if a < start + len(word) and b > start]
+                    # one token, ending with the word and starting with it (or with the space before it)
+                    alone = len(covering) == 1 and covering[0][1] == start + len(word) and (
+                        covering[0][0] == start or (covering[0][0] == start - 1 and candidate[start - 1] == " "))
+                    if not alone:
+                        pieces = [candidate[a:b] for a, b in covering]
+                        problems.append(f"words.{spec.list_for(placeholder)}: {word!r} is not one token of its own "
+                                        f"as [{key}] in {which}[{t}], it is tokenized as {pieces}")
+    return sorted(set(problems))
 
 
 def _check_answer_words(check: _Checker, spec: TaskSpec, tokenizer: Any) -> None:
     """Name the offending word when a word list makes an answer more than one token."""
+    if spec.answer_sets is not None:
+        list_name = spec.answer_sets.answers
+        for word in dict(spec.words)[list_name]:
+            n = len(tokenizer(spec.answer_text(word), add_special_tokens=False)["input_ids"])
+            if n != 1:
+                check.fail(f"words.{list_name}", word, f"the candidate answer {spec.answer_text(word)!r} is {n} tokens, "
+                           "but answers must be single tokens", f"remove {word!r} from words.{list_name}")
+        return
     for field_name, answer in (("correct", spec.correct), ("incorrect", spec.incorrect)):
-        phs = PLACEHOLDER_RE.findall(answer)
-        if len(phs) != 1:
+        matches = list(PLACEHOLDER_RE.finditer(answer))
+        if len(matches) != 1:
             continue
-        list_name = spec.list_for(phs[0])
-        for word in spec.words_for(phs[0]):
-            text = answer.replace(f"[{phs[0]}]", word)
+        ph = matches[0].group(1)
+        list_name = spec.list_for(ph)
+        for word in spec.words_for(ph):  # every word the list can put there
+            text = answer.replace(matches[0].group(0), word)
             n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
             if n != 1:
                 check.fail(f"words.{list_name}", word, f"{field_name} answer {text!r} is {n} tokens, but answers "
@@ -723,7 +994,8 @@ def _single_token(check: _Checker, field_name: str, text: str, tokenizer: Any) -
     return int(ids[0])
 
 
-def _to_prompt_set(kept: list[tuple[PromptText, list[int], list[int], int, int]], tokenizer: Any) -> PromptSet:
+def _to_prompt_set(kept: list[tuple[PromptText, list[int], list[int], tuple[int, ...], tuple[int, ...]]],
+                   tokenizer: Any, metric: MetricKind) -> PromptSet:
     pad = tokenizer.pad_token_id
     if pad is None:
         pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
@@ -744,7 +1016,7 @@ def _to_prompt_set(kept: list[tuple[PromptText, list[int], list[int], int, int]]
         template_index=tuple(t.template_index for t in texts),
         clean_tokens=padded([k[1] for k in kept]),
         corrupted_tokens=padded([k[2] for k in kept]),
-        answer_tokens=torch.tensor([[k[3], k[4]] for k in kept], dtype=torch.long),
+        metric=AnswerMetric.from_sets(metric, [k[3] for k in kept], [k[4] for k in kept]),
         final_pos=torch.tensor([len(k[1]) - 1 for k in kept], dtype=torch.long),
         clean_str_tokens=tuple(str_tokens(k[1]) for k in kept),
         corrupted_str_tokens=tuple(str_tokens(k[2]) for k in kept),
@@ -753,10 +1025,10 @@ def _to_prompt_set(kept: list[tuple[PromptText, list[int], list[int], int, int]]
     )
 
 
-def _word_positions(text: PromptText, ids: list[int], correct: int, incorrect: int,
+def _word_positions(text: PromptText, ids: list[int], correct: tuple[int, ...], incorrect: tuple[int, ...],
                     tokenizer: Any) -> tuple[WordPosition, ...]:
     """Where the placeholders' words sit in the clean prompt ``ids`` (their first token), then any other
-    position holding one of the two answer tokens; in position order."""
+    position holding the correct or the incorrect answer token (tasks with one of each); in position order."""
     offsets = _token_offsets(tokenizer, text.clean)
     shift = len(ids) - len(offsets)  # the BOS token, when one was prepended
     found: dict[int, WordPosition] = {}
@@ -764,7 +1036,8 @@ def _word_positions(text: PromptText, ids: list[int], correct: int, incorrect: i
         first = next((i for i, (a, b) in enumerate(offsets) if a < end and b > start), None)
         if first is not None:
             found.setdefault(first + shift, WordPosition(placeholder, first + shift, ids[first + shift]))
-    for role, token in (("correct", correct), ("incorrect", incorrect)):
+    answers = (("correct", correct[0]), ("incorrect", incorrect[0])) if len(correct) == len(incorrect) == 1 else ()
+    for role, token in answers:
         for position in range(shift, len(ids)):
             if ids[position] == token:
                 found.setdefault(position, WordPosition(role, position, token))

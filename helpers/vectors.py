@@ -16,12 +16,13 @@ added the same way, are the baseline: an effect they also produce is not about t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from helpers.attribution import FinalPositionCache
@@ -66,21 +67,35 @@ def random_like(vector: UpdateVector, seed: int) -> UpdateVector:
 
 @dataclass(frozen=True)
 class Targets:
-    """The prompts the vector is added to, and the answer each should move towards."""
+    """The prompts the vector is added to, and the answer each should move towards: one token, or a set
+    (``answers[i]`` where ``answer_mask[i]``) for a task whose correct answers are a set."""
 
     tokens: Int[Tensor, "batch pos"]
     final_pos: Int[Tensor, " batch"]
-    answers: Int[Tensor, " batch"]
+    answers: Int[Tensor, "batch k"]
+    answer_mask: Bool[Tensor, "batch k"]
     prompts: tuple[str, ...]
     answer_texts: tuple[str, ...]
     name: str
+
+    def answer_probs(self, logits: Float[Tensor, "*layer batch d_vocab"]) -> Float[Tensor, "*layer batch"]:
+        """The answer's probability (the set's total)."""
+        answers = self.answers.to(logits.device).expand(*logits.shape[:-2], -1, -1)
+        probs = logits.softmax(dim=-1).gather(-1, answers)
+        return (probs * self.answer_mask.to(logits.device)).sum(dim=-1)
+
+    def answer_ranks(self, logits: Float[Tensor, "batch d_vocab"]) -> Int[Tensor, " batch"]:
+        """1 = the answer (the set's best token) is the top prediction."""
+        own = logits.gather(-1, self.answers.to(logits.device)).masked_fill(~self.answer_mask.to(logits.device), -math.inf)
+        return (logits > own.max(dim=-1, keepdim=True).values).sum(dim=-1) + 1
 
 
 def target_prompts(value: Any, prompts: PromptSet, model: Any) -> Targets:
     """``"corrupted"``: the task's corrupted prompts, each towards its clean prompt's correct answer. Or a
     list of ``{"prompt": ..., "answer": " ..."}`` (single-token answers, leading space included)."""
     if value == "corrupted":
-        return Targets(prompts.corrupted_tokens, prompts.final_pos, prompts.answer_tokens[:, 0],
+        metric = prompts.metric
+        return Targets(prompts.corrupted_tokens, prompts.final_pos, metric.tokens, metric.signs > 0,
                        prompts.corrupted_prompts, prompts.correct_answers,
                        "the task's corrupted prompts, towards the clean prompts' correct answers")
     if not isinstance(value, Sequence) or isinstance(value, str) or not value:
@@ -103,8 +118,9 @@ def target_prompts(value: Any, prompts: PromptSet, model: Any) -> Targets:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     width = max(len(r) for r in rows)
     tokens = torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
-    return Targets(tokens, torch.tensor([len(r) - 1 for r in rows]), torch.tensor(answers), tuple(texts),
-                   tuple(answer_texts), f"{len(rows)} prompts given")
+    return Targets(tokens, torch.tensor([len(r) - 1 for r in rows]), torch.tensor(answers)[:, None],
+                   torch.ones(len(rows), 1, dtype=torch.bool), tuple(texts), tuple(answer_texts),
+                   f"{len(rows)} prompts given")
 
 
 @dataclass(frozen=True)
@@ -114,17 +130,16 @@ class VectorRun:
     label: str
     final_logits: Float[Tensor, "batch d_vocab"]
     lens_probs: Float[Tensor, "layer batch"]  # the answer's probability read after each layer
-    answers: Int[Tensor, " batch"]
+    targets: Targets
 
     @property
     def answer_probs(self) -> Float[Tensor, " batch"]:
-        return self.final_logits.softmax(dim=-1).gather(-1, self.answers[:, None])[:, 0]
+        return self.targets.answer_probs(self.final_logits)
 
     @property
     def answer_ranks(self) -> Int[Tensor, " batch"]:
         """1 = top prediction."""
-        own = self.final_logits.gather(-1, self.answers[:, None])
-        return (self.final_logits > own).sum(dim=-1) + 1
+        return self.targets.answer_ranks(self.final_logits)
 
     @property
     def top_share(self) -> float:
@@ -155,11 +170,9 @@ def run_with_vector(
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
     logits, acts = cache_activations(model, targets.tokens.to(model.cfg.device), names, fwd_hooks=hooks)
     resid = torch.stack([at_final_pos(acts[name].float(), targets.final_pos) for name in names])  # [layer, batch, d]
-    lens_logits = folded_unembed(resid, model)
-    lens_probs = lens_logits.softmax(dim=-1).gather(-1, targets.answers.to(lens_logits.device)[None, :, None].expand(
-        n_layers, -1, 1))[..., 0]
+    lens_probs = targets.answer_probs(folded_unembed(resid, model))
     return VectorRun(label or (vector.source if vector is not None else "no vector"),
-                     at_final_pos(logits.float(), targets.final_pos).cpu(), lens_probs.cpu(), targets.answers)
+                     at_final_pos(logits.float(), targets.final_pos).cpu(), lens_probs.cpu(), targets)
 
 
 @dataclass(frozen=True)

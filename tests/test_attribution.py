@@ -11,7 +11,7 @@ import torch
 from helpers import attribution
 from helpers.heads import HeadScore, rank_heads
 from helpers.hooks import HookNotFoundError, cache_activations
-from helpers.metrics import at_final_pos, logit_diff
+from helpers.metrics import AnswerMetric, at_final_pos
 from helpers.tasks import PromptSet
 
 
@@ -45,14 +45,15 @@ def test_logit_diff_by_hand() -> None:
     logits[1, 2, 0], logits[1, 2, 3] = -1.0, 2.0  # prompt 1 ends at position 2
     answers = torch.tensor([[2, 4], [0, 3]])
     final_pos = torch.tensor([1, 2])
-    torch.testing.assert_close(logit_diff(logits, answers, final_pos), torch.tensor([2.0, -3.0]))
-    assert at_final_pos(logits, final_pos).shape == (2, 5)
+    final = at_final_pos(logits, final_pos)
+    assert final.shape == (2, 5)
+    torch.testing.assert_close(AnswerMetric.from_pairs(answers).logit_diff(final), torch.tensor([2.0, -3.0]))
 
 
 def test_shape_annotations_are_enforced_in_tests() -> None:
     """The suite runs with jaxtyping's runtime checks: a wrong shape fails at the call."""
     with pytest.raises(Exception, match="(?i)type-check|shape|dimension|jaxtyping"):
-        logit_diff(torch.zeros(2, 3, 5), torch.zeros(3, 2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+        at_final_pos(torch.zeros(2, 3, 5), torch.zeros(3, dtype=torch.long))
 
 
 def test_logit_diff_matches_a_transformers_forward_pass(cache: Any, ioi_prompts: PromptSet, hf_reference: Any) -> None:

@@ -86,7 +86,7 @@ def mood(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: Any) -> tuple
 def test_the_planted_neuron_alone_carries_the_answer(mood: tuple[Any, PromptSet]) -> None:
     model, prompts = mood
     engine = PatchingEngine(model, prompts, progress=False)
-    assert float(engine.clean_logit_diff.mean()) > 1.0 > float(engine.corrupted_logit_diff.mean())
+    assert engine.task_metric.clean > 1.0 > engine.task_metric.corrupted
     result = neurons.compute_neuron_patching(engine, PLANTED_NEURON.layer)
     n = PLANTED_NEURON.neuron
     assert result.top(1) == [n] and float(result.effect[n]) > 0.95

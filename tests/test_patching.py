@@ -10,7 +10,7 @@ import torch
 from transformer_lens import patching as tlp
 
 from helpers import patching
-from helpers.metrics import at_final_pos
+from helpers.metrics import METRIC_NAMES, at_final_pos
 from helpers.patching import PATCH_KINDS, PatchingEngine
 from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
 
@@ -193,13 +193,17 @@ def test_explicit_prompts_work_with_the_engine(toy_model: Any) -> None:
 
 
 def test_a_tiny_clean_corrupted_gap_is_flagged() -> None:
-    def anchors(clean: float, corrupted: float) -> patching.MetricAnchors:
-        return patching.MetricAnchors(8, clean, corrupted, "normalised logit difference", 1.0, 0.0, "fast path")
+    def anchors(clean: float, corrupted: float, kind: str = "logit_diff") -> patching.MetricAnchors:
+        return patching.MetricAnchors(8, METRIC_NAMES[kind], clean, corrupted, f"normalised {METRIC_NAMES[kind]}",
+                                      1.0, 0.0, "fast path", small_gap=patching._SMALL_GAP[kind])
 
     assert anchors(3.2, -3.1).warning is None
     warning = anchors(-0.016, -0.015).warning
-    assert warning is not None and "0.001" in warning and "noise" in warning
+    assert warning is not None and "0.001" in warning and "noise" in warning and "logit difference" in warning
     assert anchors(-0.016, -0.015).to_dict()["warning"] == warning
+    # a probability difference lives on another scale: 0.05 is a real gap there, 0.005 is not
+    assert anchors(0.06, 0.01, "prob_diff").warning is None
+    assert "probability difference" in (anchors(0.006, 0.001, "prob_diff").warning or "")
 
 
 def test_prompts_of_one_template_line_up(engine: PatchingEngine, ioi_prompts: PromptSet) -> None:
@@ -218,3 +222,32 @@ def test_identical_clean_and_corrupted_prompts_are_refused(toy_model: Any, ioi_p
     same = replace(ioi_prompts, corrupted_tokens=ioi_prompts.clean_tokens)
     with pytest.raises(ValueError, match="nothing to patch"):
         PatchingEngine(toy_model, same, progress=False)
+
+
+@pytest.fixture(scope="module")
+def greater_than_prompts(toy_model: Any) -> PromptSet:
+    return build_prompts(load_task("greater_than").with_overrides(n_prompts=6), toy_model.tokenizer)
+
+
+@pytest.mark.parametrize("kind", ["head_out", "mlp_out"])
+def test_a_task_with_a_probability_difference_metric_patches_by_it(
+    kind: str, toy_model: Any, greater_than_prompts: PromptSet
+) -> None:
+    """No metric given: the engine normalises the task's own metric (greater-than's probability
+    difference over answer sets), and agrees with transformer_lens.patching on it."""
+    engine = PatchingEngine(toy_model, greater_than_prompts, progress=False)
+    assert engine.metric_name == "normalised probability difference" and engine.uses_fast_path
+    metric = greater_than_prompts.metric
+    with torch.no_grad():
+        clean = toy_model(greater_than_prompts.clean_tokens)
+        corrupted = toy_model(greater_than_prompts.corrupted_tokens)
+    final_pos = greater_than_prompts.final_pos
+    clean_value = float(metric(at_final_pos(clean, final_pos)).mean())
+    corrupted_value = float(metric(at_final_pos(corrupted, final_pos)).mean())
+    assert engine.anchors().clean_value == pytest.approx(clean_value, abs=1e-6)
+
+    def normalised(final_logits: torch.Tensor) -> torch.Tensor:
+        return (metric(final_logits).mean() - corrupted_value) / (clean_value - corrupted_value)
+
+    reference = transformer_lens_patch(toy_model, greater_than_prompts, kind, normalised)
+    torch.testing.assert_close(engine.patch(kind).values, reference.float().cpu(), atol=1e-4, rtol=0)  # type: ignore[arg-type]

@@ -9,6 +9,7 @@ from typing import Any
 
 import nbformat
 import pytest
+import torch
 
 from helpers import run
 from helpers.paths import TEMPLATES_DIR
@@ -16,11 +17,18 @@ from helpers.tasks import TaskError
 
 
 @pytest.fixture(scope="module")
-def successful_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
+def two_task_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
+    """``make run TASK="ioi greater_than"`` on the toy model: a logit-difference and a probability-difference task."""
     notebooks = tmp_path_factory.mktemp("notebooks")
     lines: list[str] = []
-    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=notebooks)
-    code = run.execute(plan, log=lines.append)
+    code = run.run_tasks(["ioi", "greater_than"], model=str(toy_model_dir), n_prompts=8, device="cpu",
+                         notebooks_dir=notebooks, log=lines.append)
+    return notebooks, lines, code
+
+
+@pytest.fixture(scope="module")
+def successful_run(two_task_run: tuple[Path, list[str], int]) -> tuple[Path, list[str], int]:
+    notebooks, lines, code = two_task_run
     return notebooks / "ioi", lines, code
 
 
@@ -179,3 +187,87 @@ def test_multi_token_answers_fail_after_the_tokenizer_loads(toy_model_dir: Path,
     task.write_text(text.replace("name: ioi", "name: long_names").replace("NAME: [Mary,", "NAME: [Xanthippe, Mary,"))
     with pytest.raises(TaskError, match="Xanthippe"):
         run.prepare_run(str(task), model=str(toy_model_dir))
+
+
+@pytest.mark.slow
+def test_several_tasks_run_in_turn_and_end_with_a_summary(two_task_run: tuple[Path, list[str], int]) -> None:
+    notebooks, lines, code = two_task_run
+    assert code == 0, "\n".join(lines)
+    assert "\n=== task 2/2: greater_than ===" in lines and "\n2 of 2 tasks succeeded" in lines
+    for task in ("ioi", "greater_than"):
+        assert json.loads((notebooks / task / "results.json").read_text())["task"] == task
+
+
+@pytest.mark.slow
+def test_every_template_honours_a_probability_difference_metric(two_task_run: tuple[Path, list[str], int]) -> None:
+    notebooks, lines, _ = two_task_run
+    results = json.loads((notebooks / "greater_than" / "results.json").read_text())["templates"]
+    for name in run.TEMPLATE_ORDER:
+        assert error_outputs(notebooks / "greater_than" / f"{name}.ipynb") == [], name
+    dla, patching, circuit = results["dla"], results["patching"], results["circuit"]
+    assert dla["logit_diff"]["metric"] == patching["metric"]["task_metric"] == "probability difference"
+    assert patching["metric"]["metric_name"] == "normalised probability difference"
+    # the same clean run read by three templates: DLA's metric, patching's clean anchor, the full circuit
+    assert abs(dla["logit_diff"]["metric_mean"] - patching["metric"]["clean_value"]) < 1e-5
+    assert abs(circuit["candidate"]["full_metric"] - patching["metric"]["clean_value"]) < 1e-5
+    assert -1 <= patching["metric"]["clean_value"] <= 1  # a probability difference, not a logit difference
+    assert dla["additivity"]["ok"] is True  # DLA explains the answer sets' mean logit difference exactly
+    assert any("greater_than" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_same_task_twice_gives_identical_figures(
+    two_task_run: tuple[Path, list[str], int], toy_model_dir: Path, tmp_path: Path
+) -> None:
+    notebooks, _, _ = two_task_run
+    assert run.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=tmp_path,
+                         log=lambda line: None) == 0
+    first, again = (json.loads((folder / "ioi" / "results.json").read_text()) for folder in (notebooks, tmp_path))
+    assert again["provenance"].pop("finished_at") and first["provenance"].pop("finished_at")
+    assert again == first
+
+
+def test_a_failing_task_does_not_stop_the_others(toy_model_dir: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    lines: list[str] = []
+    code = run.run_tasks(["no_such_task", "ioi"], model=str(toy_model_dir), n_prompts=4, device="cpu",
+                         templates=["dla"], notebooks_dir=tmp_path, log=lines.append)
+    assert code == 1
+    assert "there is no params/no_such_task.yaml" in capsys.readouterr().err
+    assert "\n1 of 2 tasks succeeded; failed: no_such_task" in lines
+    assert json.loads((tmp_path / "ioi" / "results.json").read_text())["templates"]["dla"]["additivity"]["ok"]
+
+
+def test_task_lists_are_split_on_spaces_and_commas() -> None:
+    assert run._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
+
+
+@pytest.mark.slow
+def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], int], toy_model_dir: Path) -> None:
+    notebooks, _, _ = two_task_run
+    lines: list[str] = []
+    assert run.compare(["ioi", "greater_than"], model=str(toy_model_dir), notebooks_dir=notebooks,
+                       log=lines.append) == 0
+    assert not any("Running first" in line for line in lines), "both tasks had results: nothing to rerun"
+    out = notebooks / "compare"
+    assert sorted(p.name for p in out.iterdir()) == ["compare.ipynb", "results.json"]
+    assert error_outputs(out / "compare.ipynb") == []
+    compared = json.loads((out / "results.json").read_text())
+    # recompute from the tasks' own results.json: top 10 of 8 heads = every head, so the sets are equal
+    maps = [json.loads((notebooks / t / "results.json").read_text())["templates"]["patching"]["head_out"]["values"]
+            for t in ("ioi", "greater_than")]
+    assert compared["head_sets"]["overlap"] == [[8.0, 8.0], [8.0, 8.0]] and compared["shared_heads"]["shared"]
+    r = torch.corrcoef(torch.tensor([sum(m, []) for m in maps]))[0, 1]
+    assert abs(compared["patching_correlations"][0][1] - float(r)) < 1e-5
+    heads = compared["shared_head_scores"]
+    assert set(heads) == set(compared["shared_heads"]["shared"]) and set(heads["L0H0"]) == {"ioi", "greater_than"}
+    shown = json.dumps([o for c in nbformat.read(out / "compare.ipynb", as_version=4).cells if c.cell_type == "code"
+                        for o in c.outputs])
+    assert shown.count("application/vnd.plotly.v1+json") >= 5
+
+
+def test_compare_names_the_tasks_to_run_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run.compare(["numseq", "months"], run_missing=False, notebooks_dir=tmp_path) == 2
+    assert 'make run TASK="numseq months"' in capsys.readouterr().err
+    assert run.compare(["numseq"], notebooks_dir=tmp_path) == 2
+    assert "at least two tasks" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from helpers.tasks import (
     build_prompts,
     generate_prompt_texts,
     load_task,
+    multi_token_words,
     parse_task,
     resolve_task_path,
 )
@@ -92,6 +94,16 @@ def test_valid_task_loads_and_round_trips(tmp_path: Path) -> None:
         ({"prompts": [{"clean": "a", "corrupted": "b", "correct": " c", "incorrect": " d"}]}, "templates",
          "[", "remove 'prompts'"),
         ({"templates": None}, "templates", "None", "add 'templates"),
+        ({"metric": "accuracy"}, "metric", "'accuracy'", "metric: logit_diff"),
+        ({"metric": {"kind": "prob_diff", "answers": "NAME", "correct": "> [IO]"}}, "metric.incorrect", "None",
+         "kind: prob_diff, answers"),
+        ({"metric": {"kind": "prob_diff", "answers": "NAME", "correct": "after [IO]", "incorrect": "<= [IO]"},
+          "correct": None, "incorrect": None}, "metric.correct", "'after [IO]'", "one of >, >=, <, <="),
+        ({"metric": {"kind": "prob_diff", "answers": "NAME", "correct": "> [IO]", "incorrect": "<= [IO]"}},
+         "correct", "' [IO]'", "remove the top-level 'correct'"),
+        ({"templates": ["When [IO] and [S] went out, [S] gave a ring to [IO+5]"], "correct": " [IO+1]"},
+         "words.NAME", "'Mary'", "add NAME to 'cyclic'"),
+        ({"cyclic": ["MONTH"]}, "cyclic", "'MONTH'", "use one of: NAME, PLACE"),
     ],
 )
 def test_each_validation_error_names_field_value_and_fix(
@@ -218,31 +230,16 @@ def test_too_few_prompts_that_line_up(gpt2_tokenizer: Any) -> None:
     assert "differ in token length" in str(err.value)
 
 
-def test_every_ioi_word_is_one_gpt2_token_with_its_leading_space(gpt2_tokenizer: Any) -> None:
-    spec = load_task("ioi")
-    for list_name, words in spec.words:
-        for word in words:
-            assert len(gpt2_tokenizer.encode(" " + word)) == 1, f"words.{list_name}: {word!r}"
-
-
-def test_ioi_prompts_line_up_under_gpt2_tokenization(gpt2_tokenizer: Any) -> None:
-    spec = load_task("ioi")
-    prompts = build_prompts(spec, gpt2_tokenizer)
-    assert len(prompts) == spec.n_prompts == 64
-    assert set(prompts.template_index) == set(range(len(spec.templates)))
-    for clean, corrupted in zip(prompts.clean_prompts, prompts.corrupted_prompts):
-        assert len(gpt2_tokenizer.encode(clean)) == len(gpt2_tokenizer.encode(corrupted))
-    assert (prompts.clean_tokens != prompts.corrupted_tokens).any(dim=1).all()
-
-
 def test_the_readme_task_examples_are_valid(gpt2_tokenizer: Any) -> None:
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     section = readme[readme.index("## Task files") : readme.index("### Adding a task")]
-    blocks = [block.split("```")[0] for block in section.split("```yaml\n")[1:]]
-    assert len(blocks) == 2
-    for block in blocks:
-        spec = parse_task(yaml.safe_load(block), source="README.md")
+    blocks = [yaml.safe_load(block.split("```")[0]) for block in section.split("```yaml\n")[1:]]
+    tasks, fragments = [b for b in blocks if "name" in b], [b for b in blocks if "name" not in b]
+    assert len(tasks) == 2
+    for block in tasks:
+        spec = parse_task(block, source="README.md")
         assert len(build_prompts(spec.with_overrides(n_prompts=2), gpt2_tokenizer)) == 2
+    assert fragments == [{"metric": load_task("greater_than").to_dict()["metric"]}]  # the answer-set example
 
 
 def test_word_positions_find_each_placeholder_word_in_the_tokens(gpt2_tokenizer: Any) -> None:
@@ -282,3 +279,45 @@ def test_word_positions_of_explicit_prompts_are_the_answer_tokens_in_them(gpt2_t
     tokens = prompts.clean_str_tokens[0]
     assert [(w.role, w.position, tokens[w.position]) for w in prompts.word_positions[0]] == [
         ("incorrect", 2, " John"), ("correct", 4, " Mary"), ("incorrect", 10, " John")]
+
+
+SEQUENCE: dict[str, Any] = {
+    "name": "seq", "description": "d", "model": "gpt2",
+    "templates": [" [M] [M+1] [M+2]"], "corrupted": {"templates": [" [M] [M+1] [M+1]"]},
+    "correct": " [M+3]", "incorrect": " [M+2]",
+    "words": {"M": ["January", "February", "March", "April", "May"]}, "n_prompts": 2,
+}
+
+
+def test_offset_placeholders_take_the_next_words_of_the_list() -> None:
+    texts = [next(generate_prompt_texts(parse_task({**SEQUENCE, "seed": seed}, source="t"))) for seed in range(20)]
+    months = SEQUENCE["words"]["M"]
+    for text in texts:
+        start = months.index(dict(text.words)["M"])
+        assert start + 3 < len(months), "a start whose [M+3] is past the list's end was drawn"
+        assert text.clean == " " + " ".join(months[start : start + 3])
+        assert text.corrupted == " " + " ".join(months[start : start + 2] + [months[start + 1]])
+        assert (text.correct, text.incorrect) == (" " + months[start + 3], " " + months[start + 2])
+    assert {dict(t.words)["M"] for t in texts} == {"January", "February"}
+
+
+def test_a_cyclic_list_wraps_around() -> None:
+    spec = parse_task({**SEQUENCE, "cyclic": ["M"], "n_prompts": 5}, source="t")
+    texts = {t.clean: t for t in itertools.islice(generate_prompt_texts(spec), 200)}
+    assert len(texts) == 5  # every month can start now
+    assert texts[" April May January"].correct == " February"
+
+
+def test_multi_token_words_are_named_with_where_they_are_used(gpt2_tokenizer: Any) -> None:
+    spec = parse_task(with_changes(words={"NAME": ["Mary", "John", "Zbigniew"], "PLACE": ["store"]}), source="t")
+    problems = multi_token_words(spec, gpt2_tokenizer)
+    assert problems and all("'Zbigniew'" in p and "words.NAME" in p for p in problems)
+    assert any("as [IO] in templates[0]" in p for p in problems) and any("in corrupted[0]" in p for p in problems)
+    assert "[' Z', 'b', 'ign', 'iew']" in problems[0]
+    # one token, but merged with the text before it: " 1700" is a single token, so "00" is not one of its own
+    merged = parse_task({"name": "years", "description": "d", "model": "gpt2", "answer_space": False,
+                         "templates": ["The war lasted from the year 17[YY] to the year 17"],
+                         "corrupted": {"templates": ["The war lasted from the year 1701 to the year 17"]},
+                         "correct": "99", "incorrect": "01", "words": {"YY": ["00", "32"]}}, source="t")
+    assert multi_token_words(merged, gpt2_tokenizer) == [
+        "words.YY: '00' is not one token of its own as [YY] in templates[0], it is tokenized as [' 1700']"]

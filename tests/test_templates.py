@@ -10,15 +10,17 @@ import papermill as pm
 import pytest
 
 from helpers.paths import TEMPLATES_DIR
-from helpers.run import TEMPLATE_ORDER, available_templates
+from helpers.run import CROSS_TASK_TEMPLATES, TEMPLATE_ORDER, available_templates
 
 TEMPLATES = sorted(TEMPLATES_DIR.glob("*.ipynb"))
-# What the runner injects into every template (helpers.run.execute).
+# What the runner injects into every per-task template (helpers.run.execute), and into the cross-task ones
+# (helpers.run.compare).
 INJECTED = {"task", "device", "dtype", "results_path"}
+INJECTED_CROSS_TASK = {"tasks", "notebooks_dir", "results_path"}
 
 
 def test_there_are_templates_and_the_runner_orders_them() -> None:
-    assert "dla" in available_templates()
+    assert "dla" in available_templates() and "compare" not in available_templates()
     known = [name for name in available_templates() if name in TEMPLATE_ORDER]
     assert known == sorted(known, key=TEMPLATE_ORDER.index)
 
@@ -30,7 +32,8 @@ def test_exactly_one_parameters_cell_declaring_every_injected_key(path: Path) ->
     assert len(tagged) == 1
     assert tagged[0].cell_type == "code"
     declared = set(pm.inspect_notebook(str(path)))
-    assert INJECTED <= declared, f"{path.name} does not declare {INJECTED - declared}"
+    injected = INJECTED_CROSS_TASK if path.stem in CROSS_TASK_TEMPLATES else INJECTED
+    assert injected <= declared, f"{path.name} does not declare {injected - declared}"
 
 
 @pytest.mark.parametrize("path", TEMPLATES, ids=lambda p: p.stem)

@@ -1,0 +1,207 @@
+"""Cross-task comparison: do different tasks run through the same heads?
+
+Context. Each task's run leaves per-head numbers in ``notebooks/<task>/results.json``: direct logit
+attribution and head-output patching (how much each head matters for that task), induction scores
+(head functions) and copy scores. Set side by side, they show which heads several tasks share (a
+shared sub-circuit, e.g. heads that find the last item of any sequence) and which serve one task only.
+
+How. For each task and importance measure, the top ``k`` heads by absolute value form the task's head
+set. Two tasks' sets are compared by their overlap (how many heads they share) and Jaccard index
+(shared / in either). Independently of any ``k``, the Pearson correlation of two tasks' whole patching
+maps says whether the same heads matter to the same degree. A head in every task's set is *shared*;
+one in a single task's set is *specific* to it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from helpers.heads import HeadScore, head_name, rank_heads_by_magnitude
+from helpers.metrics import pearson_correlation
+
+# Importance measures: (template, path to the layer x head values in its results), and their names.
+MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "patching": ("patching", ("head_out", "values")),
+    "dla": ("dla", ("heads", "mean")),
+}
+MEASURE_NAMES = {"patching": "head output patching", "dla": "direct logit attribution"}
+# Head functions read for the shared heads.
+SCORES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "induction": ("head_functions", ("role_scores", "induction", "values")),
+    "copy": ("copy_scores", ("copy_scores", "copy", "values")),
+}
+
+
+class CompareError(ValueError):
+    """The tasks' results cannot be compared; the message says why and what to run."""
+
+
+@dataclass(frozen=True)
+class TaskResults:
+    """One task's per-head numbers, read from its ``results.json``."""
+
+    task: str
+    model: str
+    n_prompts: int
+    metric: str
+    heads: dict[str, Float[Tensor, "layer head_index"]]  # by measure and score name
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(next(iter(self.heads.values())).shape)  # type: ignore[return-value]
+
+
+def load_task_results(tasks: list[str], notebooks_dir: str | Path) -> list[TaskResults]:
+    """Read each task's ``notebooks/<task>/results.json``.
+
+    Raises:
+        CompareError: a task has no results, lacks a template the comparison reads, or was run on a
+            model of another shape than the first task's.
+    """
+    folder = Path(notebooks_dir)
+    missing = [t for t in tasks if not (folder / t / "results.json").is_file()]
+    if missing:
+        raise CompareError(f"no results for {', '.join(missing)} in {folder}. "
+                           f"Fix: make run TASK=\"{' '.join(missing)}\" (make compare runs missing tasks itself).")
+    loaded = []
+    for task in tasks:
+        data = json.loads((folder / task / "results.json").read_text(encoding="utf-8"))
+        heads = {}
+        for name, (template, path) in {**MEASURES, **SCORES}.items():
+            value: Any = data.get("templates", {}).get(template)
+            for key in path:
+                value = value.get(key) if isinstance(value, dict) else None
+            if value is None:
+                raise CompareError(f"{task}'s results.json has no '{template}' results (the comparison reads "
+                                   f"{'.'.join(path)}). Fix: make run TASK={task}")
+            heads[name] = torch.tensor(value, dtype=torch.float32)
+        provenance = data.get("provenance", {})
+        loaded.append(TaskResults(task, str(provenance.get("model")), int(provenance.get("n_prompts", 0)),
+                                  str(data["templates"]["patching"].get("metric", {}).get("task_metric", "")), heads))
+    first = loaded[0]
+    for other in loaded[1:]:
+        if other.shape != first.shape:
+            raise CompareError(f"{other.task} ran on {other.model} ({other.shape[0]} layers x {other.shape[1]} heads) "
+                               f"but {first.task} on {first.model} ({first.shape[0]} x {first.shape[1]}): heads of "
+                               f"different models cannot be compared. Fix: run both on one model (make run MODEL=...)")
+    return loaded
+
+
+def model_warning(results: list[TaskResults]) -> str | None:
+    """Said when the tasks ran on differently named models of the same shape."""
+    models = sorted({r.model for r in results})
+    if len(models) > 1:
+        return (f"the tasks ran on different models ({', '.join(models)}): head L9H9 of one is not L9H9 of another "
+                "unless they are the same model saved in two places.")
+    return None
+
+
+@dataclass(frozen=True)
+class HeadSets:
+    """Each task's top-``k`` heads by one measure, and how much the sets overlap pair by pair."""
+
+    measure: str
+    k: int
+    tasks: tuple[str, ...]
+    sets: tuple[tuple[HeadScore, ...], ...]
+    overlap: Float[Tensor, "task task"]  # heads in both sets
+    jaccard: Float[Tensor, "task task"]  # in both / in either
+
+    @property
+    def mean_jaccard(self) -> float:
+        """Mean Jaccard index over pairs of different tasks."""
+        return mean_off_diagonal(self.jaccard)
+
+    def heads_of(self, task: str) -> set[tuple[int, int]]:
+        return {(h.layer, h.head) for h in self.sets[self.tasks.index(task)]}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"measure": self.measure, "k": self.k, "tasks": list(self.tasks),
+                "top_heads": {t: [h.to_dict() for h in s] for t, s in zip(self.tasks, self.sets)},
+                "overlap": self.overlap.tolist(), "jaccard": self.jaccard.tolist()}
+
+
+def compute_head_sets(results: list[TaskResults], *, measure: str = "patching", k: int = 10) -> HeadSets:
+    """Each task's ``k`` heads of largest absolute ``measure``, with pairwise overlap and Jaccard."""
+    if measure not in MEASURES:
+        raise ValueError(f"measure = {measure!r}: use one of {', '.join(MEASURES)}.")
+    sets = tuple(tuple(rank_heads_by_magnitude(r.heads[measure], k)) for r in results)
+    as_sets = [{(h.layer, h.head) for h in s} for s in sets]
+    n = len(results)
+    overlap, jaccard = torch.zeros(n, n), torch.zeros(n, n)
+    for i in range(n):
+        for j in range(n):
+            both, either = len(as_sets[i] & as_sets[j]), len(as_sets[i] | as_sets[j])
+            overlap[i, j], jaccard[i, j] = both, both / either
+    return HeadSets(measure, k, tuple(r.task for r in results), sets, overlap, jaccard)
+
+
+def mean_off_diagonal(matrix: Float[Tensor, "task task"]) -> float:
+    """The mean of a task x task matrix over pairs of different tasks (NaN entries skipped)."""
+    n = matrix.shape[0]
+    values = matrix[~torch.eye(n, dtype=torch.bool)]
+    values = values[~values.isnan()]
+    return float(values.mean()) if values.numel() else float("nan")
+
+
+def compute_map_correlations(results: list[TaskResults], *, measure: str = "patching") -> Float[Tensor, "task task"]:
+    """Pearson correlation of every pair of tasks' whole layer x head maps (NaN if a map is constant)."""
+    n = len(results)
+    correlations = torch.ones(n, n)
+    for i in range(n):
+        for j in range(i + 1, n):
+            r, _ = pearson_correlation(results[i].heads[measure].flatten(), results[j].heads[measure].flatten())
+            correlations[i, j] = correlations[j, i] = r
+    return correlations
+
+
+@dataclass(frozen=True)
+class SharedHeads:
+    """Heads by the number of tasks whose head set holds them."""
+
+    tasks: tuple[str, ...]
+    in_tasks: dict[str, tuple[str, ...]]  # head name -> the tasks whose set holds it, most shared first
+    positions: dict[str, tuple[int, int]]  # head name -> (layer, head)
+
+    @property
+    def shared(self) -> list[str]:
+        """Heads in every task's set."""
+        return [h for h, ts in self.in_tasks.items() if len(ts) == len(self.tasks)]
+
+    @property
+    def most_shared(self) -> list[str]:
+        """The shared heads or, if no head is in every set, the heads in the most sets."""
+        most = max((len(ts) for ts in self.in_tasks.values()), default=0)
+        return [h for h, ts in self.in_tasks.items() if len(ts) == most]
+
+    def specific(self, task: str) -> list[str]:
+        """Heads in this task's set only."""
+        return [h for h, ts in self.in_tasks.items() if ts == (task,)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"shared": self.shared, "specific": {t: self.specific(t) for t in self.tasks},
+                "in_tasks": {h: list(ts) for h, ts in self.in_tasks.items()}}
+
+
+def compute_shared_heads(sets: HeadSets) -> SharedHeads:
+    counts: dict[tuple[int, int], list[str]] = {}
+    for task in sets.tasks:
+        for head in sorted(sets.heads_of(task)):
+            counts.setdefault(head, []).append(task)
+    ordered = sorted(counts, key=lambda h: (-len(counts[h]), h))
+    return SharedHeads(sets.tasks, {head_name(*h): tuple(counts[h]) for h in ordered},
+                       {head_name(*h): h for h in ordered})
+
+
+def head_function_scores(results: list[TaskResults], heads: list[str],
+                         positions: dict[str, tuple[int, int]]) -> dict[str, dict[str, dict[str, float]]]:
+    """``{head: {task: {"induction": ..., "copy": ..., measure: ...}}}`` for the given heads."""
+    return {head: {r.task: {name: float(r.heads[name][positions[head]]) for name in (*SCORES, *MEASURES)}
+                   for r in results} for head in heads}

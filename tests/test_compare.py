@@ -1,0 +1,81 @@
+"""The cross-task comparison, on hand-made results whose overlaps are known."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from helpers import compare
+
+
+def write_results(folder: Path, task: str, patching: list[list[float]], *, model: str = "toy") -> None:
+    """A results.json holding what the comparison reads; DLA is the patching map negated."""
+    templates: dict[str, Any] = {
+        "patching": {"head_out": {"values": patching}, "metric": {"task_metric": "logit difference"}},
+        "dla": {"heads": {"mean": [[-v for v in row] for row in patching]}},
+        "head_functions": {"role_scores": {"induction": {"values": [[0.1 * (i + j) for j in range(3)] for i in range(2)]}}},
+        "copy_scores": {"copy_scores": {"copy": {"values": [[0.5] * 3, [0.25] * 3]}}},
+    }
+    (folder / task).mkdir(parents=True)
+    (folder / task / "results.json").write_text(json.dumps(
+        {"task": task, "templates": templates, "provenance": {"model": model, "n_prompts": 8}}))
+
+
+@pytest.fixture
+def three_tasks(tmp_path: Path) -> list[compare.TaskResults]:
+    # 2 layers x 3 heads; top 2 by magnitude: a = {L0H0, L1H2}, b = {L0H0, L0H1}, c = {L1H0, L1H1}
+    write_results(tmp_path, "a", [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]])
+    write_results(tmp_path, "b", [[0.7, -0.6, 0.0], [0.1, 0.0, 0.0]])
+    write_results(tmp_path, "c", [[0.0, 0.0, 0.1], [0.5, 0.4, 0.0]])
+    return compare.load_task_results(["a", "b", "c"], tmp_path)
+
+
+def test_overlap_and_jaccard_of_the_top_heads(three_tasks: list[compare.TaskResults]) -> None:
+    sets = compare.compute_head_sets(three_tasks, k=2)
+    assert sets.heads_of("a") == {(0, 0), (1, 2)} and sets.heads_of("c") == {(1, 0), (1, 1)}
+    assert sets.overlap.tolist() == [[2, 1, 0], [1, 2, 0], [0, 0, 2]]
+    torch.testing.assert_close(sets.jaccard, torch.tensor([[1, 1 / 3, 0], [1 / 3, 1, 0], [0, 0, 1]]))
+    assert sets.mean_jaccard == pytest.approx((1 / 3 + 1 / 3) / 6)
+    # DLA is the negated map here: the same heads by magnitude
+    assert compare.compute_head_sets(three_tasks, measure="dla", k=2).overlap.tolist() == sets.overlap.tolist()
+
+
+def test_shared_and_specific_heads(three_tasks: list[compare.TaskResults]) -> None:
+    shared = compare.compute_shared_heads(compare.compute_head_sets(three_tasks, k=2))
+    assert shared.shared == []  # no head is in all three sets
+    assert shared.most_shared == ["L0H0"] and shared.in_tasks["L0H0"] == ("a", "b")
+    assert shared.specific("a") == ["L1H2"] and shared.specific("b") == ["L0H1"]
+    assert shared.specific("c") == ["L1H0", "L1H1"]
+    scores = compare.head_function_scores(three_tasks, shared.most_shared, shared.positions)
+    assert scores["L0H0"]["b"] == pytest.approx({"induction": 0.0, "copy": 0.5, "patching": 0.7, "dla": -0.7})
+
+
+def test_map_correlations_are_pearsons_r(three_tasks: list[compare.TaskResults]) -> None:
+    correlations = compare.compute_map_correlations(three_tasks)
+    maps = torch.stack([r.heads["patching"].flatten() for r in three_tasks])
+    torch.testing.assert_close(correlations, torch.corrcoef(maps).float(), atol=1e-6, rtol=0)
+
+
+def test_results_that_cannot_be_compared_are_explained(tmp_path: Path) -> None:
+    write_results(tmp_path, "a", [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]], model="gpt2")
+    write_results(tmp_path, "wide", [[0.9, 0.0, 0.1, 0.0], [0.0, 0.2, -0.8, 0.0]], model="other")
+    with pytest.raises(compare.CompareError, match=r"wide ran on other \(2 layers x 4 heads\).*Fix: run both on one"):
+        compare.load_task_results(["a", "wide"], tmp_path)
+    with pytest.raises(compare.CompareError, match='no results for x, y.*make run TASK="x y"'):
+        compare.load_task_results(["a", "x", "y"], tmp_path)
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    del data["templates"]["copy_scores"]
+    (tmp_path / "a" / "results.json").write_text(json.dumps(data))
+    with pytest.raises(compare.CompareError, match="a's results.json has no 'copy_scores'.*make run TASK=a"):
+        compare.load_task_results(["a"], tmp_path)
+
+
+def test_tasks_on_differently_named_models_are_warned_about(tmp_path: Path) -> None:
+    write_results(tmp_path, "a", [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]], model="gpt2")
+    write_results(tmp_path, "b", [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]], model="distilgpt2")
+    results = compare.load_task_results(["a", "b"], tmp_path)
+    assert "different models (distilgpt2, gpt2)" in (compare.model_warning(results) or "")
