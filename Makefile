@@ -19,7 +19,7 @@ PYTEST_ARGS ?=
 OPTIONS = --device $(DEVICE) --dtype $(DTYPE) $(if $(MODEL),--model $(MODEL)) \
 	$(if $(N),--n $(N)) $(if $(SEED),--seed $(SEED)) $(if $(TEMPLATES),--templates $(TEMPLATES))
 
-.PHONY: help setup run run-all compare test check bench lab clean
+.PHONY: help setup run run-all compare html test check bench lab clean
 
 help: ## list the targets and variables
 	@echo "Targets:"
@@ -55,6 +55,9 @@ run-all: setup ## run every task in params/; a failing task does not stop the ot
 compare: setup ## compare TASKS' heads into notebooks/compare/ (runs tasks without results first)
 	$(PY) -m helpers.run --compare $(TASKS) $(OPTIONS)
 
+html: setup ## re-export TASK's notebooks as offline HTML pages (and its index), without re-running
+	$(PY) -m helpers.run --html $(TASK)
+
 test: setup ## run the test suite, offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
 
@@ -65,8 +68,9 @@ bench: setup ## time the patching engine and the copy scores against straightfor
 	$(PY) tests/bench_patching.py
 	$(PY) tests/bench_copy_scores.py
 
-lab: setup ## open JupyterLab on the project
-	$(VENV)/bin/jupyter lab --notebook-dir=.
+lab: setup ## open JupyterLab at TASK's executed notebooks (notebooks/<task>/)
+	@test -d notebooks/$(firstword $(TASK)) || { echo "error: notebooks/$(firstword $(TASK))/ does not exist yet. Fix: make run TASK=$(firstword $(TASK))" >&2; exit 2; }
+	$(VENV)/bin/jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks/$(firstword $(TASK))
 
 clean: ## remove caches and the demo model (not the environment, not notebooks/)
 	rm -rf .cache .pytest_cache

@@ -3,15 +3,16 @@
 ``--task numseq months`` runs several tasks one after another, ``--all`` every task in ``params/``;
 a task that fails is reported and the others still run. ``--compare numseq months`` executes the
 cross-task comparison (``templates/compare.ipynb``) into ``notebooks/compare/``, running first any
-task whose results are missing.
+task whose results are missing. ``--html ioi`` re-exports a task's pages without running anything.
 
 For each task:
 
 1. Validate the task file, then load only the model's tokenizer and build the prompts, so a bad task
    fails in seconds, before any model runs.
 2. Execute each template with papermill into a staging folder, injecting the validated task.
-3. Only when every template succeeded, move the notebooks and ``results.json`` into
-   ``notebooks/<task>/``. A failure keeps the failed notebook at ``notebooks/<task>/failed/`` and
+3. Only when every template succeeded, export each executed notebook as an offline HTML page
+   (:mod:`helpers.export`), then move the notebooks, pages and ``results.json`` into
+   ``notebooks/<task>/`` and write its ``index.html`` and ``README.md``. A failure keeps the failed notebook at ``notebooks/<task>/failed/`` and
    leaves the previous good results of that task untouched.
 """
 
@@ -32,6 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nbformat
+from nbformat.sign import NotebookNotary
+
+from helpers.export import export_folder, export_notebook, write_index
 from helpers.model import ModelLoadError, load_tokenizer, pick_device
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
 from helpers.results import write_json
@@ -130,11 +135,25 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
             log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
         write_json(staging / "results.json", {
             "task": plan.spec.name, "templates": results, "provenance": _provenance(plan)})
-        _publish(staging, plan.output_dir, [t.stem for t in plan.templates])
+        names = [t.stem for t in plan.templates]
+        log(f"Exporting {len(names)} offline HTML pages ...")
+        _finish_notebooks(staging, names)
+        _publish(staging, plan.output_dir, names)
+        write_index(plan.output_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _summarise(plan, results, log)
     return 0
+
+
+def _finish_notebooks(folder: Path, names: list[str]) -> None:
+    """Trust the executed notebooks (this user's Jupyter then runs their attention views' scripts, as it
+    would for a notebook run by hand) and export each as an offline HTML page beside it."""
+    notary = NotebookNotary()
+    for name in names:
+        path = folder / f"{name}.ipynb"
+        notary.sign(nbformat.read(path, as_version=4))
+        export_notebook(path)
 
 
 def _execute_notebook(template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
@@ -185,6 +204,22 @@ def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEB
         for task, outcome in outcomes.items():
             log(f"  {task:<16} {outcome}")
         return 1 if failed else 0
+    return code
+
+
+def export_html(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_DIR, log: Any = print) -> int:
+    """Re-export the executed notebooks of each task (or ``compare``) as HTML pages, and its index."""
+    code = 0
+    for task in tasks:
+        folder = notebooks_dir / task
+        if not any(folder.glob("*.ipynb")):
+            print(f"error: TASK = {task!r}: {_shown(folder)} holds no executed notebooks. Fix: make run TASK={task}",
+                  file=sys.stderr)
+            code = 2
+            continue
+        pages = export_folder(folder)
+        log(f"{task}: {len(pages)} pages written to {_shown(folder)}/" + (
+            " with index.html and README.md" if (folder / "index.html").is_file() else ""))
     return code
 
 
@@ -249,12 +284,13 @@ def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
             return _report_failure(output_dir, "compare", staging / "compare.ipynb", err, log)
         results = json.loads((staging / "compare.results.json").read_text())
         os.replace(staging / "compare.results.json", staging / "results.json")
+        _finish_notebooks(staging, ["compare"])
         _publish(staging, output_dir, ["compare"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for line in results.get("summary", []):
         log(f"  {line}")
-    log(f"The comparison is in {_shown(output_dir)}/")
+    log(f"The comparison is in {_shown(output_dir)}/: compare.ipynb, compare.html (offline page), results.json")
     return 0
 
 
@@ -262,6 +298,7 @@ def _publish(staging: Path, output_dir: Path, names: list[str]) -> None:
     """Move the new notebooks and results into place; only now are the previous ones replaced."""
     for name in names:
         os.replace(staging / f"{name}.ipynb", output_dir / f"{name}.ipynb")
+        os.replace(staging / f"{name}.html", output_dir / f"{name}.html")
     os.replace(staging / "results.json", output_dir / "results.json")
     shutil.rmtree(output_dir / "failed", ignore_errors=True)
 
@@ -287,7 +324,8 @@ def _summarise(plan: RunPlan, results: dict[str, Any], log: Any) -> None:
     for name, data in results.items():
         for line in data.get("summary", []):
             log(f"  {name}: {line}")
-    log(f"Notebooks and results.json are in {_shown(plan.output_dir)}/")
+    log(f"Written to {_shown(plan.output_dir)}/: {len(results)} executed notebooks (.ipynb), their offline pages (.html), "
+        f"results.json, and index.html / README.md listing them. Open them with: make lab TASK={plan.spec.name}")
 
 
 def _shown(path: Path) -> str:
@@ -336,6 +374,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--task", nargs="+", help="task names in params/ or paths to task .yaml files")
     which.add_argument("--all", action="store_true", help="run every task in params/")
     which.add_argument("--compare", nargs="+", metavar="TASK", help="compare these tasks' results (running missing ones)")
+    which.add_argument("--html", nargs="+", metavar="TASK", help="re-export these tasks' notebooks as HTML, without running")
     parser.add_argument("--model", help="override the task's model: a hub name, a local directory, or 'demo'")
     parser.add_argument("--n", type=int, dest="n_prompts", help="override the number of prompts")
     parser.add_argument("--seed", type=int, help="override the task's seed")
@@ -352,6 +391,8 @@ def main(argv: list[str] | None = None) -> int:
                    templates=args.templates.split(",") if args.templates else None, notebooks_dir=args.notebooks_dir)
     if args.compare:
         return compare(_split(args.compare), **options)
+    if args.html:
+        return export_html(_split(args.html), notebooks_dir=args.notebooks_dir)
     return run_tasks(available_tasks() if args.all else _split(args.task), **options)
 
 

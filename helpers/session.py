@@ -9,6 +9,7 @@ from IPython.display import Markdown
 
 from helpers.model import load_model, toy_model_notice
 from helpers.tasks import PromptSet, TaskSpec, build_prompts, load_task
+from helpers.viz import configure_outputs
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ class Session:
 
 
 def start_session(task: str | Mapping[str, Any], *, device: str = "auto", dtype: str = "float32") -> Session:
-    """Load and validate the task, load its model, and build its prompts."""
+    """Load and validate the task, load its model, and build its prompts; choose how figures are stored."""
+    configure_outputs()
     spec = load_task(task)
     model = load_model(spec.model, device=device, dtype=dtype)  # type: ignore[arg-type]
     prompts = build_prompts(spec, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))

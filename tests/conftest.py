@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before anything imports huggingface_hub: no test may reach for the network.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # transformer_lens.patching draws a progress bar per sweep; in test logs that is noise
 os.environ.setdefault("TQDM_DISABLE", "1")
+# The runner trusts the notebooks it writes (a signature in Jupyter's data directory): keep the tests'
+# signatures out of the user's own.
+os.environ["JUPYTER_DATA_DIR"] = tempfile.mkdtemp(prefix="jupyter-data-")
 
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -55,3 +59,16 @@ def planted(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: Any) -> An
 def ioi_prompts(toy_model: Any) -> PromptSet:
     spec = load_task("ioi").with_overrides(n_prompts=12)
     return build_prompts(spec, toy_model.tokenizer)
+
+
+@pytest.fixture(scope="session")
+def two_task_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
+    """``make run TASK="ioi greater_than"`` on the toy model: a logit-difference and a probability-difference
+    task, every template, into a notebooks folder of its own. Returns the folder, the log and the exit code."""
+    from helpers import run
+
+    notebooks = tmp_path_factory.mktemp("notebooks")
+    lines: list[str] = []
+    code = run.run_tasks(["ioi", "greater_than"], model=str(toy_model_dir), n_prompts=8, device="cpu",
+                         notebooks_dir=notebooks, log=lines.append)
+    return notebooks, lines, code

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,20 +12,11 @@ from typing import Any
 import nbformat
 import pytest
 import torch
+from nbformat.sign import NotebookNotary
 
-from helpers import run
+from helpers import export, run, viz
 from helpers.paths import TEMPLATES_DIR
 from helpers.tasks import TaskError
-
-
-@pytest.fixture(scope="module")
-def two_task_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
-    """``make run TASK="ioi greater_than"`` on the toy model: a logit-difference and a probability-difference task."""
-    notebooks = tmp_path_factory.mktemp("notebooks")
-    lines: list[str] = []
-    code = run.run_tasks(["ioi", "greater_than"], model=str(toy_model_dir), n_prompts=8, device="cpu",
-                         notebooks_dir=notebooks, log=lines.append)
-    return notebooks, lines, code
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +41,8 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert code == 0, "\n".join(lines)
     notebooks = ["circuit.ipynb", "copy_scores.ipynb", "dla.ipynb", "head_functions.ipynb", "mlp_neurons.ipynb",
                  "patching.ipynb", "vector_arithmetic.ipynb"]
-    assert sorted(p.name for p in out.iterdir()) == sorted(notebooks + ["results.json"])
+    pages = [name.replace(".ipynb", ".html") for name in notebooks]
+    assert sorted(p.name for p in out.iterdir()) == sorted(notebooks + pages + ["results.json", "index.html", "README.md"])
     for name in notebooks:
         assert error_outputs(out / name) == [], name
     results = json.loads((out / "results.json").read_text())
@@ -250,7 +244,7 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
                        log=lines.append) == 0
     assert not any("Running first" in line for line in lines), "both tasks had results: nothing to rerun"
     out = notebooks / "compare"
-    assert sorted(p.name for p in out.iterdir()) == ["compare.ipynb", "results.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["compare.html", "compare.ipynb", "results.json"]
     assert error_outputs(out / "compare.ipynb") == []
     compared = json.loads((out / "results.json").read_text())
     # recompute from the tasks' own results.json: top 10 of 8 heads = every head, so the sets are equal
@@ -271,3 +265,63 @@ def test_compare_names_the_tasks_to_run_first(tmp_path: Path, capsys: pytest.Cap
     assert 'make run TASK="numseq months"' in capsys.readouterr().err
     assert run.compare(["numseq"], notebooks_dir=tmp_path) == 2
     assert "at least two tasks" in capsys.readouterr().err
+
+
+def external_references(page: str) -> list[str]:
+    """Scripts, styles, images and frames a page would fetch from the network."""
+    return re.findall(r"""<(?:script|link|img|iframe)\b[^>]*?(?:src|href)=["']?(?:https?:)?//[^"'\s>]+""", page)
+
+
+@pytest.mark.slow
+def test_each_notebook_has_an_offline_page_with_each_library_once(successful_run: tuple[Path, list[str], int]) -> None:
+    out, lines, _ = successful_run
+    plotly_js, circuitsvis_js = (path.read_text(encoding="utf-8")[:200] for path in export.library_sources().values())
+    for notebook in sorted(out.glob("*.ipynb")):
+        nb = nbformat.read(notebook, as_version=4)
+        assert NotebookNotary().check_signature(nb), f"{notebook.name} is trusted by this user's Jupyter"
+        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        figures = [o for o in outputs if export.PLOTLY_MIME in o.get("data", {})]
+        views = [o for o in outputs if viz.CIRCUITSVIS_METADATA in o.get("metadata", {})]
+        assert all("text/html" in o["data"] and "cdn.plot.ly" in o["data"]["text/html"] for o in figures), \
+            "every figure also carries HTML for viewers without plotly's renderer (Colab, nbconvert)"
+        page = notebook.with_suffix(".html").read_text(encoding="utf-8")
+        assert page.count('<div class="suite-plotly"') == len(figures) >= PLOTS_AT_LEAST[notebook.stem]
+        assert page.count('<div class="suite-circuitsvis"') == len(views)
+        assert page.count(plotly_js) == 1 and page.count(circuitsvis_js) == (1 if views else 0)
+        assert external_references(page) == [], notebook.name
+    assert len([o for o in outputs_of(out / "dla.ipynb") if viz.CIRCUITSVIS_METADATA in o.get("metadata", {})]) == 1
+    assert any("offline pages (.html)" in line for line in lines)
+
+
+def outputs_of(path: Path) -> list[Any]:
+    return [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+
+
+@pytest.mark.slow
+def test_the_index_lists_the_run_and_links_every_notebook_and_page(successful_run: tuple[Path, list[str], int]) -> None:
+    out, _, _ = successful_run
+    results = json.loads((out / "results.json").read_text())
+    index, readme = (out / "index.html").read_text(), (out / "README.md").read_text()
+    for text in (index, readme):
+        assert results["provenance"]["model"] in text and results["provenance"]["finished_at"] in text
+        assert results["templates"]["dla"]["summary"][0].split(";")[0] in html.unescape(text)
+        for name in run.TEMPLATE_ORDER:
+            assert f"{name}.ipynb" in text and f"{name}.html" in text
+    links = re.findall(r'href="([^"]+)"', index)
+    assert sorted(links) == sorted([f"{n}.ipynb" for n in run.TEMPLATE_ORDER] + [f"{n}.html" for n in run.TEMPLATE_ORDER])
+    assert all((out / link).is_file() for link in links)
+
+
+@pytest.mark.slow
+def test_html_re_exports_without_running(two_task_run: tuple[Path, list[str], int], capsys: pytest.CaptureFixture[str]) -> None:
+    notebooks, _, _ = two_task_run
+    page = notebooks / "greater_than" / "circuit.html"
+    before = page.read_text()
+    page.unlink()
+    (notebooks / "greater_than" / "index.html").unlink()
+    lines: list[str] = []
+    assert run.export_html(["greater_than"], notebooks_dir=notebooks, log=lines.append) == 0
+    assert page.read_text() == before and (notebooks / "greater_than" / "index.html").is_file()
+    assert lines == [f"greater_than: 7 pages written to {notebooks / 'greater_than'}/ with index.html and README.md"]
+    assert run.export_html(["numseq"], notebooks_dir=notebooks) == 2
+    assert "holds no executed notebooks. Fix: make run TASK=numseq" in capsys.readouterr().err
