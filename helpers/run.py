@@ -10,10 +10,11 @@ For each task:
 1. Validate the task file, then load only the model's tokenizer and build the prompts, so a bad task
    fails in seconds, before any model runs.
 2. Execute each template with papermill into a staging folder, injecting the validated task.
-3. Only when every template succeeded, export each executed notebook as an offline HTML page
-   (:mod:`helpers.export`), then move the notebooks, pages and ``results.json`` into
-   ``notebooks/<task>/`` and write its ``index.html`` and ``README.md``. A failure keeps the failed notebook at ``notebooks/<task>/failed/`` and
-   leaves the previous good results of that task untouched.
+3. Only when every template succeeded, sign each executed notebook (trusted by this user's Jupyter),
+   export it as an offline HTML page (:mod:`helpers.export`), then move the notebooks, pages and
+   ``results.json`` into ``notebooks/<task>/`` and write its ``index.html`` and ``README.md``. A
+   failure keeps the failed notebook at ``notebooks/<task>/failed/`` and leaves the previous good
+   results of that task untouched.
 """
 
 from __future__ import annotations
