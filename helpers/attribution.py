@@ -27,7 +27,7 @@ from torch import Tensor
 
 from helpers.heads import HeadScore, rank_heads
 from helpers.hooks import cache_activations
-from helpers.metrics import at_final_pos
+from helpers.metrics import at_final_pos, set_probability, set_rank
 from helpers.tasks import PromptSet
 
 
@@ -327,13 +327,10 @@ def compute_top_predictions(
 ) -> TopPredictions:
     """Top-``k`` next-token predictions on one clean prompt; ranks count from 1. For answer sets, a
     set's rank is its best token's and its probability their total."""
-    probs = cache.final_logits[prompt_index].softmax(dim=-1)
-    top = torch.topk(probs, k)
-    correct = torch.tensor(prompts.metric.correct_tokens(prompt_index))
-    incorrect = torch.tensor(prompts.metric.incorrect_tokens(prompt_index))
-
-    def rank(tokens: Tensor) -> int:
-        return int((probs > probs[tokens].max()).sum()) + 1
+    logits = cache.final_logits[prompt_index : prompt_index + 1]
+    top = torch.topk(logits[0].softmax(dim=-1), k)
+    metric = prompts.metric.select([prompt_index])
+    correct, incorrect = metric.signs > 0, metric.signs < 0
 
     return TopPredictions(
         prompt=prompts.clean_prompts[prompt_index],
@@ -341,10 +338,10 @@ def compute_top_predictions(
         probs=tuple(float(p) for p in top.values),
         correct=prompts.correct_answers[prompt_index],
         incorrect=prompts.incorrect_answers[prompt_index],
-        correct_rank=rank(correct),
-        incorrect_rank=rank(incorrect),
-        correct_prob=float(probs[correct].sum()),
-        incorrect_prob=float(probs[incorrect].sum()),
+        correct_rank=int(set_rank(logits, metric.tokens, correct)[0]),
+        incorrect_rank=int(set_rank(logits, metric.tokens, incorrect)[0]),
+        correct_prob=float(set_probability(logits, metric.tokens, correct)[0]),
+        incorrect_prob=float(set_probability(logits, metric.tokens, incorrect)[0]),
     )
 
 

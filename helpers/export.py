@@ -16,14 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import nbformat
 
 from helpers.colab import BADGE_TAG, SETUP_TAG
+from helpers.results import write_text
 from helpers.viz import CIRCUITSVIS_METADATA
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
@@ -102,7 +101,7 @@ def export_notebook(notebook: Path, page: Path | None = None) -> Path:
     exporter = HTMLExporter(extra_template_basedirs=[str(TEMPLATE_DIR)], template_file="page.html.j2",
                             extra_template_paths=[str(TEMPLATE_DIR)])
     body, _ = exporter.from_notebook_node(nb, resources={"suite_head": "\n".join(head)})
-    _write_text(page, body)
+    write_text(page, body)
     return page
 
 
@@ -114,15 +113,6 @@ def export_folder(folder: Path) -> list[Path]:
     if results.is_file() and "templates" in json.loads(results.read_text(encoding="utf-8")):
         write_index(folder)
     return pages
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write atomically: a failed export never leaves half a page where a good one was."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _size(path: Path) -> str:
@@ -159,8 +149,8 @@ def _ordered_notebooks(folder: Path, order: list[str]) -> list[Path]:
 def write_index(folder: Path) -> tuple[Path, Path]:
     """``index.html`` and ``README.md`` for a task's folder."""
     entry = index_entries(folder)
-    _write_text(folder / "README.md", _index_markdown(entry))
-    _write_text(folder / "index.html", _index_html(entry))
+    write_text(folder / "README.md", _index_markdown(entry))
+    write_text(folder / "index.html", _index_html(entry))
     return folder / "index.html", folder / "README.md"
 
 

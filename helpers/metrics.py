@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from scipy.stats import t as student_t
 from torch import Tensor
 
@@ -141,6 +141,21 @@ class AnswerMetric:
         repeat = final_logits.shape[0] // self.tokens.shape[0]
         return (self.tokens.to(final_logits.device).repeat(repeat, 1),
                 self.weights.to(final_logits.device).repeat(repeat, 1))
+
+
+def set_probability(logits: Float[Tensor, "*layer batch d_vocab"], tokens: Int[Tensor, "batch k"],
+                    mask: Bool[Tensor, "batch k"]) -> Float[Tensor, "*layer batch"]:
+    """Each prompt's total probability on its tokens ``tokens[i][mask[i]]`` (one answer, or a set)."""
+    tokens = tokens.to(logits.device).expand(*logits.shape[:-1], tokens.shape[-1])
+    probs = logits.float().softmax(dim=-1).gather(-1, tokens)
+    return (probs * mask.to(logits.device)).sum(dim=-1)
+
+
+def set_rank(logits: Float[Tensor, "batch d_vocab"], tokens: Int[Tensor, "batch k"],
+             mask: Bool[Tensor, "batch k"]) -> Int[Tensor, " batch"]:
+    """Each prompt's rank of its best token among ``tokens[i][mask[i]]``: 1 = the top prediction."""
+    own = logits.gather(-1, tokens.to(logits.device)).masked_fill(~mask.to(logits.device), -math.inf)
+    return (logits > own.max(dim=-1, keepdim=True).values).sum(dim=-1) + 1
 
 
 def pearson_correlation(x: Float[Tensor, " n"], y: Float[Tensor, " n"]) -> tuple[float, float]:

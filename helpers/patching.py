@@ -237,18 +237,18 @@ class PatchingEngine:
         with torch.no_grad():
             clean_logits = model(self.clean_tokens)
             corrupted_logits = model(self.corrupted_tokens)
-        # the task's metric per prompt on the clean and corrupted runs
-        self.clean_values = self.answers(at_final_pos(clean_logits, self.final_pos).float())
-        self.corrupted_values = self.answers(at_final_pos(corrupted_logits, self.final_pos).float())
-        self.task_metric = NormalisedMetric(
-            self.answers, float(self.clean_values.mean()), float(self.corrupted_values.mean()))
+        clean_final = at_final_pos(clean_logits, self.final_pos)
+        corrupted_final = at_final_pos(corrupted_logits, self.final_pos)
+        # the task's metric, mean over prompts, on the clean and corrupted runs
+        self.task_metric = NormalisedMetric(self.answers, float(self.answers(clean_final.float()).mean()),
+                                            float(self.answers(corrupted_final.float()).mean()))
         self.metric: FinalLogitsMetric = metric if metric is not None else self.task_metric
         self.metric_name = f"normalised {self.answers.name}" if metric is None else getattr(metric, "__name__", "metric")
-        self.clean_metric = float(self.metric(at_final_pos(clean_logits, self.final_pos)))
-        self.corrupted_metric = float(self.metric(at_final_pos(corrupted_logits, self.final_pos)))
+        self.clean_metric = float(self.metric(clean_final))
+        self.corrupted_metric = float(self.metric(corrupted_final))
 
         self.w = _Weights.of(model)
-        self.fast_path_reason = self._start_fast_path(corrupted_logits)
+        self.fast_path_reason = self._start_fast_path(corrupted_final)
         if self.fast_path_reason is not None:
             warnings.warn(f"patching falls back to transformer_lens.patching (exact, slower): {self.fast_path_reason}",
                           stacklevel=2)
@@ -292,7 +292,7 @@ class PatchingEngine:
 
     # -- the engine's forward pass ------------------------------------------------------------------
 
-    def _start_fast_path(self, corrupted_logits: Tensor) -> str | None:
+    def _start_fast_path(self, corrupted_final: Tensor) -> str | None:
         """Run the engine's own forward pass on both prompt sets; return why it cannot be trusted, or
         None. Its final-position logits on the corrupted prompts must match the model's."""
         cfg = self.model.cfg
@@ -306,7 +306,7 @@ class PatchingEngine:
                 own = self._unembed(at_final_pos(self.corrupted.resid_final, self.final_pos))
         except (AttributeError, RuntimeError, KeyError) as err:
             return f"the engine cannot run this architecture ({type(err).__name__}: {err})"
-        gap = float((own - at_final_pos(corrupted_logits, self.final_pos)).abs().max())
+        gap = float((own - corrupted_final).abs().max())
         if not math.isfinite(gap) or gap > _SELF_CHECK_ATOL:
             return f"the engine's forward pass differs from the model's by {gap:.2e} on this architecture"
         with torch.no_grad():

@@ -83,17 +83,22 @@ def plot_head_heatmap(
 ) -> go.Figure:
     """A layer x head heatmap: signed quantities centred on zero, or scores in [0, 1] with
     ``unit_interval``."""
+    fig = go.Figure(_head_heatmap_trace(values, unit_interval=unit_interval, colorbar=dict(title=colorbar_title)))
+    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+    return fig
+
+
+def _head_heatmap_trace(values: Sequence[Sequence[float]], *, unit_interval: bool = False, hover_prefix: str = "",
+                        **options: object) -> go.Heatmap:
+    """One layer x head heatmap trace, each cell hovering as its head's name and value; signed values
+    on a diverging scale centred on zero (its own range), or scores on [0, 1]."""
     n_layers, n_heads = len(values), len(values[0])
     names = [[head_name(layer, head) for head in range(n_heads)] for layer in range(n_layers)]
     bound = max((abs(v) for row in values for v in row), default=1.0) or 1.0
     scale = dict(colorscale="Blues", zmin=0, zmax=1) if unit_interval else dict(
         colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound)
-    fig = go.Figure(go.Heatmap(
-        z=values, x=list(range(n_heads)), y=list(range(n_layers)), customdata=names, **scale,
-        hovertemplate="%{customdata}: %{z:.4f}<extra></extra>", colorbar=dict(title=colorbar_title),
-    ))
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
-    return fig
+    return go.Heatmap(z=values, x=list(range(n_heads)), y=list(range(n_layers)), customdata=names, **scale,
+                      hovertemplate=hover_prefix + "%{customdata}: %{z:.4f}<extra></extra>", **options)
 
 
 def plot_head_attribution(result: HeadAttribution) -> go.Figure:
@@ -498,12 +503,7 @@ def plot_importance_by_task(results: Sequence[TaskResults], measure: str, *, per
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[r.task for r in results],
                         horizontal_spacing=0.04, vertical_spacing=0.12)
     for i, result in enumerate(results):
-        values = result.heads[measure]
-        bound = float(values.abs().max()) or 1.0
-        names = [[head_name(layer, head) for head in range(values.shape[1])] for layer in range(values.shape[0])]
-        fig.add_trace(go.Heatmap(z=values.tolist(), customdata=names, colorscale=DIVERGING, zmid=0, zmin=-bound,
-                                 zmax=bound, showscale=False,
-                                 hovertemplate=f"{result.task} %{{customdata}}: %{{z:.4f}}<extra></extra>"),
+        fig.add_trace(_head_heatmap_trace(result.heads[measure].tolist(), hover_prefix=f"{result.task} ", showscale=False),
                       row=i // per_row + 1, col=i % per_row + 1)
     fig.update_yaxes(autorange="reversed")
     fig.update_layout(title=f"{MEASURE_NAMES[measure].capitalize()} per head, by task (layer down, head across; "

@@ -25,13 +25,18 @@ def to_jsonable(value: Any) -> Any:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically: a reader (or a crash) never sees a half-written file."""
+    """Write JSON atomically (see :func:`write_text`)."""
+    write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=True) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    """Write a file atomically: a reader (or a crash) never sees a half-written file, and a failure
+    leaves the previous file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(to_jsonable(data), handle, indent=2, allow_nan=True)
-        handle.write("\n")
+        handle.write(text)
     os.chmod(tmp, 0o644)  # mkstemp creates files readable by their owner only
     os.replace(tmp, path)
 

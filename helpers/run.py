@@ -91,8 +91,8 @@ def prepare_run(
     """
     task_file = resolve_task_path(task)
     spec = load_task(task_file)
-    if model is not None and Path(model).expanduser().is_dir():
-        model = str(Path(model).expanduser().resolve())  # the kernel runs in another directory
+    if model is not None:
+        model = _model_argument(model)
     spec = spec.with_overrides(model=model, n_prompts=n_prompts, seed=seed)
     pick_device(device)
     known = available_templates()
@@ -238,7 +238,8 @@ def missing_for_comparison(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_
 
 
 def _model_argument(model: str) -> str:
-    """A model as a run records it (local directories absolute, as :func:`prepare_run` stores them)."""
+    """A model as a run uses and records it: a local directory made absolute (the kernel runs in
+    another directory), anything else (a hub name, ``demo``) as given."""
     return str(Path(model).expanduser().resolve()) if Path(model).expanduser().is_dir() else model
 
 

@@ -401,7 +401,7 @@ def _parse_answer_sets(check: _Checker, raw: Mapping[str, Any], templates: tuple
                        f"use one of {', '.join(_COMPARISONS)} followed by a placeholder of every template")
         rule = AnswerRule(match.group(1), match.group(2))
         for i, template in enumerate(templates):
-            if f"[{rule.placeholder}]" not in template:
+            if rule.placeholder not in placeholder_names(template):
                 check.fail(f"metric.{key}", raw[key], f"[{rule.placeholder}] does not occur in templates[{i}]",
                            "compare with a placeholder that every template uses")
         list_name = dict(placeholders).get(rule.placeholder, rule.placeholder)
@@ -878,7 +878,8 @@ def build_prompts(spec: TaskSpec, tokenizer: Any, *, prepend_bos: bool = True) -
     def answer_ids(texts: tuple[str, ...], field_name: str) -> tuple[int, ...]:
         for text in texts:
             if text not in token_of:
-                token_of[text] = _single_token(check, field_name, text, tokenizer)
+                fix = f"remove {text.strip()!r} from {field_name}" if spec.answer_sets is not None else None
+                token_of[text] = _single_token(check, field_name, text, tokenizer, fix=fix)
         return tuple(token_of[t] for t in texts)
 
     for i, text in enumerate(generate_prompt_texts(spec)):
@@ -946,7 +947,7 @@ def multi_token_words(spec: TaskSpec, tokenizer: Any) -> list[str]:
         for which, template in (("templates", spec.templates[t]), ("corrupted", spec.corruption.apply(spec.templates[t], t))):
             filled, spans = _fill_with_spans(template, dict(text.words))
             for key, start, end in spans:
-                placeholder = PLACEHOLDER_RE.match(f"[{key}]").group(1)  # type: ignore[union-attr]
+                placeholder = placeholder_names(f"[{key}]")[0]  # "N+1" -> "N"
                 for word in spec.words_for(placeholder):
                     candidate = filled[:start] + word + filled[end:]
                     offsets = _token_offsets(tokenizer, candidate)
@@ -962,15 +963,8 @@ def multi_token_words(spec: TaskSpec, tokenizer: Any) -> list[str]:
 
 
 def _check_answer_words(check: _Checker, spec: TaskSpec, tokenizer: Any) -> None:
-    """Name the offending word when a word list makes an answer more than one token."""
-    if spec.answer_sets is not None:
-        list_name = spec.answer_sets.answers
-        for word in dict(spec.words)[list_name]:
-            n = len(tokenizer(spec.answer_text(word), add_special_tokens=False)["input_ids"])
-            if n != 1:
-                check.fail(f"words.{list_name}", word, f"the candidate answer {spec.answer_text(word)!r} is {n} tokens, "
-                           "but answers must be single tokens", f"remove {word!r} from words.{list_name}")
-        return
+    """Name the offending word when a word list makes an answer more than one token (answer sets'
+    candidates are checked as each prompt's sets are tokenized)."""
     for field_name, answer in (("correct", spec.correct), ("incorrect", spec.incorrect)):
         matches = list(PLACEHOLDER_RE.finditer(answer))
         if len(matches) != 1:
@@ -985,12 +979,12 @@ def _check_answer_words(check: _Checker, spec: TaskSpec, tokenizer: Any) -> None
                            "must be single tokens", f"remove {word!r} from words.{list_name}")
 
 
-def _single_token(check: _Checker, field_name: str, text: str, tokenizer: Any) -> int:
+def _single_token(check: _Checker, field_name: str, text: str, tokenizer: Any, *, fix: str | None = None) -> int:
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if len(ids) != 1:
         pieces = [tokenizer.decode([i]) for i in ids]
         check.fail(field_name, text, f"is {len(ids)} tokens {pieces}, but answers must be single tokens",
-                   "choose an answer that is one token, with its leading space")
+                   fix or "choose an answer that is one token, with its leading space")
     return int(ids[0])
 
 

@@ -16,7 +16,6 @@ added the same way, are the baseline: an effect they also produce is not about t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,7 +26,7 @@ from torch import Tensor
 
 from helpers.attribution import FinalPositionCache
 from helpers.hooks import cache_activations
-from helpers.metrics import at_final_pos
+from helpers.metrics import at_final_pos, set_probability, set_rank
 from helpers.model import folded_unembed
 from helpers.tasks import PromptSet
 
@@ -80,14 +79,11 @@ class Targets:
 
     def answer_probs(self, logits: Float[Tensor, "*layer batch d_vocab"]) -> Float[Tensor, "*layer batch"]:
         """The answer's probability (the set's total)."""
-        answers = self.answers.to(logits.device).expand(*logits.shape[:-2], -1, -1)
-        probs = logits.softmax(dim=-1).gather(-1, answers)
-        return (probs * self.answer_mask.to(logits.device)).sum(dim=-1)
+        return set_probability(logits, self.answers, self.answer_mask)
 
     def answer_ranks(self, logits: Float[Tensor, "batch d_vocab"]) -> Int[Tensor, " batch"]:
         """1 = the answer (the set's best token) is the top prediction."""
-        own = logits.gather(-1, self.answers.to(logits.device)).masked_fill(~self.answer_mask.to(logits.device), -math.inf)
-        return (logits > own.max(dim=-1, keepdim=True).values).sum(dim=-1) + 1
+        return set_rank(logits, self.answers, self.answer_mask)
 
 
 def target_prompts(value: Any, prompts: PromptSet, model: Any) -> Targets:

@@ -30,9 +30,13 @@ PLOTS_AT_LEAST = {"dla": 4, "patching": 4, "head_functions": 4, "copy_scores": 4
                   "vector_arithmetic": 2}
 
 
+def outputs_of(path: Path) -> list[Any]:
+    """Every output of an executed notebook's code cells."""
+    return [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
+
+
 def error_outputs(path: Path) -> list[Any]:
-    nb = nbformat.read(path, as_version=4)
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    return [o for o in outputs_of(path) if o.output_type == "error"]
 
 
 @pytest.mark.slow
@@ -111,7 +115,7 @@ def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(
         return [c.source for c in notebook.cells if c.cell_type == "markdown" and "**How to interpret.**" in c.source]
 
     assert len(questions(source)) >= 3 and questions(nb) == questions(source)
-    shown = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
+    shown = json.dumps(outputs_of(out / f"{template}.ipynb"))
     assert "TOY MODEL" in shown and "not GPT-2" in shown
     assert shown.count("application/vnd.plotly.v1+json") >= PLOTS_AT_LEAST[template]
     assert "unpkg.com" not in shown
@@ -120,8 +124,7 @@ def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(
 @pytest.mark.slow
 def test_attention_views_are_inline_and_need_no_network(successful_run: tuple[Path, list[str], int]) -> None:
     out, _, _ = successful_run
-    nb = nbformat.read(out / "dla.ipynb", as_version=4)
-    shown = json.dumps([o for c in nb.cells if c.cell_type == "code" for o in c.outputs])
+    shown = json.dumps(outputs_of(out / "dla.ipynb"))
     assert "circuits-vis-" in shown and "CircuitsVis.render" in shown  # the inline view, no CDN
 
 
@@ -255,8 +258,7 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
     assert abs(compared["patching_correlations"][0][1] - float(r)) < 1e-5
     heads = compared["shared_head_scores"]
     assert set(heads) == set(compared["shared_heads"]["shared"]) and set(heads["L0H0"]) == {"ioi", "greater_than"}
-    shown = json.dumps([o for c in nbformat.read(out / "compare.ipynb", as_version=4).cells if c.cell_type == "code"
-                        for o in c.outputs])
+    shown = json.dumps(outputs_of(out / "compare.ipynb"))
     assert shown.count("application/vnd.plotly.v1+json") >= 5
 
 
@@ -277,9 +279,9 @@ def test_each_notebook_has_an_offline_page_with_each_library_once(successful_run
     out, lines, _ = successful_run
     plotly_js, circuitsvis_js = (path.read_text(encoding="utf-8")[:200] for path in export.library_sources().values())
     for notebook in sorted(out.glob("*.ipynb")):
-        nb = nbformat.read(notebook, as_version=4)
-        assert NotebookNotary().check_signature(nb), f"{notebook.name} is trusted by this user's Jupyter"
-        outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+        assert NotebookNotary().check_signature(nbformat.read(notebook, as_version=4)), \
+            f"{notebook.name} is trusted by this user's Jupyter"
+        outputs = outputs_of(notebook)
         figures = [o for o in outputs if export.PLOTLY_MIME in o.get("data", {})]
         views = [o for o in outputs if viz.CIRCUITSVIS_METADATA in o.get("metadata", {})]
         assert all("text/html" in o["data"] and "cdn.plot.ly" in o["data"]["text/html"] for o in figures), \
@@ -291,10 +293,6 @@ def test_each_notebook_has_an_offline_page_with_each_library_once(successful_run
         assert external_references(page) == [], notebook.name
     assert len([o for o in outputs_of(out / "dla.ipynb") if viz.CIRCUITSVIS_METADATA in o.get("metadata", {})]) == 1
     assert any("offline pages (.html)" in line for line in lines)
-
-
-def outputs_of(path: Path) -> list[Any]:
-    return [o for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code" for o in c.outputs]
 
 
 @pytest.mark.slow

@@ -209,6 +209,14 @@ def test_multi_token_answer_word_is_named(gpt2_tokenizer: Any) -> None:
     assert_task_error(err, "words.NAME", "'Xanthippe'", "remove 'Xanthippe' from words.NAME")
 
 
+def test_multi_token_candidate_answer_is_named(gpt2_tokenizer: Any) -> None:
+    data = load_task("greater_than").to_dict()
+    data["words"]["YEAR"] = data["words"]["YEAR"] + ["Xanthippe"]  # several GPT-2 tokens
+    with pytest.raises(TaskError) as err:
+        build_prompts(parse_task(data, source="years.yaml"), gpt2_tokenizer)
+    assert_task_error(err, "words.YEAR", "'Xanthippe'", "remove 'Xanthippe' from words.YEAR")
+
+
 def test_explicit_prompt_of_unequal_length_is_named(gpt2_tokenizer: Any) -> None:
     data = {"name": "demo", "description": "d", "model": "gpt2",
             "prompts": [{"clean": "When John and Mary went to the shops, John gave the bag to",
