@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -25,7 +25,6 @@ DEMO_MODEL = "demo"
 DEMO_MODEL_DIR = CACHE_DIR / "demo-model"
 TOY_MODEL_KEY = "circuit_suite_toy_model"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-DTypeName = Literal["float32", "float16", "bfloat16"]
 
 
 class ModelLoadError(RuntimeError):
@@ -60,14 +59,14 @@ def resolve_model_source(name_or_dir: str) -> str:
     return name_or_dir
 
 
-def load_model(name_or_dir: str, *, device: str = "auto", dtype: DTypeName = "float32") -> Any:
+def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32") -> Any:
     """Load a model for analysis, by hub name (``gpt2``), local directory, or ``demo``.
 
     Args:
         name_or_dir: a Hugging Face hub name, a directory saved with ``save_pretrained`` (config,
             weights and tokenizer), or ``demo`` for the small local model (built on first use).
         device: ``auto`` (cuda, then mps, then cpu), or an explicit device.
-        dtype: parameter dtype; float32 unless memory forces otherwise.
+        dtype: parameter dtype, one of :data:`DTYPES` (float32 unless memory forces otherwise).
 
     Returns:
         A ``TransformerBridge`` in compatibility mode and eval mode, with gradients off on its

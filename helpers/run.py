@@ -115,7 +115,6 @@ def prepare_run(
 
 def execute(plan: RunPlan, *, log: Any = print) -> int:
     """Execute the plan's templates; returns the process exit code (0 on success)."""
-    import papermill as pm
 
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
@@ -126,12 +125,11 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
             log(f"[{i}/{len(plan.templates)}] {name}: running on {plan.spec.model} ...")
             started = time.perf_counter()
             notebook = staging / f"{name}.ipynb"
-            try:
-                _execute_notebook(template, notebook, {
-                    "task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
-                    "results_path": f"{name}.results.json"})
-            except pm.PapermillExecutionError as err:
-                return _report_failure(plan.output_dir, name, notebook, err, log)
+            failure = _run_template(template, notebook, {
+                "task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
+                "results_path": f"{name}.results.json"})
+            if failure is not None:
+                return _report_failure(plan.output_dir, name, notebook, failure, log)
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
         write_json(staging / "results.json", {
@@ -145,6 +143,37 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
         shutil.rmtree(staging, ignore_errors=True)
     _summarise(plan, results, log)
     return 0
+
+
+@dataclass(frozen=True)
+class TemplateFailure:
+    """Why a template did not produce its results: what happened, and the cell it happened in."""
+
+    problem: str
+    source: str = ""
+
+
+def _run_template(template: Path, notebook: Path, parameters: dict[str, Any]) -> TemplateFailure | None:
+    """Execute one template; None when it ran to the end and wrote its results, else what went wrong."""
+    import papermill as pm
+    from nbclient.exceptions import DeadKernelError
+
+    try:
+        _execute_notebook(template, notebook, parameters)
+    except pm.PapermillExecutionError as err:
+        return TemplateFailure(f"stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}", str(err.source or ""))
+    except DeadKernelError as err:
+        return TemplateFailure(f"its kernel died ({str(err).strip().splitlines()[0] if str(err).strip() else 'no reason given'}); "
+                               "out of memory, or a crash in native code, are the usual causes")
+    written = notebook.parent / parameters["results_path"]
+    if not written.is_file():
+        return TemplateFailure(f"ran to the end but wrote no results ({written.name}); its last cell must call "
+                               "helpers.results.save_template_results(results_path, ...)")
+    try:
+        json.loads(written.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        return TemplateFailure(f"wrote results that are not JSON ({written.name}: {err})")
+    return None
 
 
 def _finish_notebooks(folder: Path, names: list[str]) -> None:
@@ -249,7 +278,6 @@ def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
 
     Tasks without usable results are run first (``run_missing``), or named with the command to run.
     """
-    import papermill as pm
 
     if len(tasks) < 2:
         print(f"error: TASKS = {' '.join(tasks)!r}: a comparison needs at least two tasks. "
@@ -278,12 +306,11 @@ def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
     try:
         log(f"compare: {', '.join(tasks)} ...")
-        try:
-            _execute_notebook(TEMPLATES_DIR / "compare.ipynb", staging / "compare.ipynb", {
-                "tasks": list(tasks), "notebooks_dir": str(notebooks_dir.resolve()),
-                "results_path": "compare.results.json"})
-        except pm.PapermillExecutionError as err:
-            return _report_failure(output_dir, "compare", staging / "compare.ipynb", err, log)
+        failure = _run_template(TEMPLATES_DIR / "compare.ipynb", staging / "compare.ipynb", {
+            "tasks": list(tasks), "notebooks_dir": str(notebooks_dir.resolve()),
+            "results_path": "compare.results.json"})
+        if failure is not None:
+            return _report_failure(output_dir, "compare", staging / "compare.ipynb", failure, log)
         results = json.loads((staging / "compare.results.json").read_text())
         os.replace(staging / "compare.results.json", staging / "results.json")
         _finish_notebooks(staging, ["compare"])
@@ -305,18 +332,18 @@ def _publish(staging: Path, output_dir: Path, names: list[str]) -> None:
     shutil.rmtree(output_dir / "failed", ignore_errors=True)
 
 
-def _report_failure(output_dir: Path, name: str, notebook: Path, err: Any, log: Any) -> int:
+def _report_failure(output_dir: Path, name: str, notebook: Path, failure: TemplateFailure, log: Any) -> int:
     failed_dir = output_dir / "failed"
     failed_dir.mkdir(exist_ok=True)
     kept = failed_dir / f"{name}.ipynb"
     if notebook.exists():
         os.replace(notebook, kept)
-    source = "\n".join("      " + line for line in str(err.source or "").splitlines()[:8])
+    source = "\n".join("      " + line for line in failure.source.splitlines()[:8])
     log(
-        f"FAILED: template '{name}' stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}\n"
-        f"  cell source:\n{source}\n"
-        f"  The failed notebook is kept for inspection at {_shown(kept)}\n"
-        f"  The previous results in {_shown(output_dir)} are untouched."
+        f"FAILED: template '{name}' {failure.problem}\n"
+        + (f"  cell source:\n{source}\n" if source else "")
+        + (f"  The failed notebook is kept for inspection at {_shown(kept)}\n" if kept.exists() else "")
+        + f"  The previous results in {_shown(output_dir)} are untouched."
     )
     return 1
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from IPython.display import Markdown
 
@@ -40,6 +41,6 @@ def start_session(task: str | Mapping[str, Any], *, device: str = "auto", dtype:
     """Load and validate the task, load its model, and build its prompts; choose how figures are stored."""
     configure_outputs()
     spec = load_task(task)
-    model = load_model(spec.model, device=device, dtype=dtype)  # type: ignore[arg-type]
+    model = load_model(spec.model, device=device, dtype=dtype)
     prompts = build_prompts(spec, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
     return Session(spec, model, prompts, toy_model_notice(spec.model))

@@ -30,13 +30,16 @@ def build_toy_model(
     n_ctx: int = 128,
     seed: int = 0,
     tokenizer: Any = None,
+    weight_std: float = 0.02,
     description: str = "random weights",
 ) -> Path:
     """Save a GPT-2-architecture model with random weights (and GPT-2's tokenizer) to ``directory``.
 
     LayerNorm weights and biases are random too, not the usual ones and zeros, so that folding them
     (compatibility mode) leaves a non-zero unembedding bias, as in real GPT-2: an attribution that
-    forgets that bias fails the tests.
+    forgets that bias fails the tests. ``weight_std`` is the standard deviation of the other weights:
+    GPT-2's own 0.02 gives a model whose every effect is of order 1e-3; 0.3 gives effects of order 1
+    (what a test needs for a difference to mean something).
     """
     from transformers import GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
@@ -49,6 +52,7 @@ def build_toy_model(
         n_embd=d_model,
         n_layer=n_layers,
         n_head=n_heads,
+        initializer_range=weight_std,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         **{TOY_MODEL_KEY: f"{n_layers} layers, {n_heads} heads, d_model {d_model}, {description}"},

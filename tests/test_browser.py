@@ -3,7 +3,7 @@ run and checks that every figure and attention view rendered with its data and n
 
 Needs Debian's ``chromium`` (``/usr/bin/chromium``). Without it the test is skipped with the reason,
 unless ``REQUIRE_BROWSER=1`` (set by ``.ci/run``, which installs it), where its absence is a failure.
-A screenshot of each page is kept in ``.cache/browser-test/``.
+A screenshot of each page is kept in pytest's temporary folder (its path is printed).
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ import nbformat
 import pytest
 
 from helpers import export
-from helpers.paths import CACHE_DIR
 
 # Chromium as the machine allows it: no sandbox (root), no GPU, and no background connections to
 # Google's services, which a closed network refuses (and which a test must not make).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SCREENSHOTS = CACHE_DIR / "browser-test"
 
 
 def chromium() -> str:
@@ -87,15 +85,15 @@ def open_page(browser: Any, path: Path, screenshot: Path, *, timeout_ms: int = 3
 
 @pytest.mark.slow
 def test_every_exported_page_renders_offline_without_script_errors(
-    browser: Any, two_task_run: tuple[Path, list[str], int]
+    browser: Any, two_task_run: tuple[Path, list[str], int], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     notebooks, _, code = two_task_run
     assert code == 0
     pages = [p for p in sorted(notebooks.glob("*/*.html")) if p.name != "index.html"]
     assert len(pages) >= 14  # 7 templates x 2 tasks, and the comparison's page if its test ran first
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    screenshots = tmp_path_factory.mktemp("browser-test")
     for path in pages:
-        shown, errors, fetched = open_page(browser, path, SCREENSHOTS / f"{path.parent.name}-{path.stem}.png")
+        shown, errors, fetched = open_page(browser, path, screenshots / f"{path.parent.name}-{path.stem}.png")
         where = f"{path.parent.name}/{path.name}"
         assert errors == [], where
         assert fetched == [], f"{where} fetched from the network"
@@ -106,7 +104,7 @@ def test_every_exported_page_renders_offline_without_script_errors(
         # each view drew its heads: a selector naming every head in its data, and the zoomed pattern
         assert all(v["elements"] > 10 and all(h in v["text"] for h in v["heads"]) and "Zoomed" in v["text"]
                    for v in shown["views"]), where
-    print(f"screenshots: {SCREENSHOTS}")
+    print(f"screenshots: {screenshots}")
 
 
 def test_a_page_whose_library_is_missing_is_caught(browser: Any, tmp_path: Path) -> None:

@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 import torch
+from checks import FLOAT32_FORWARD, assert_scalar_matches
 
 from helpers import circuit as circuits
 from helpers.heads import HeadScore
 from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
 from helpers.toy_models import PLANTED
 
-TOLERANCE = 1e-4  # float32 agreement between our hooked bridge and plain transformers
 NOUNS = ["cat", "dog", "house", "tree", "river", "sun", "moon", "star", "lake", "hill", "fish", "bird", "car",
          "road", "book", "door", "rain", "snow", "king", "ship"]
 # "A B C D A B C" -> " D": the planted previous-token head and induction head answer it; the corrupted
@@ -103,9 +103,9 @@ def test_keeping_no_head_matches_a_fully_mean_ablated_plain_gpt2(
     keep = torch.zeros(*ioi_prompts.clean_tokens.shape, 2, 4, dtype=torch.bool)
     expected = _hf_mean_ablated_logit_diff(hf_toy, ioi_prompts, circuits.reference_prompts("corrupted", ioi_prompts),
                                            keep)
-    assert evaluator.empty_metric == pytest.approx(expected, abs=TOLERANCE)
-    # the ablation moved the metric by far more than the tolerance, so the comparison says something
-    assert abs(evaluator.empty_metric - evaluator.full_metric) > 20 * TOLERANCE
+    # the baseline: the unablated model, which an ablation that did nothing would give
+    assert_scalar_matches(evaluator.empty_metric, expected, FLOAT32_FORWARD, baseline=evaluator.full_metric,
+                          what="every head mean-ablated")
 
 
 def test_mean_ablation_at_named_positions_with_other_prompts_matches_explicit_hooks(
@@ -116,21 +116,26 @@ def test_mean_ablation_at_named_positions_with_other_prompts_matches_explicit_ho
     assert not torch.equal(reference.tokens, ioi_prompts.clean_tokens)
     evaluator = circuits.CircuitEvaluator(toy_model, ioi_prompts,
                                           circuits.compute_mean_ablation(toy_model, ioi_prompts, reference))
-    circuit = circuits.parse_circuit([{"head": "L1H2", "positions": ["final", "S#2"]}, "L0H1"], name="partial",
+    # a layer-0 head kept at two positions (only there does its output reach the later layer), and a
+    # last-layer head kept everywhere
+    circuit = circuits.parse_circuit([{"head": "L0H1", "positions": ["final", "S#2"]}, "L1H2"], name="partial",
                                      n_layers=2, n_heads=4)
-    # where the circuit is kept, found by hand: L0H1 everywhere; L1H2 at the final token and at the second
+    # where the circuit is kept, found by hand: L1H2 everywhere; L0H1 at the final token and at the second
     # occurrence of the subject (the incorrect answer's token)
     keep = torch.zeros(*ioi_prompts.clean_tokens.shape, 2, 4, dtype=torch.bool)
-    keep[:, :, 0, 1] = True
+    keep[:, :, 1, 2] = True
     for b in range(len(ioi_prompts)):
         final = int(ioi_prompts.final_pos[b])
         subject = (ioi_prompts.clean_tokens[b, : final + 1] == ioi_prompts.answer_tokens[b, 1]).nonzero()[:, 0]
         assert len(subject) == 2
-        keep[b, [final, int(subject[1])], 1, 2] = True
+        keep[b, [final, int(subject[1])], 0, 1] = True
     assert torch.equal(circuits.keep_mask(circuit, ioi_prompts, 2, 4), keep)
     expected = _hf_mean_ablated_logit_diff(hf_toy, ioi_prompts, reference, keep)
-    assert evaluator.evaluate(circuit).metric == pytest.approx(expected, abs=TOLERANCE)
-    assert abs(expected - evaluator.full_metric) > 20 * TOLERANCE
+    assert_scalar_matches(evaluator.evaluate(circuit).metric, expected, FLOAT32_FORWARD, baseline=evaluator.full_metric,
+                          what="a circuit kept at named positions")
+    # the positions matter: the same heads kept everywhere give another value
+    everywhere = circuits.parse_circuit(["L0H1", "L1H2"], name="everywhere", n_layers=2, n_heads=4)
+    assert abs(evaluator.evaluate(everywhere).metric - expected) > 100 * FLOAT32_FORWARD.atol(torch.tensor(expected))
 
 
 @pytest.fixture(scope="module")
@@ -143,16 +148,22 @@ def planted_evaluator(planted: Any) -> circuits.CircuitEvaluator:
 def test_the_planted_circuit_is_faithful_and_each_of_its_heads_is_needed(
     planted_evaluator: circuits.CircuitEvaluator,
 ) -> None:
+    """Every head with a planted job that writes to the answer (previous-token, induction, anti-copying)
+    is the whole mechanism: the other heads are silent (L0H2, output exactly zero) or have weights of std
+    0.02, whose mean ablation moves the metric by about 2e-4 of the full model's."""
     assert planted_evaluator.full_metric > 2.0 and planted_evaluator.warning is None
-    planted = circuits.parse_circuit([list(PLANTED.previous_token), list(PLANTED.induction)], name="planted",
-                                     n_layers=2, n_heads=4)
-    minimality = circuits.compute_minimality(planted_evaluator, planted)
-    assert 0.85 <= minimality.circuit.faithfulness <= 1.15
-    assert all(without < 0.2 for without in minimality.without), minimality.to_dict()
-    assert all(drop > 0.7 for drop in minimality.drops)
+    mechanism = circuits.parse_circuit([list(PLANTED.previous_token), list(PLANTED.induction), list(PLANTED.anti_copy)],
+                                       name="planted", n_layers=2, n_heads=4)
+    minimality = circuits.compute_minimality(planted_evaluator, mechanism)
+    assert minimality.circuit.faithfulness == pytest.approx(1.0, abs=1e-3)
+    # the previous-token and induction heads carry the answer: without either, nothing of it is left
+    assert all(without < 0.0 for without in minimality.without[:2]), minimality.to_dict()
+    assert all(drop > 1.0 for drop in minimality.drops[:2])
+    # the anti-copying head works both ways on these prompts; its mean ablation costs a few per cent
+    assert 0.01 < minimality.drops[2] < 0.2
     # the same number of other heads does not do the task
-    others = circuits.parse_circuit(["L0H1", "L1H1"], name="others", n_layers=2, n_heads=4)
-    assert planted_evaluator.evaluate(others).faithfulness < 0.2
+    others = circuits.parse_circuit(["L0H1", "L1H1", "L1H2"], name="others", n_layers=2, n_heads=4)
+    assert planted_evaluator.evaluate(others).faithfulness < 0.0
 
 
 def test_positions_resolve_by_name_occurrence_and_offset(gpt2_tokenizer: Any) -> None:

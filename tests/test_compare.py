@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from checks import FLOAT32_REORDERED, assert_matches
 
 from helpers import compare
 
@@ -57,7 +58,7 @@ def test_shared_and_specific_heads(three_tasks: list[compare.TaskResults]) -> No
 def test_map_correlations_are_pearsons_r(three_tasks: list[compare.TaskResults]) -> None:
     correlations = compare.compute_map_correlations(three_tasks)
     maps = torch.stack([r.heads["patching"].flatten() for r in three_tasks])
-    torch.testing.assert_close(correlations, torch.corrcoef(maps).float(), atol=1e-6, rtol=0)
+    assert_matches(correlations, torch.corrcoef(maps).float(), FLOAT32_REORDERED, what="patching-map correlations")
 
 
 def test_results_that_cannot_be_compared_are_explained(tmp_path: Path) -> None:

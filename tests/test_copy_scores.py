@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import scipy.stats
 import torch
+from checks import FLOAT32_FOLDED, FLOAT32_REORDERED, assert_matches
 
 from helpers import copy_scores
 from helpers.heads import HeadScore
@@ -101,8 +102,8 @@ def test_one_head_matches_a_step_by_step_computation_in_plain_gpt2(
                 hits += in_top
                 assert bool(in_top_k[layer, head, case]) == in_top
                 if sign > 0:
-                    torch.testing.assert_close(ours[case] - ours[case].mean(), logits - logits.mean(),
-                                               atol=2e-4, rtol=1e-4)
+                    assert_matches(ours[case] - ours[case].mean(), logits - logits.mean(), FLOAT32_FOLDED,
+                                   what=f"OV logits of L{layer}H{head}, input {case}")
             assert float(score[layer, head]) == pytest.approx(hits / len(inputs))
 
 
@@ -135,17 +136,18 @@ def test_the_scatter_points_are_the_attention_and_output_the_model_computes(plan
     layer, head = PLANTED.anti_copy
     [result] = copy_scores.compute_attention_vs_projection(planted, planted_ioi, [HeadScore(layer, head, 0.0)])
     _, cache = planted.run_with_cache(planted_ioi.clean_tokens)
-    point = 0
+    attention, projection = [], []
     for b, words in enumerate(planted_ioi.word_positions):
         final = int(planted_ioi.final_pos[b])
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][b, head, final]
         head_out = cache[f"blocks.{layer}.attn.hook_z"][b, final, head] @ planted.W_O[layer, head]
         for token in dict.fromkeys(w.token for w in words):
             positions = [w.position for w in words if w.token == token]
-            assert result.attention[point] == pytest.approx(float(pattern[positions].sum()), abs=1e-6)
-            assert result.projection[point] == pytest.approx(float(head_out @ planted.W_U[:, token]), abs=1e-4)
-            point += 1
-    assert point == len(result.roles)
+            attention.append(float(pattern[positions].sum()))
+            projection.append(float(head_out @ planted.W_U[:, token]))
+    assert len(attention) == len(result.roles)
+    assert_matches(result.attention, torch.tensor(attention), FLOAT32_REORDERED, what="the scatter's attention")
+    assert_matches(result.projection, torch.tensor(projection), FLOAT32_REORDERED, what="the scatter's projection")
 
 
 def test_pearson_edge_cases() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 import torch
+from checks import FLOAT32_FOLDED, assert_matches
 
 from helpers.model import (
     TOY_MODEL_KEY,
@@ -40,7 +42,7 @@ def test_loaded_model_predicts_what_transformers_predicts(toy_model: Any, toy_mo
     with torch.no_grad():
         expected = reference(tokens).logits.log_softmax(-1)
         actual = toy_model(tokens).log_softmax(-1)
-    torch.testing.assert_close(actual, expected, atol=1e-4, rtol=1e-4)
+    assert_matches(actual, expected, FLOAT32_FOLDED, what="log-probabilities")
     # folding LayerNorm leaves a real unembedding bias: attributions must count it
     assert toy_model.b_U.abs().max() > 1e-3
 
@@ -91,14 +93,50 @@ def test_unreachable_hub_model_names_the_model_and_the_way_out() -> None:
     assert err.value.__suppress_context__  # one message, not the loader's traceback
 
 
-def test_device_choice() -> None:
+@pytest.mark.parametrize("cuda, mps, chosen", [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu(cuda: bool, mps: bool, chosen: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What each machine has is simulated, so every branch runs here whatever this machine has."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(chosen)
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("auto").type in ("cuda", "mps", "cpu")
-    if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="DEVICE=auto or DEVICE=cpu"):
-            pick_device("cuda")
-    with pytest.raises(ValueError, match="not a device name"):
+
+
+def test_a_device_this_machine_lacks_or_a_bad_name_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="DEVICE='cuda' but this machine has no CUDA GPU. Fix: use DEVICE=auto"):
+        pick_device("cuda")
+    with pytest.raises(ValueError, match="DEVICE='cuda:1' but this machine has no CUDA GPU"):
+        pick_device("cuda:1")
+    with pytest.raises(ValueError, match="DEVICE='mps' but MPS is not available here"):
+        pick_device("mps")
+    with pytest.raises(ValueError, match="DEVICE='gpu0' is not a device name. Fix: use auto, cpu"):
         pick_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("cuda:1") == torch.device("cuda:1")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_loads_in_that_dtype_and_predicts_what_float32_predicts(
+    dtype: str, toy_model: Any, toy_model_dir: Path, ioi_prompts: Any
+) -> None:
+    half = load_model(str(toy_model_dir), device="cpu", dtype=dtype)  # type: ignore[arg-type]
+    assert {p.dtype for p in half.parameters()} == {getattr(torch, dtype)}
+    with torch.no_grad():
+        reduced = half(ioi_prompts.clean_tokens).float()
+        full = toy_model(ioi_prompts.clean_tokens)
+    # rounding of about one unit (eps) of the dtype per operation, accumulated over two layers: measured
+    # 6 eps (float16) and 8.5 eps (bfloat16) of the largest logit
+    eps, scale = torch.finfo(getattr(torch, dtype)).eps, float(full.abs().max())
+    gap = float((reduced - full).abs().max())
+    assert 0 < gap <= 20 * eps * scale, (gap, eps * scale)
+    assert (reduced.argmax(-1) == full.argmax(-1)).float().mean() > 0.9
+
+
+def test_an_unknown_dtype_is_named_with_its_fix(toy_model_dir: Path) -> None:
+    with pytest.raises(ValueError, match="dtype='float64' is not supported. Fix: use one of float32, float16, bfloat16"):
+        load_model(str(toy_model_dir), device="cpu", dtype="float64")  # type: ignore[arg-type]
 
 
 def test_gpt2_tokenizer_from_the_bpe_files_tokenizes_like_gpt2(tmp_path: Path) -> None:
@@ -111,11 +149,16 @@ def test_gpt2_tokenizer_from_the_bpe_files_tokenizes_like_gpt2(tmp_path: Path) -
         load_gpt2_tokenizer(tmp_path / "empty")
 
 
-def test_command_line_reports_an_unreachable_model_without_a_traceback() -> None:
+def test_command_line_reports_an_unreachable_model_without_a_traceback(tmp_path: Path) -> None:
+    """The name exists nowhere (hub or cache), the process is offline with an empty cache, and any
+    output would go to the test's own folder."""
     result = subprocess.run(
-        [sys.executable, "-m", "helpers.run", "--task", "ioi", "--model", "gpt2"],
+        [sys.executable, "-m", "helpers.run", "--task", "ioi", "--model", "no-such-org/no-such-model",
+         "--notebooks-dir", str(tmp_path / "notebooks")],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")},
     )
     assert result.returncode == 2
-    assert "model 'gpt2'" in result.stderr and "MODEL=/path/to/local/dir" in result.stderr
+    assert "model 'no-such-org/no-such-model'" in result.stderr and "MODEL=/path/to/local/dir" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "notebooks").exists()

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 import torch
+from checks import FLOAT32_GRADIENT, FLOAT32_PATCHING, assert_matches, fast_engine
+from reference import hook_neuron_patching
 
 from helpers import neurons
-from helpers.hooks import run_with_hooks
 from helpers.metrics import at_final_pos
 from helpers.model import load_model
 from helpers.patching import PatchingEngine, PatchingResult
@@ -19,29 +20,23 @@ from helpers.toy_models import PLANTED_NEURON, build_planted_neuron_model
 
 @pytest.fixture(scope="module")
 def engine(toy_model: Any, ioi_prompts: PromptSet) -> PatchingEngine:
-    return PatchingEngine(toy_model, ioi_prompts, progress=False)
+    return fast_engine(toy_model, ioi_prompts)
 
 
 @pytest.mark.parametrize("layer", [0, 1])
 def test_neuron_patching_equals_an_explicit_hook_on_the_model(
     layer: int, engine: PatchingEngine, toy_model: Any, ioi_prompts: PromptSet
 ) -> None:
+    """The 16 strongest neurons and 16 others (seeded), each patched by a hook on the model's own
+    ``hook_post`` (:func:`reference.hook_neuron_patching`)."""
     values = engine.patch_neurons(layer)
-    assert values.shape == (toy_model.cfg.d_mlp,)
-    name = f"blocks.{layer}.mlp.hook_post"
-    _, clean = toy_model.run_with_cache(ioi_prompts.clean_tokens)
-    rows = torch.arange(len(ioi_prompts))
-    strongest = torch.sort((values - engine.corrupted_metric).abs(), descending=True).indices[:3].tolist()
-    for neuron in strongest + [0, 100]:
-        def patch(act: torch.Tensor, hook: Any, neuron: int = neuron) -> torch.Tensor:
-            act = act.clone()
-            act[rows, ioi_prompts.final_pos, neuron] = clean[name][rows, ioi_prompts.final_pos, neuron]
-            return act
-
-        logits = run_with_hooks(toy_model, ioi_prompts.corrupted_tokens, [(name, patch)])
-        expected = float(engine.metric(at_final_pos(logits, ioi_prompts.final_pos)))
-        assert float(values[neuron]) == pytest.approx(expected, abs=5e-4), neuron
-    assert float((values - engine.corrupted_metric).abs().max()) > 0.05  # some neuron matters
+    d_mlp = toy_model.cfg.d_mlp
+    assert values.shape == (d_mlp,)
+    strongest = (values - engine.corrupted_metric).abs().argsort(descending=True)[:16]
+    others = torch.randperm(d_mlp, generator=torch.Generator().manual_seed(layer))
+    neurons = torch.cat([strongest, others[~torch.isin(others, strongest)][:16]])
+    expected = hook_neuron_patching(toy_model, ioi_prompts, layer, neurons, engine.metric)
+    assert_matches(values[neurons], expected, FLOAT32_PATCHING, what=f"L{layer} neuron patching")
 
 
 def test_neuron_attribution_equals_gradients_taken_through_the_model(
@@ -68,7 +63,8 @@ def test_neuron_attribution_equals_gradients_taken_through_the_model(
         key = f"blocks.{layer}.mlp.hook_post"
         change = at_final_pos(clean[key] - stored[key].detach(), ioi_prompts.final_pos)
         expected = (change * at_final_pos(stored[key].grad, ioi_prompts.final_pos)).sum(dim=0)
-        torch.testing.assert_close(estimate[layer] - engine.corrupted_metric, expected, atol=1e-4, rtol=1e-3)
+        assert_matches(estimate[layer] - engine.corrupted_metric, expected, FLOAT32_GRADIENT,
+                       what=f"L{layer} neuron attribution")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +81,7 @@ def mood(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: Any) -> tuple
 
 def test_the_planted_neuron_alone_carries_the_answer(mood: tuple[Any, PromptSet]) -> None:
     model, prompts = mood
-    engine = PatchingEngine(model, prompts, progress=False)
+    engine = fast_engine(model, prompts)
     assert engine.task_metric.clean > 1.0 > engine.task_metric.corrupted
     result = neurons.compute_neuron_patching(engine, PLANTED_NEURON.layer)
     n = PLANTED_NEURON.neuron

@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import pytest
 import torch
-from transformer_lens import patching as tlp
+from checks import (
+    FLOAT32_FORWARD,
+    FLOAT32_GRADIENT,
+    FLOAT32_PATCHING,
+    assert_matches,
+    assert_scalar_matches,
+    fast_engine,
+)
+from reference import transformer_lens_patch
 
 from helpers import patching
 from helpers.metrics import METRIC_NAMES, at_final_pos
 from helpers.patching import PATCH_KINDS, PatchingEngine
 from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
-
-TL_FUNCTIONS = {
-    "resid_pre": tlp.get_act_patch_resid_pre,
-    "attn_out": tlp.get_act_patch_attn_out,
-    "mlp_out": tlp.get_act_patch_mlp_out,
-    "head_out": tlp.get_act_patch_attn_head_out_all_pos,
-    "head_v": tlp.get_act_patch_attn_head_v_all_pos,
-    "head_pattern": tlp.get_act_patch_attn_head_pattern_all_pos,
-}
-
-
-def transformer_lens_patch(model: Any, prompts: PromptSet, kind: str, metric: Any) -> torch.Tensor:
-    """The reference: transformer_lens.patching on the same model, prompts and metric."""
-    _, clean_cache = model.run_with_cache(prompts.clean_tokens)
-    return TL_FUNCTIONS[kind](model, prompts.corrupted_tokens, clean_cache,
-                              lambda logits: metric(at_final_pos(logits, prompts.final_pos)))
 
 
 @pytest.fixture(scope="module")
@@ -39,42 +30,45 @@ def single_prompt(toy_model: Any) -> PromptSet:
 
 @pytest.fixture(scope="module")
 def engine(toy_model: Any, ioi_prompts: PromptSet) -> PatchingEngine:
-    return PatchingEngine(toy_model, ioi_prompts, progress=False)
+    return fast_engine(toy_model, ioi_prompts)
 
 
 def test_engine_takes_the_fast_path_on_gpt2_architecture(engine: PatchingEngine, ioi_prompts: PromptSet) -> None:
     assert engine.uses_fast_path, engine.fast_path_reason
     # the fixture's prompts have different lengths, so padding is exercised
     assert len(set(ioi_prompts.final_pos.tolist())) > 1
+    # the toy model's clean and corrupted runs differ by order 0.1-1 (not 1e-4), so normalising by that
+    # gap magnifies no rounding error into an apparent effect
+    assert abs(engine.task_metric.clean - engine.task_metric.corrupted) > 0.2
 
 
 @pytest.mark.parametrize("kind", PATCH_KINDS)
 def test_equals_transformer_lens(kind: str, engine: PatchingEngine, toy_model: Any, ioi_prompts: PromptSet) -> None:
     ours = engine.patch(kind)  # type: ignore[arg-type]
     reference = transformer_lens_patch(toy_model, ioi_prompts, kind, engine.metric)
-    assert ours.values.shape == reference.shape
-    # first and last position (and every other) are compared for the per-position kinds
-    torch.testing.assert_close(ours.values, reference.float().cpu(), atol=1e-4, rtol=0)
-    assert reference.abs().max() > 0.05, "a vacuous comparison: nothing moved the metric"
+    # every cell (every position of the per-position kinds, every head) is compared
+    assert_matches(ours.values, reference, FLOAT32_PATCHING, what=f"{kind} patching")
 
 
 @pytest.mark.parametrize("kind", PATCH_KINDS)
 def test_equals_transformer_lens_on_a_single_prompt(kind: str, toy_model: Any, single_prompt: PromptSet) -> None:
-    engine = PatchingEngine(toy_model, single_prompt, progress=False, max_rows=3)  # also: chunks of 3 configs
+    engine = fast_engine(toy_model, single_prompt, max_rows=3)  # also: chunks of 3 configs
     reference = transformer_lens_patch(toy_model, single_prompt, kind, engine.metric)
-    torch.testing.assert_close(engine.patch(kind).values, reference.float().cpu(), atol=1e-4, rtol=0)  # type: ignore[arg-type]
+    assert_matches(engine.patch(kind).values, reference, FLOAT32_PATCHING, what=f"{kind} patching, one prompt")  # type: ignore[arg-type]
 
 
 def test_normalised_metric_is_one_for_the_whole_clean_stream_and_zero_for_no_patch(engine: PatchingEngine) -> None:
     """The anchors come from the model's own logits, the patched runs from the engine's forward pass:
-    they agree to float precision, which normalising by a small clean-corrupted gap magnifies, so the
-    tolerance is the one every patching result is held to (1e-4)."""
+    they agree to float32 rounding."""
     n_pos = engine.clean_tokens.shape[1]
-    assert engine.patch_resid_positions(0, list(range(n_pos))) == pytest.approx(1.0, abs=1e-4)
-    assert engine.patch_resid_positions(0, []) == pytest.approx(0.0, abs=1e-4)
+    assert_scalar_matches(engine.patch_resid_positions(0, list(range(n_pos))), 1.0, FLOAT32_PATCHING, baseline=0.0,
+                          what="every position patched")
+    assert_scalar_matches(engine.patch_resid_positions(0, []), 0.0, FLOAT32_PATCHING, baseline=1.0,
+                          what="no position patched")
     assert (engine.clean_metric, engine.corrupted_metric) == (pytest.approx(1.0), pytest.approx(0.0, abs=1e-6))
     # patching every position at a later layer restores the clean run too
-    assert engine.patch_resid_positions(1, list(range(n_pos))) == pytest.approx(1.0, abs=1e-4)
+    assert_scalar_matches(engine.patch_resid_positions(1, list(range(n_pos))), 1.0, FLOAT32_PATCHING, baseline=0.0,
+                          what="every position patched at layer 1")
 
 
 def probability_mass_difference(final_logits: torch.Tensor) -> torch.Tensor:
@@ -87,23 +81,45 @@ def probability_mass_difference(final_logits: torch.Tensor) -> torch.Tensor:
 def test_a_metric_of_the_full_final_logits_still_equals_transformer_lens(
     kind: str, toy_model: Any, ioi_prompts: PromptSet
 ) -> None:
-    engine = PatchingEngine(toy_model, ioi_prompts, metric=probability_mass_difference, progress=False)
-    assert engine.uses_fast_path
+    engine = fast_engine(toy_model, ioi_prompts, metric=probability_mass_difference)
     reference = transformer_lens_patch(toy_model, ioi_prompts, kind, probability_mass_difference)
     ours = engine.patch(kind)  # type: ignore[arg-type]
     assert ours.metric_name == "probability_mass_difference"
-    torch.testing.assert_close(ours.values, reference.float().cpu(), atol=1e-6, rtol=1e-4)
+    assert_matches(ours.values, reference, FLOAT32_FORWARD, what=f"{kind} patching, full-vocabulary metric")
 
 
 def test_engine_refuses_a_forward_pass_that_does_not_reproduce_the_model(
-    toy_model: Any, ioi_prompts: PromptSet, monkeypatch: pytest.MonkeyPatch
+    toy_model: Any, ioi_prompts: PromptSet, engine: PatchingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The fallback is transformer_lens.patching: it is checked against the engine's own fast path (a
+    different computation), not against transformer_lens.patching itself."""
+    fast = engine.patch("head_out").values  # before the engine's activation function is broken
     monkeypatch.setitem(patching._ACTIVATIONS, "gelu_new", torch.relu)
     with pytest.warns(UserWarning, match="falls back to transformer_lens.patching.*differs from the model"):
-        engine = PatchingEngine(toy_model, ioi_prompts, progress=False)
-    assert not engine.uses_fast_path
-    reference = transformer_lens_patch(toy_model, ioi_prompts, "head_out", engine.metric)
-    torch.testing.assert_close(engine.patch("head_out").values, reference.float().cpu())
+        fallback = PatchingEngine(toy_model, ioi_prompts, progress=False)
+    assert not fallback.uses_fast_path and "differs from the model's by" in str(fallback.fast_path_reason)
+    assert fallback.anchors().engine.startswith("transformer_lens.patching")
+    assert_matches(fallback.patch("head_out").values, fast, FLOAT32_PATCHING, what="the fallback's head_out patching")
+
+
+@pytest.mark.parametrize("change, reason", [
+    ("unknown activation", "activation function 'swish' is not implemented by the engine"),
+    ("failing forward pass", "the engine cannot run this architecture (RuntimeError: planted failure)"),
+])
+def test_each_fallback_says_why(change: str, reason: str, toy_model: Any, ioi_prompts: PromptSet,
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if change == "unknown activation":
+        monkeypatch.setattr(toy_model.cfg, "act_fn", "swish")
+    else:
+        def fail(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("planted failure")
+        monkeypatch.setattr(PatchingEngine, "_forward", fail)
+    with pytest.warns(UserWarning, match="falls back") as caught:
+        fallback = PatchingEngine(toy_model, ioi_prompts, progress=False)
+    assert fallback.fast_path_reason == reason and reason in str(caught[0].message)
+    assert reason in fallback.anchors().engine
+    with pytest.raises(NotImplementedError, match="fast path"):
+        fallback.attribution_patching()
 
 
 def test_patching_needs_eval_mode(toy_model: Any, ioi_prompts: PromptSet) -> None:
@@ -146,7 +162,8 @@ def test_attribution_patching_equals_gradients_taken_through_the_model(
             product = (clean[key] - stored[key].detach()) * stored[key].grad
             head_axis = 1 if kind == "head_pattern" else 2
             expected[layer] = product.transpose(0, head_axis).reshape(4, -1).sum(-1)
-        torch.testing.assert_close(estimates[kind].values - engine.corrupted_metric, expected, atol=1e-4, rtol=1e-3)
+        assert_matches(estimates[kind].values - engine.corrupted_metric, expected, FLOAT32_GRADIENT,
+                       what=f"{kind} attribution patching")
 
 
 def test_top_heads_come_from_the_values(engine: PatchingEngine) -> None:
@@ -172,12 +189,6 @@ def test_unknown_kind_is_refused(engine: PatchingEngine) -> None:
         engine.patch("resid_post")  # type: ignore[arg-type]
 
 
-def test_engine_needs_no_warnings_on_its_fast_path(toy_model: Any, ioi_prompts: PromptSet) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        PatchingEngine(toy_model, ioi_prompts, progress=False)
-
-
 def test_explicit_prompts_work_with_the_engine(toy_model: Any) -> None:
     data = {"name": "pairs", "description": "d", "model": "x", "prompts": [
         {"clean": "When John and Mary went to the shops, John gave the bag to",
@@ -187,9 +198,9 @@ def test_explicit_prompts_work_with_the_engine(toy_model: Any) -> None:
          "corrupted": "When Tom and James went to the park, Tom gave the ball to", "correct": " Tom",
          "incorrect": " James"}]}
     prompts = build_prompts(parse_task(data, source="pairs.yaml"), toy_model.tokenizer)
-    engine = PatchingEngine(toy_model, prompts, progress=False)
+    engine = fast_engine(toy_model, prompts)
     reference = transformer_lens_patch(toy_model, prompts, "resid_pre", engine.metric)
-    torch.testing.assert_close(engine.patch("resid_pre").values, reference.float().cpu(), atol=1e-4, rtol=0)
+    assert_matches(engine.patch("resid_pre").values, reference, FLOAT32_PATCHING, what="resid_pre, explicit prompts")
 
 
 def test_a_tiny_clean_corrupted_gap_is_flagged() -> None:
@@ -208,12 +219,12 @@ def test_a_tiny_clean_corrupted_gap_is_flagged() -> None:
 
 def test_prompts_of_one_template_line_up(engine: PatchingEngine, ioi_prompts: PromptSet) -> None:
     subset = engine.for_template(0)
-    assert set(subset.prompts.template_index) == {0}
+    assert subset.uses_fast_path and set(subset.prompts.template_index) == {0}
     assert subset.prompts.clean_tokens.shape[1] == int(subset.prompts.final_pos.max()) + 1
     assert len(set(subset.prompts.final_pos.tolist())) == 1
     assert engine.for_template(None) is engine
     reference = transformer_lens_patch(subset.model, subset.prompts, "attn_out", subset.metric)
-    torch.testing.assert_close(subset.patch("attn_out").values, reference.float().cpu(), atol=1e-4, rtol=0)
+    assert_matches(subset.patch("attn_out").values, reference, FLOAT32_PATCHING, what="attn_out, one template")
 
 
 def test_identical_clean_and_corrupted_prompts_are_refused(toy_model: Any, ioi_prompts: PromptSet) -> None:
@@ -235,8 +246,8 @@ def test_a_task_with_a_probability_difference_metric_patches_by_it(
 ) -> None:
     """No metric given: the engine normalises the task's own metric (greater-than's probability
     difference over answer sets), and agrees with transformer_lens.patching on it."""
-    engine = PatchingEngine(toy_model, greater_than_prompts, progress=False)
-    assert engine.metric_name == "normalised probability difference" and engine.uses_fast_path
+    engine = fast_engine(toy_model, greater_than_prompts)
+    assert engine.metric_name == "normalised probability difference"
     metric = greater_than_prompts.metric
     with torch.no_grad():
         clean = toy_model(greater_than_prompts.clean_tokens)
@@ -250,4 +261,8 @@ def test_a_task_with_a_probability_difference_metric_patches_by_it(
         return (metric(final_logits).mean() - corrupted_value) / (clean_value - corrupted_value)
 
     reference = transformer_lens_patch(toy_model, greater_than_prompts, kind, normalised)
-    torch.testing.assert_close(engine.patch(kind).values, reference.float().cpu(), atol=1e-4, rtol=0)  # type: ignore[arg-type]
+    # The toy model puts little probability on the years, so the clean-corrupted gap is small: the
+    # normalised metric carries the rounding of the candidates' probabilities divided by that gap.
+    mass = float(at_final_pos(clean, final_pos).softmax(-1).gather(-1, metric.tokens).sum(-1).max())
+    assert_matches(engine.patch(kind).values, reference, FLOAT32_PATCHING, what=f"{kind}, probability difference",  # type: ignore[arg-type]
+                   scale=mass / abs(clean_value - corrupted_value))

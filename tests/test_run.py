@@ -6,17 +6,22 @@ import html
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
 import torch
+from checks import FLOAT32_PATCHING, assert_matches
 from nbformat.sign import NotebookNotary
+from reference import hook_neuron_patching, hook_update_vector_top_share, normalised_task_metric
 
 from helpers import export, run, viz
-from helpers.paths import TEMPLATES_DIR
-from helpers.tasks import TaskError
+from helpers.model import load_tokenizer
+from helpers.paths import REPO_ROOT, TEMPLATES_DIR
+from helpers.tasks import TaskError, build_prompts, load_task
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +104,31 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert any("patching: top heads by output patching" in line for line in lines)
     assert any("copy_scores: top copying heads" in line for line in lines)
     assert any("circuit: top 8 by output patching: faithfulness 1.00" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_the_neuron_and_vector_figures_in_results_are_recomputed_by_hooks_on_the_model(
+    successful_run: tuple[Path, list[str], int], toy_model: Any
+) -> None:
+    """Independent routes, on the same model, task and seed: each top neuron patched by a hook on
+    ``hook_post``, and the update vector taken from ``hook_mlp_out`` and added at ``hook_resid_post``."""
+    out, _, code = successful_run
+    assert code == 0
+    results = json.loads((out / "results.json").read_text())["templates"]
+    prompts = build_prompts(load_task("ioi").with_overrides(n_prompts=8), toy_model.tokenizer)
+    subset = prompts.for_template(0)  # the neuron notebook's default position_template
+    mlp = results["mlp_neurons"]
+    top = torch.tensor([t["neuron"] for t in mlp["neurons"]["top"]])
+    corrupted = mlp["neurons"]["corrupted_metric"]
+    recomputed = hook_neuron_patching(toy_model, subset, mlp["layer"], top, normalised_task_metric(toy_model, subset))
+    reported = torch.tensor([t["effect"] for t in mlp["neurons"]["top"]])
+    assert_matches(reported, recomputed - corrupted, FLOAT32_PATCHING, what="the top neurons' effects in results.json")
+    arithmetic = results["vector_arithmetic"]
+    norm, before, after = hook_update_vector_top_share(toy_model, prompts, component=arithmetic["component"],
+                                                       layer=arithmetic["layer"], scale=1.0)
+    reported_vector = arithmetic["vector_arithmetic"]
+    assert reported_vector["norm"] == pytest.approx(norm, rel=1e-5)
+    assert (reported_vector["top_share"]["before"], reported_vector["top_share"]["vector"]) == (before, after)
 
 
 @pytest.mark.slow
@@ -323,3 +353,126 @@ def test_html_re_exports_without_running(two_task_run: tuple[Path, list[str], in
     assert lines == [f"greater_than: 7 pages written to {notebooks / 'greater_than'}/ with index.html and README.md"]
     assert run.export_html(["numseq"], notebooks_dir=notebooks) == 2
     assert "holds no executed notebooks. Fix: make run TASK=numseq" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------
+# Failure paths, with small templates of their own (each runs in a real kernel, in seconds)
+# ---------------------------------------------------------------------------------------------------
+
+GOOD_TEMPLATE = ('from helpers.results import save_template_results\n'
+                 'save_template_results(results_path, {"task_name": task["name"]}, summary=["it ran"])')
+
+
+def write_templates(folder: Path, **bodies: str) -> Path:
+    """Templates named by keyword, each a parameters cell and one cell of code."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, body in bodies.items():
+        notebook = nbformat.v4.new_notebook(cells=[
+            nbformat.v4.new_code_cell('task = "ioi"\ndevice = "auto"\ndtype = "float32"\nresults_path = None\n'
+                                      'tasks = []\nnotebooks_dir = ""', metadata={"tags": ["parameters"]}),
+            nbformat.v4.new_code_cell(body),
+        ])
+        notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(notebook, folder / f"{name}.ipynb")
+    return folder
+
+
+def previous_results(out: Path) -> None:
+    out.mkdir(parents=True)
+    (out / "dla.ipynb").write_text("previous good notebook")
+    (out / "results.json").write_text('{"previous": true}')
+
+
+@pytest.mark.parametrize("body, problem", [
+    ("import os\nos._exit(1)", "its kernel died"),
+    ("x = 1", "ran to the end but wrote no results (dla.results.json)"),
+])
+def test_a_template_that_dies_or_writes_nothing_fails_and_replaces_nothing(
+    body: str, problem: str, toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=body))
+    out = tmp_path / "notebooks" / "ioi"
+    previous_results(out)
+    lines: list[str] = []
+    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "notebooks")
+    assert run.execute(plan, log=lines.append) == 1
+    report = "\n".join(lines)
+    assert f"FAILED: template 'dla' {problem}" in report and "previous results" in report and "Traceback" not in report
+    assert (out / "dla.ipynb").read_text() == "previous good notebook"
+    assert json.loads((out / "results.json").read_text()) == {"previous": True}
+    assert not [p for p in out.iterdir() if p.name.startswith(".staging")]
+
+
+def test_failed_notebooks_are_cleared_by_a_later_success(toy_model_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    notebooks = tmp_path / "notebooks"
+    options = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks)
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "broken", dla='raise RuntimeError("no")'))
+    assert run.execute(run.prepare_run("ioi", **options), log=lambda line: None) == 1
+    assert (notebooks / "ioi" / "failed" / "dla.ipynb").is_file()
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "fixed", dla=GOOD_TEMPLATE))
+    assert run.execute(run.prepare_run("ioi", **options), log=lambda line: None) == 0
+    assert not (notebooks / "ioi" / "failed").exists()
+    results = json.loads((notebooks / "ioi" / "results.json").read_text())
+    assert results["templates"]["dla"] == {"summary": ["it ran"], "task_name": "ioi"}
+
+
+def test_all_runs_every_task_in_params(toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from helpers import tasks
+
+    params = tmp_path / "params"
+    params.mkdir()
+    for name in ("ioi", "numseq"):
+        shutil.copy(tasks.PARAMS_DIR / f"{name}.yaml", params / f"{name}.yaml")
+    monkeypatch.setattr(tasks, "PARAMS_DIR", params)
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=GOOD_TEMPLATE))
+    assert run.main(["--all", "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
+                     "--notebooks-dir", str(tmp_path / "notebooks")]) == 0
+    for name in ("ioi", "numseq"):
+        results = json.loads((tmp_path / "notebooks" / name / "results.json").read_text())
+        assert results["templates"]["dla"]["task_name"] == name and results["provenance"]["n_prompts"] == 2
+
+
+def test_a_failing_comparison_keeps_its_notebook_and_the_previous_comparison(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    notebooks = tmp_path / "notebooks"
+    for task in ("ioi", "numseq"):  # results the comparison accepts, so nothing is run first
+        (notebooks / task).mkdir(parents=True)
+        templates = {name: {} for name in run.COMPARED_TEMPLATES}
+        (notebooks / task / "results.json").write_text(json.dumps({"templates": templates, "provenance": {"model": "m"}}))
+    (notebooks / "compare").mkdir()
+    (notebooks / "compare" / "results.json").write_text('{"previous": true}')
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates",
+                                                             compare='raise ValueError("planted comparison failure")'))
+    lines: list[str] = []
+    assert run.compare(["ioi", "numseq"], notebooks_dir=notebooks, log=lines.append) == 1
+    report = "\n".join(lines)
+    assert "template 'compare' stopped in cell" in report and "ValueError: planted comparison failure" in report
+    assert (notebooks / "compare" / "failed" / "compare.ipynb").is_file()
+    assert json.loads((notebooks / "compare" / "results.json").read_text()) == {"previous": True}
+
+
+def run_in_a_process(tmp_path: Path, model: Path, name: str, seed: int) -> dict[str, Any]:
+    """``python -m helpers.run`` in a process of its own: the dla template on 2 prompts."""
+    out = tmp_path / name
+    result = subprocess.run(
+        [sys.executable, "-m", "helpers.run", "--task", "ioi", "--model", str(model), "--n", "2", "--seed", str(seed),
+         "--templates", "dla", "--device", "cpu", "--notebooks-dir", str(out)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads((out / "ioi" / "results.json").read_text())
+    assert data["provenance"].pop("finished_at")
+    return data
+
+
+def test_two_processes_with_the_same_seed_write_identical_results(toy_model_dir: Path, tmp_path: Path) -> None:
+    """End to end on the smallest model, each run in its own process (and kernel): the same task, seed
+    and model give the same results.json; SEED= reaches the prompts."""
+    first, again = (run_in_a_process(tmp_path, toy_model_dir, name, seed=3) for name in ("first", "again"))
+    assert again == first
+    assert first["provenance"]["seed"] == 3 and first["provenance"]["task"]["seed"] == 3
+    tokenizer = load_tokenizer(str(toy_model_dir))
+    seeded = {seed: build_prompts(run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, seed=seed).spec,
+                                  tokenizer).clean_prompts for seed in (3, 4)}
+    assert first["templates"]["dla"]["top_prediction"]["prompt"] == seeded[3][0] and seeded[3] != seeded[4]

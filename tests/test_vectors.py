@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from checks import FLOAT32_FOLDED, assert_matches
 
 from helpers import vectors
 from helpers.attribution import ComponentAttribution, run_final_position_cache
@@ -77,7 +78,7 @@ def test_the_update_vector_is_the_mean_component_output_of_plain_gpt2(
     outputs = captured[0][rows, ioi_prompts.final_pos]
     expected = (outputs - outputs.mean(dim=-1, keepdim=True)).mean(dim=0)
     vector = vectors.extract_update_vector(run_final_position_cache(toy_model, ioi_prompts), component=component, layer=1)
-    torch.testing.assert_close(vector.vector, expected, atol=1e-5, rtol=1e-4)
+    assert_matches(vector.vector, expected, FLOAT32_FOLDED, what=f"the {component} update vector")
 
 
 def test_the_default_layer_is_the_largest_direct_attribution() -> None:

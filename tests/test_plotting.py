@@ -1,0 +1,320 @@
+"""Every figure shows the numbers of its result, on the right axes and scale.
+
+Each ``plot_*`` function of :mod:`helpers.plotting` is called on results computed on the toy models, and
+what it draws is read back from the figure: the values, the labels, the colour scale. A test also fails
+when a new ``plot_*`` function has no check here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from helpers import (
+    ablation,
+    attribution,
+    circuit,
+    compare,
+    copy_scores,
+    head_scores,
+    neurons,
+    plotting,
+    vectors,
+)
+from helpers.heads import HeadScore
+from helpers.patching import PatchingEngine, compare_attribution
+from helpers.tasks import PromptSet
+
+
+def values_of(trace: Any, axis: str) -> list[Any]:
+    return [list(row) if isinstance(row, (list, tuple)) else row for row in getattr(trace, axis)]
+
+
+def assert_diverging_around_zero(trace: Any, values: torch.Tensor) -> None:
+    bound = float(values.abs().max())
+    assert trace.zmid == 0 and trace.zmin == pytest.approx(-bound) and trace.zmax == pytest.approx(bound)
+
+
+@pytest.fixture(scope="module")
+def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, Any]:
+    """One of each result the figures take, computed on the toy and planted models."""
+    cache = attribution.run_final_position_cache(toy_model, ioi_prompts)
+    engine = PatchingEngine(toy_model, ioi_prompts, progress=False)
+    head_out, head_v = engine.patch("head_out"), engine.patch("head_v")
+    estimate = engine.attribution_patching()["head_out"]
+    ablation_result = ablation.compute_head_ablation(toy_model, ioi_prompts, cache, 1, 0)
+    evaluator = circuit.CircuitEvaluator(toy_model, ioi_prompts, circuit.compute_mean_ablation(
+        toy_model, ioi_prompts, circuit.reference_prompts("corrupted", ioi_prompts)))
+    candidate = circuit.parse_circuit(["L1H0", "L0H2", "L1H3"], name="c", n_layers=2, n_heads=4)
+    neuron_result = neurons.compute_neuron_patching(engine, 1)
+    targets = vectors.target_prompts("corrupted", ioi_prompts, toy_model)
+    vector = vectors.extract_update_vector(cache, component="mlp", layer=0)
+    scores = copy_scores.compute_copy_scores(toy_model, ioi_prompts)
+    heads = [HeadScore(1, 0, 0.5), HeadScore(0, 3, -0.2)]
+    task_results = [compare.TaskResults(name, "m", 12, "logit difference", {"patching": head_out.values * sign,
+                                                                              "dla": head_v.values})
+                    for name, sign in (("a", 1.0), ("b", -1.0))]
+    return {
+        "cache": cache, "prompts": ioi_prompts, "anchors": engine.anchors(),
+        "logit_diff": attribution.compute_logit_diff(cache, ioi_prompts),
+        "lens": attribution.compute_logit_lens(cache),
+        "components": attribution.compute_component_attribution(cache),
+        "heads": attribution.compute_head_attribution(toy_model, cache),
+        "patterns": attribution.compute_attention_patterns(toy_model, ioi_prompts, heads + [HeadScore(0, 0, 0.1)]),
+        "resid": engine.patch("resid_pre"), "head_out": head_out, "head_v": head_v, "estimate": estimate,
+        "agreement": compare_attribution(head_out, estimate),
+        "roles": head_scores.compute_head_role_scores(planted, seq_len=10, batch=4),
+        "ablation": ablation_result,
+        "copy": scores,
+        "projection": copy_scores.compute_attention_vs_projection(toy_model, ioi_prompts, heads)[0],
+        "faithfulness": evaluator.evaluate(candidate),
+        "curve": circuit.compute_faithfulness_curve(evaluator, candidate, 3),
+        "minimality": circuit.compute_minimality(evaluator, candidate),
+        "comparison": [evaluator.evaluate(candidate), evaluator.evaluate(circuit.random_circuit(2, 4, 3))],
+        "vector": vectors.compute_vector_arithmetic(toy_model, targets, vector, layers=[0], n_random=2),
+        "neurons": neuron_result,
+        "activations": neurons.compute_neuron_activations(toy_model, ioi_prompts, 1, neuron_result.top(3)),
+        "tasks": task_results,
+    }
+
+
+def check_logit_diff(r: dict[str, Any]) -> go.Figure:
+    result = r["logit_diff"]
+    fig = plotting.plot_logit_diff(result)
+    bar = fig.data[0]
+    assert list(bar.y) == result.per_prompt.tolist() and len(bar.x) == len(result.prompts)
+    assert list(bar.marker.color) == ["#2166ac" if v > 0 else "#b2182b" for v in result.per_prompt.tolist()]
+    return fig
+
+
+def check_logit_lens(r: dict[str, Any]) -> go.Figure:
+    result = r["lens"]
+    fig = plotting.plot_logit_lens(result)
+    assert len(fig.data) == result.per_prompt.shape[1] + 1  # one line per prompt, then the mean
+    assert list(fig.data[-1].y) == pytest.approx(result.mean.tolist()) and list(fig.data[-1].x) == list(result.labels)
+    return fig
+
+
+def check_component_attribution(r: dict[str, Any]) -> go.Figure:
+    result = r["components"]
+    fig = plotting.plot_component_attribution(result)
+    assert list(fig.data[0].x) == list(result.labels) and list(fig.data[0].y) == pytest.approx(result.mean.tolist())
+    return fig
+
+
+def check_head_heatmap(r: dict[str, Any]) -> go.Figure:
+    values = torch.tensor([[0.5, -2.0], [1.0, 0.25]])
+    fig = plotting.plot_head_heatmap(values.tolist(), "t", colorbar_title="unit")
+    trace = fig.data[0]
+    assert values_of(trace, "z") == values.tolist() and trace.colorbar.title.text == "unit"
+    assert_diverging_around_zero(trace, values)
+    assert [list(row) for row in trace.customdata] == [["L0H0", "L0H1"], ["L1H0", "L1H1"]]
+    unit = plotting.plot_head_heatmap([[0.2, 0.9]], "u", unit_interval=True).data[0]
+    assert (unit.zmin, unit.zmax, unit.zmid) == (0, 1, None)
+    return fig
+
+
+def check_head_attribution(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_head_attribution(r["heads"])
+    assert values_of(fig.data[0], "z") == r["heads"].mean.tolist()
+    assert_diverging_around_zero(fig.data[0], r["heads"].mean)
+    return fig
+
+
+def check_attention_patterns(r: dict[str, Any]) -> go.Figure:
+    result = r["patterns"]
+    fig = plotting.plot_attention_patterns(result)
+    assert len(fig.data) == len(result.heads)
+    for trace, pattern in zip(fig.data, result.patterns):
+        assert values_of(trace, "z") == pattern.tolist() and (trace.zmin, trace.zmax) == (0, 1)
+        assert len(trace.x) == len(result.str_tokens) and trace.x[1] == f"1: {result.str_tokens[1]}"
+    assert [a.text.split(" ")[0] for a in fig.layout.annotations] == result.head_names
+    return fig
+
+
+def check_patching(r: dict[str, Any]) -> go.Figure:
+    for result in (r["resid"], r["head_out"]):
+        fig = plotting.plot_patching(result)
+        assert values_of(fig.data[0], "z") == result.values.tolist()
+        assert_diverging_around_zero(fig.data[0], result.values)
+    assert list(fig.data[0].x) == [0, 1, 2, 3]  # heads across
+    per_position = plotting.plot_patching(r["resid"]).data[0]
+    assert list(per_position.x) == list(r["resid"].column_labels)
+    return fig
+
+
+def check_head_scatter(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_head_scatter(r["head_out"], r["head_v"], x_title="out", y_title="v", title="t")
+    points = fig.data[0]
+    assert list(points.x) == r["head_out"].values.flatten().tolist() and list(points.y) == r["head_v"].values.flatten().tolist()
+    assert list(points.text)[:2] == ["L0H0", "L0H1"] and fig.data[1].mode == "lines"  # the diagonal
+    return fig
+
+
+def check_attribution_agreement(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_attribution_agreement(r["head_out"], r["estimate"], r["agreement"])
+    assert list(fig.data[0].y) == r["estimate"].values.flatten().tolist()
+    assert f"{r['agreement'].pearson:.3f}" in fig.layout.title.text
+    return fig
+
+
+def check_role_scores(r: dict[str, Any]) -> go.Figure:
+    scores = r["roles"]
+    fig = plotting.plot_role_scores(scores, "induction")
+    assert values_of(fig.data[0], "z") == scores.scores["induction"].tolist() and fig.data[0].zmax == 1
+    return fig
+
+
+def check_ablation_dla(r: dict[str, Any]) -> go.Figure:
+    result = r["ablation"]
+    fig = plotting.plot_ablation_dla(result)
+    assert list(fig.data[0].x) == result.dla_before.flatten().tolist()
+    assert list(fig.data[0].y) == result.dla_after.flatten().tolist()
+    return fig
+
+
+def check_copy_scores(r: dict[str, Any]) -> go.Figure:
+    scores = r["copy"]
+    fig = plotting.plot_copy_scores(scores, negative=True)
+    assert values_of(fig.data[0], "z") == scores.negative.tolist() and fig.layout.title.text.startswith("Negative")
+    return fig
+
+
+def check_attention_vs_projection(r: dict[str, Any]) -> go.Figure:
+    result = r["projection"]
+    fig = plotting.plot_attention_vs_projection(result)
+    roles = list(dict.fromkeys(result.roles))
+    assert [t.name for t in fig.data] == roles
+    assert sum(len(t.x) for t in fig.data) == len(result.roles)
+    first = [i for i, role in enumerate(result.roles) if role == roles[0]]
+    assert list(fig.data[0].x) == [result.attention.tolist()[i] for i in first]
+    return fig
+
+
+def check_faithfulness(r: dict[str, Any]) -> go.Figure:
+    result = r["faithfulness"]
+    fig = plotting.plot_faithfulness(result)
+    assert list(fig.data[0].y) == [1.0, result.faithfulness, result.empty_faithfulness]
+    return fig
+
+
+def check_faithfulness_curve(r: dict[str, Any]) -> go.Figure:
+    curve = r["curve"]
+    fig = plotting.plot_faithfulness_curve(curve)
+    assert list(fig.data[0].y) == list(curve.fractions) and list(fig.layout.xaxis.ticktext)[1] == f"+{curve.heads[0]}"
+    return fig
+
+
+def check_minimality(r: dict[str, Any]) -> go.Figure:
+    result = r["minimality"]
+    fig = plotting.plot_minimality(result)
+    assert list(fig.data[0].y) == list(result.drops) and list(fig.data[0].x) == list(result.heads)
+    return fig
+
+
+def check_circuit_comparison(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_circuit_comparison(r["comparison"])
+    assert list(fig.data[0].y) == [c.faithfulness for c in r["comparison"]]
+    return fig
+
+
+def check_vector_effect(r: dict[str, Any]) -> go.Figure:
+    result = r["vector"]
+    fig = plotting.plot_vector_effect(result)
+    assert list(fig.data[0].y) == [result.before.top_share, result.after.top_share] + [x.top_share for x in result.random]
+    return fig
+
+
+def check_vector_logit_lens(r: dict[str, Any]) -> go.Figure:
+    result = r["vector"]
+    fig = plotting.plot_vector_logit_lens(result)
+    assert list(fig.data[0].y) == pytest.approx(result.before.lens_probs.mean(dim=1).tolist())
+    assert list(fig.data[1].y) == pytest.approx(result.after.lens_probs.mean(dim=1).tolist())
+    return fig
+
+
+def check_neuron_patching(r: dict[str, Any]) -> go.Figure:
+    result = r["neurons"]
+    fig = plotting.plot_neuron_patching(result, 3)
+    colours = list(fig.data[0].marker.color)
+    assert list(fig.data[0].y) == result.effect.tolist()
+    assert [n for n, c in enumerate(colours) if c == "#b2182b"] == sorted(result.top(3))
+    return fig
+
+
+def check_neuron_attribution(r: dict[str, Any]) -> go.Figure:
+    result = r["neurons"]
+    fig = plotting.plot_neuron_attribution(result)
+    assert list(fig.data[0].x) == result.effect.tolist() and list(fig.data[0].y) == result.estimated_effect.tolist()
+    return fig
+
+
+def check_neuron_screen(r: dict[str, Any]) -> go.Figure:
+    result = r["neurons"]
+    fig = plotting.plot_neuron_screen(result)
+    assert [t.name for t in fig.data] == ["L0", "L1"]
+    assert list(fig.data[1].y) == pytest.approx((result.estimate[1] - result.corrupted_metric).tolist())
+    return fig
+
+
+def check_neuron_activations(r: dict[str, Any]) -> go.Figure:
+    result = r["activations"]
+    fig = plotting.plot_neuron_activations(result)
+    assert len(fig.data) == 2 * len(result.neurons)
+    assert list(fig.data[0].y) == result.clean[0].tolist() and list(fig.data[1].y) == result.corrupted[0].tolist()
+    return fig
+
+
+def check_importance_by_task(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_importance_by_task(r["tasks"], "patching")
+    assert [a.text for a in fig.layout.annotations] == ["a", "b"]
+    assert values_of(fig.data[1], "z") == r["tasks"][1].heads["patching"].tolist()
+    return fig
+
+
+def check_task_matrix(r: dict[str, Any]) -> go.Figure:
+    values = torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
+    fig = plotting.plot_task_matrix(values, ["a", "b"], "t", colorbar_title="r", signed=True)
+    trace = fig.data[0]
+    assert values_of(trace, "z") == values.tolist() and values_of(trace, "text") == [["1.00", "-0.50"], ["-0.50", "1.00"]]
+    assert (trace.zmin, trace.zmax, trace.zmid) == (-1, 1, 0)
+    return fig
+
+
+CHECKS: dict[str, Callable[[dict[str, Any]], go.Figure]] = {
+    name.replace("check_", "plot_"): function for name, function in globals().items() if name.startswith("check_")
+}
+
+
+def test_every_plot_function_has_a_check() -> None:
+    plots = {name for name, member in inspect.getmembers(plotting, inspect.isfunction)
+             if name.startswith("plot_") and member.__module__ == plotting.__name__}
+    assert plots == set(CHECKS), f"without a check: {sorted(plots - set(CHECKS))}"
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_each_figure_shows_its_results_values(name: str, results: dict[str, Any]) -> None:
+    figure = CHECKS[name](results)
+    assert isinstance(figure, go.Figure) and figure.layout.title.text
+
+
+def test_head_table_pads_the_shorter_side() -> None:
+    table = plotting.head_table([HeadScore(0, 1, 0.5), HeadScore(1, 0, 0.2)], [HeadScore(1, 1, -0.3)], value_name="x")
+    assert list(table["positive head"]) == ["L0H1", "L1H0"] and list(table["negative head"])[0] == "L1H1"
+    assert table["negative head"].isna().tolist() == [False, True] and list(table.index) == [1, 2]
+
+
+def test_tables_hold_the_results_numbers(results: dict[str, Any]) -> None:
+    anchors = results["anchors"]
+    table = plotting.anchors_table(anchors)
+    assert list(table.index) == ["clean", "corrupted"]
+    assert list(table[f"mean {anchors.task_metric}"]) == [anchors.clean_value, anchors.corrupted_value]
+    comparison = plotting.circuit_comparison_table(results["comparison"])
+    assert list(comparison["faithfulness"]) == [c.faithfulness for c in results["comparison"]]
+    agreement = plotting.agreement_table([results["agreement"]])
+    assert list(agreement["Pearson r"]) == [results["agreement"].pearson]
