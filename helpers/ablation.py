@@ -97,7 +97,10 @@ def compute_head_ablation(
     dla_before = compute_head_attribution(model, before)
     dla_after = compute_head_attribution(model, after)
     w_o = model.W_O[layer, head].float().cpu()
-    replaced_effect = project_on_logit_diff((replacement @ w_o).expand(len(prompts), -1), before)
+    replaced_out = (replacement @ w_o).expand(len(prompts), -1)
+    if before.head_scale is not None:  # through the post-norm's scale, as the head's own DLA is
+        replaced_out = replaced_out * before.head_scale[layer]
+    replaced_effect = project_on_logit_diff(replaced_out, before)
     predicted = before.logit_diff - dla_before.per_prompt[layer, head] + replaced_effect
     return AblationResult(
         head=HeadScore(layer, head, float(dla_before.mean[layer, head])),

@@ -25,9 +25,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from helpers.architectures import describe
 from helpers.heads import HeadScore, rank_heads
 from helpers.hooks import cache_activations
 from helpers.metrics import at_final_pos, set_probability, set_rank
+from helpers.model import post_norm_weights, stacked_weight
 from helpers.tasks import PromptSet
 
 
@@ -36,9 +38,9 @@ class FinalPositionCache:
     """What one clean forward pass leaves at each prompt's final position."""
 
     final_logits: Float[Tensor, "batch d_vocab"]
-    logit_diff: Float[Tensor, " batch"]
+    logit_diff: Float[Tensor, " batch"]  # linear in the stream: before any final soft cap
     embed: Float[Tensor, "batch d_model"]
-    pos_embed: Float[Tensor, "batch d_model"]
+    pos_embed: Float[Tensor, "batch d_model"] | None  # None: positions are rotary, nothing is added
     attn_out: Float[Tensor, "layer batch d_model"]
     mlp_out: Float[Tensor, "layer batch d_model"]
     z: Float[Tensor, "layer batch head_index d_head"]
@@ -47,10 +49,24 @@ class FinalPositionCache:
     logit_diff_bias: Float[Tensor, " batch"]
     ln_centres: bool
     ln_eps: float
+    parallel: bool = False  # attention and MLP read the same stream (no stream between them)
+    # Gemma 2: what each head's z @ W_O is multiplied by on its way into the stream (the post-norm's weight
+    # over its scale at this position); None where a head's output joins the stream as it is.
+    head_scale: Float[Tensor, "layer batch d_model"] | None = None
+    capped_logit_diff: Float[Tensor, " batch"] | None = None  # after the final soft cap, where there is one
 
     @property
     def n_layers(self) -> int:
         return self.attn_out.shape[0]
+
+    @property
+    def input_components(self) -> list[tuple[str, Tensor]]:
+        """What enters the residual stream before the first layer: the token embedding, and the
+        position embedding where positions are learned."""
+        found = [("embed", self.embed)]
+        if self.pos_embed is not None:
+            found.append(("pos_embed", self.pos_embed))
+        return found
 
 
 def run_final_position_cache(
@@ -60,29 +76,46 @@ def run_final_position_cache(
 
     ``fwd_hooks`` edit the run (e.g. ablate a head); everything is then read from the edited run.
     """
+    arch = describe(model)
     n_layers = model.cfg.n_layers
-    names = ["hook_embed", "hook_pos_embed", "ln_final.hook_scale"]
+    names = ["hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized"]
+    if arch.learned_positions:
+        names.append("hook_pos_embed")
     for layer in range(n_layers):
         names += [f"blocks.{layer}.hook_attn_out", f"blocks.{layer}.hook_mlp_out", f"blocks.{layer}.attn.hook_z"]
+        if arch.post_norms:
+            names.append(f"blocks.{layer}.ln1_post.hook_scale")
     tokens = prompts.clean_tokens.to(model.cfg.device)
     logits, acts = cache_activations(model, tokens, names, fwd_hooks=fwd_hooks)
     final = {name: at_final_pos(act, prompts.final_pos).float() for name, act in acts.items()}
     final_logits = at_final_pos(logits, prompts.final_pos).float()
     metric = prompts.metric.to(final_logits.device)
+    direction = metric.direction(stacked_weight(model, "W_U").float())
+    bias = metric.bias(stacked_weight(model, "b_U").float())
+    logit_diff, capped = metric.logit_diff(final_logits), None
+    if arch.final_softcap:  # the capped logits are not linear in the stream: explain the ones before the cap
+        logit_diff, capped = (final["ln_final.hook_normalized"] * direction).sum(-1) + bias, logit_diff
+    head_scale = None
+    if arch.post_norms:
+        weights = post_norm_weights(model)
+        head_scale = torch.stack([weights[layer] / final[f"blocks.{layer}.ln1_post.hook_scale"] for layer in range(n_layers)])
     return FinalPositionCache(
         final_logits=final_logits.cpu(),
-        logit_diff=metric.logit_diff(final_logits).cpu(),
+        logit_diff=logit_diff.cpu(),
         embed=final["hook_embed"].cpu(),
-        pos_embed=final["hook_pos_embed"].cpu(),
+        pos_embed=final["hook_pos_embed"].cpu() if arch.learned_positions else None,
         attn_out=torch.stack([final[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)]).cpu(),
         mlp_out=torch.stack([final[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)]).cpu(),
         z=torch.stack([final[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)]).cpu(),
         final_scale=final["ln_final.hook_scale"].cpu(),
-        logit_diff_direction=metric.direction(model.W_U.float()).cpu(),
-        logit_diff_bias=metric.bias(model.b_U.float()).cpu(),
+        logit_diff_direction=direction.cpu(),
+        logit_diff_bias=bias.cpu(),
         # RMSNorm models (LLaMA-style) scale without centring; GPT-2's LayerNorm centres first.
-        ln_centres=model.cfg.normalization_type in ("LN", "LNPre"),
-        ln_eps=float(model.cfg.eps),
+        ln_centres=arch.normalization == "LN",
+        ln_eps=arch.eps,
+        parallel=arch.parallel,
+        head_scale=None if head_scale is None else head_scale.cpu(),
+        capped_logit_diff=None if capped is None else capped.cpu(),
     )
 
 
@@ -223,14 +256,21 @@ class HeadAttribution:
 
 def compute_logit_diff(cache: FinalPositionCache, prompts: PromptSet) -> LogitDiffResult:
     metric = prompts.metric
+    if not metric.is_linear:
+        name, task_values = metric.name, metric(cache.final_logits).cpu()
+    elif cache.capped_logit_diff is not None:
+        name, task_values = "logit difference after the final soft cap", cache.capped_logit_diff
+    else:
+        name, task_values = metric.name, None
     return LogitDiffResult(cache.logit_diff, prompts.clean_prompts, prompts.correct_answers, prompts.incorrect_answers,
-                           metric.name, None if metric.is_linear else metric(cache.final_logits).cpu())
+                           name, task_values)
 
 
 def compute_component_attribution(cache: FinalPositionCache) -> ComponentAttribution:
-    """DLA of the embeddings, each attention and MLP layer, and the unembedding bias."""
-    labels = ["embed", "pos_embed"]
-    stack = [cache.embed, cache.pos_embed]
+    """DLA of the embeddings (the position embedding only where positions are learned), each attention
+    and MLP layer, and the unembedding bias."""
+    labels = [name for name, _ in cache.input_components]
+    stack = [value for _, value in cache.input_components]
     for layer in range(cache.n_layers):
         labels += [f"L{layer} attn", f"L{layer} mlp"]
         stack += [cache.attn_out[layer], cache.mlp_out[layer]]
@@ -243,11 +283,17 @@ def compute_logit_lens(cache: FinalPositionCache) -> LogitLensResult:
     """Logit difference the model would give if it stopped after each layer.
 
     Each intermediate residual stream goes through the final LayerNorm with its *own* scale (what the
-    model would do with it), so the last point is the model's real logit difference.
+    model would do with it), so the last point is the model's real logit difference. Where attention and
+    MLP run in parallel there is no stream between them: one point per layer.
     """
-    resid = cache.embed + cache.pos_embed
+    resid = sum(value for _, value in cache.input_components)
     states, labels = [resid], ["embeddings"]
     for layer in range(cache.n_layers):
+        if cache.parallel:
+            resid = resid + cache.attn_out[layer] + cache.mlp_out[layer]
+            states.append(resid)
+            labels.append(f"L{layer}")
+            continue
         resid = resid + cache.attn_out[layer]
         states.append(resid)
         labels.append(f"L{layer} attn")
@@ -262,17 +308,25 @@ def compute_logit_lens(cache: FinalPositionCache) -> LogitLensResult:
     return LogitLensResult(tuple(labels), per_prompt, cache.logit_diff)
 
 
+def head_outputs(model: Any, cache: FinalPositionCache) -> Float[Tensor, "layer head_index batch d_model"]:
+    """What each head adds to the stream at the final position: ``z @ W_O`` (through the post-norm's
+    scale at that position, where the model has one)."""
+    head_out = torch.einsum("lbhd,lhdm->lhbm", cache.z, model.W_O.float().cpu())
+    return head_out if cache.head_scale is None else head_out * cache.head_scale[:, None]
+
+
 def compute_head_attribution(model: Any, cache: FinalPositionCache) -> HeadAttribution:
-    """DLA of every head: its output ``z @ W_O`` at the final position, projected like the layers'."""
-    w_o = model.W_O.float().cpu()
-    head_out = torch.einsum("lbhd,lhdm->lhbm", cache.z, w_o)
-    return HeadAttribution(project_on_logit_diff(head_out, cache))
+    """DLA of every head: its output at the final position (:func:`head_outputs`), projected like the
+    layers'."""
+    return HeadAttribution(project_on_logit_diff(head_outputs(model, cache), cache))
 
 
 def head_output_sum_error(model: Any, cache: FinalPositionCache) -> float:
     """How far the per-head outputs plus the attention bias are from each layer's attention output."""
-    head_out = torch.einsum("lbhd,lhdm->lbm", cache.z, model.W_O.float().cpu())
-    return float((head_out + model.b_O.float().cpu()[:, None] - cache.attn_out).abs().max())
+    bias = stacked_weight(model, "b_O").float().cpu()[:, None]
+    if cache.head_scale is not None:
+        bias = bias * cache.head_scale
+    return float((head_outputs(model, cache).sum(dim=1) + bias - cache.attn_out).abs().max())
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,11 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from helpers.architectures import describe
 from helpers.heads import HeadScore, rank_heads
 from helpers.hooks import cache_activations
 from helpers.metrics import pearson_correlation
-from helpers.model import folded_norm, folded_unembed
+from helpers.model import folded_norm, folded_unembed, post_norm_weights, stacked_weight
 from helpers.tasks import PromptSet
 
 RESID_HOOK = "blocks.0.hook_resid_post"
@@ -143,7 +144,8 @@ def compute_copy_scores(model: Any, prompts: PromptSet, *, k: int = 5) -> CopySc
         raise ValueError(f"k={k}: a token is copied when it is among the top k logits. Fix: use 1 <= k < {d_vocab}.")
     inputs = copy_inputs(prompts)
     x = folded_norm(resid_after_first_layer(model, prompts, inputs), model.cfg)  # [case, d_model]
-    w_v, w_o, w_u, b_u = model.W_V.float(), model.W_O.float(), model.W_U.float(), model.b_U.float()
+    w_v, w_o = ov_weights(model)
+    w_u, b_u = model.W_U.float(), stacked_weight(model, "b_U").float()
     if model.cfg.normalization_type in ("LN", "LNPre"):
         w_o = w_o - w_o.mean(dim=-1, keepdim=True)  # the final LayerNorm centres the output: centre W_O instead
     tokens = inputs.token.to(x.device)
@@ -183,6 +185,19 @@ def resid_after_first_layer(model: Any, prompts: PromptSet, inputs: CopyInputs) 
     return resid[inputs.prompt_index.to(resid.device), inputs.position.to(resid.device)]
 
 
+def ov_weights(model: Any) -> tuple[Float[Tensor, "layer head_index d_model d_head"],
+                                      Float[Tensor, "layer head_index d_head d_model"]]:
+    """Every query head's ``W_V`` (with grouped-query attention, its key/value head's) and ``W_O`` (times
+    the post-norm's weight where the model has one: the direction the head writes in)."""
+    arch = describe(model)
+    w_v, w_o = model.W_V.float(), model.W_O.float()
+    if arch.grouped_query:
+        w_v = w_v.repeat_interleave(arch.group_size, dim=1)
+    if arch.post_norms:
+        w_o = w_o * post_norm_weights(model)[:, None, None, :].to(w_o.device)
+    return w_v, w_o
+
+
 def ov_outputs(
     model: Any, resid: Float[Tensor, "case d_model"], heads: Sequence[HeadScore]
 ) -> Float[Tensor, "head case d_model"]:
@@ -194,8 +209,9 @@ def ov_outputs(
     x = folded_norm(resid, model.cfg)
     layers = torch.tensor([h.layer for h in heads])
     indices = torch.tensor([h.head for h in heads])
-    values = torch.einsum("cm,hmd->hcd", x, model.W_V.float()[layers, indices])
-    return torch.einsum("hcd,hdm->hcm", values, model.W_O.float()[layers, indices])
+    w_v, w_o = ov_weights(model)
+    values = torch.einsum("cm,hmd->hcd", x, w_v[layers, indices])
+    return torch.einsum("hcd,hdm->hcm", values, w_o[layers, indices])
 
 
 def ov_logits(model: Any, outputs: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_vocab"]:
@@ -298,10 +314,14 @@ def compute_attention_vs_projection(
         return []
     layers = sorted({h.layer for h in heads})
     names = [f"blocks.{layer}.attn.hook_{kind}" for layer in layers for kind in ("pattern", "z")]
+    post_norms = describe(model).post_norms
+    if post_norms:
+        names += [f"blocks.{layer}.ln1_post.hook_scale" for layer in layers]
     _, acts = cache_activations(model, prompts.clean_tokens.to(model.cfg.device), names)
     rows = torch.arange(len(prompts))
     final_pos = prompts.final_pos
     w_o, w_u = model.W_O.float().cpu(), model.W_U.float().cpu()
+    post_weights = post_norm_weights(model).cpu() if post_norms else None
 
     # One point per (prompt, distinct word): its role, token, and the positions its attention sums over.
     point_prompt, point_role, point_token, point_word = [], [], [], []
@@ -325,6 +345,9 @@ def compute_attention_vs_projection(
         pattern = acts[f"blocks.{h.layer}.attn.hook_pattern"].float().cpu()[rows, h.head, final_pos]  # [batch, key]
         z = acts[f"blocks.{h.layer}.attn.hook_z"].float().cpu()[rows, final_pos, h.head]  # [batch, d_head]
         head_out = z @ w_o[h.layer, h.head]  # [batch, d_model]
+        if post_weights is not None:  # through the post-norm, with this position's scale
+            scale = acts[f"blocks.{h.layer}.ln1_post.hook_scale"].float().cpu()[rows, final_pos]
+            head_out = head_out * post_weights[h.layer] / scale
         attention = (pattern[prompt_of] * mask).sum(dim=-1)
         projection = (head_out[prompt_of] * w_u[:, token_of].T).sum(dim=-1)
         r, p_value = pearson_correlation(attention, projection)

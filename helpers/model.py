@@ -85,12 +85,81 @@ def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32"
     source = resolve_model_source(name_or_dir)
     _check_local_dir(name_or_dir, source)
     with _explain_load_failure(name_or_dir, source):
-        bridge = TransformerBridge.boot_transformers(source, device=target, dtype=DTYPES[dtype])
+        try:
+            bridge = TransformerBridge.boot_transformers(source, device=target, dtype=DTYPES[dtype])
+        except ValueError as err:
+            if "Could not determine supported architecture" not in str(err):
+                raise
+            raise ModelLoadError(_unsupported_message(name_or_dir, source)) from None
     bridge.enable_compatibility_mode()
     bridge.eval()
     for param in bridge.parameters():
         param.requires_grad_(False)
     return bridge
+
+
+def stacked_weight(model: Any, name: str) -> torch.Tensor:
+    """A weight of the model stacked over layers (``W_Q``, ``b_O``, ...), or zeros of its shape where the
+    checkpoint has none (a bias-free projection, as in Llama)."""
+    try:
+        value = getattr(model, name)
+    except AttributeError:
+        value = None
+    if value is not None:
+        return value.detach()
+    cfg = model.cfg
+    shapes = {"b_Q": (cfg.n_layers, cfg.n_heads, cfg.d_head),
+              "b_K": (cfg.n_layers, getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, cfg.d_head),
+              "b_V": (cfg.n_layers, getattr(cfg, "n_key_value_heads", None) or cfg.n_heads, cfg.d_head),
+              "b_O": (cfg.n_layers, cfg.d_model), "b_in": (cfg.n_layers, cfg.d_mlp), "b_out": (cfg.n_layers, cfg.d_model),
+              "b_U": (cfg.d_vocab,)}
+    if name not in shapes:
+        raise AttributeError(f"the model has no weight {name!r}")
+    return torch.zeros(shapes[name], dtype=model.W_U.dtype, device=model.W_U.device)
+
+
+def post_norm_weights(model: Any, which: str = "ln1_post") -> torch.Tensor:
+    """``[layer, d_model]``: the effective weights of Gemma 2's post-norms (``ln1_post`` after attention,
+    ``ln2_post`` after the MLP), which compatibility mode cannot fold; Gemma stores them as offsets from 1."""
+    weights = []
+    for block in model.blocks:
+        norm = getattr(block, which)
+        weight = norm.original_component.weight.detach().float()
+        weights.append(1.0 + weight if getattr(norm, "uses_weight_offset", False) else weight)
+    return torch.stack(weights)
+
+
+def model_config(name_or_dir: str) -> Any:
+    """The model's Hugging Face config, without its weights (from the directory, the hub or its cache)."""
+    from transformers import AutoConfig
+
+    source = resolve_model_source(name_or_dir)
+    _check_local_dir(name_or_dir, source)
+    with _explain_load_failure(name_or_dir, source):
+        return AutoConfig.from_pretrained(source)
+
+
+def prepends_bos(name_or_dir: str) -> bool:
+    """Whether the model's prompts start with BOS, known before its weights load (as the bridge decides
+    it for the model's architecture)."""
+    from helpers.architectures import prepends_bos as family_prepends_bos
+
+    return family_prepends_bos(str(getattr(model_config(name_or_dir), "model_type", "")))
+
+
+def _unsupported_message(name: str, source: str) -> str:
+    from helpers.architectures import supported_list
+
+    try:
+        config = model_config(source)
+        what = f"architecture {', '.join(getattr(config, 'architectures', None) or ['?'])} (model_type " \
+               f"'{getattr(config, 'model_type', '?')}')"
+    except ModelLoadError:
+        what = "an architecture its config does not name"
+    return (f"Model '{name}' has {what}, which TransformerLens's TransformerBridge cannot load.\n"
+            f"  The suite is tested, with its fast patching path, on: {supported_list()}; other architectures the "
+            "bridge loads run on the model's hooks.\n"
+            "  Fix: choose a model of one of those architectures, e.g. MODEL=EleutherAI/pythia-160m.")
 
 
 def folded_norm(x: torch.Tensor, cfg: Any) -> torch.Tensor:
@@ -103,8 +172,10 @@ def folded_norm(x: torch.Tensor, cfg: Any) -> torch.Tensor:
 
 def folded_unembed(x: torch.Tensor, model: Any) -> torch.Tensor:
     """Logits from residual-stream vectors: the folded final LayerNorm (on ``x`` alone), then the
-    unembedding with its bias."""
-    return folded_norm(x, model.cfg) @ model.W_U.float() + model.b_U.float()
+    unembedding with its bias, then the final soft cap where the model has one (Gemma 2)."""
+    logits = folded_norm(x, model.cfg) @ model.W_U.float() + stacked_weight(model, "b_U").float()
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    return cap * torch.tanh(logits / cap) if cap is not None and cap > 0 else logits
 
 
 def load_tokenizer(name_or_dir: str) -> Any:
@@ -162,7 +233,7 @@ def toy_model_notice(name_or_dir: str) -> str | None:
         return None
     return (
         f"TOY MODEL: '{name_or_dir}' is a small model built locally by this suite ({description}). "
-        "It is not GPT-2 and its numbers say nothing about GPT-2: it exists to show and test the pipeline."
+        "It is not GPT-2 or any trained model, and its numbers say nothing about one: it exists to show and test the pipeline."
     )
 
 

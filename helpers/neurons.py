@@ -20,8 +20,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from helpers.architectures import describe
 from helpers.hooks import cache_activations
 from helpers.metrics import at_final_pos, pearson_correlation
+from helpers.model import post_norm_weights
 from helpers.patching import PatchingEngine, PatchingResult
 from helpers.tasks import PromptSet
 
@@ -105,9 +107,11 @@ def compute_neuron_writes(
     model: Any, prompts: PromptSet, patching: NeuronPatching, neurons: list[int], *, k: int = 5
 ) -> list[NeuronWrites]:
     """For each neuron: its patching effect, its direct effect on the logit difference per unit of
-    activation (before the final LayerNorm's scale), and the ``k`` tokens its output weights most
-    promote and suppress through the unembedding."""
+    activation (before the final LayerNorm's scale, and a post-norm's, where the model has one), and the
+    ``k`` tokens its output weights most promote and suppress through the unembedding."""
     w_out = model.W_out[patching.layer].float()  # [d_mlp, d_model]
+    if describe(model).post_norms:  # the direction a neuron writes in, through Gemma 2's post-MLP norm
+        w_out = w_out * post_norm_weights(model, "ln2_post")[patching.layer].to(w_out.device)
     w_u = model.W_U.float()
     direction = prompts.metric.direction(w_u).mean(dim=0)  # [d_model]
     decode = model.tokenizer.decode

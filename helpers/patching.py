@@ -16,17 +16,24 @@ tests assert equality within 1e-4 for every variant) while doing less:
 - a patch at layer L restarts from the corrupted run's cached residual stream at layer L, since nothing
   before it changes;
 - a head patch changes one head's contribution to its layer's output, ``(z_new - z_corrupted) @ W_O``,
-  so the attention of that layer is not recomputed; value and pattern patches recombine the cached
+  so the attention of that layer is not recomputed (where a post-norm couples the heads, Gemma 2, the
+  layer's output is recomputed from every head's ``z``); value and pattern patches recombine the cached
   pattern and values (``z = pattern @ v``) of the two runs;
+- keys and values of the positions before a patch are the corrupted run's, so they are reused;
 - only the logits the metric needs are computed: for a logit difference, the answer tokens at each
   prompt's final position instead of the whole vocabulary at every position (a probability
   difference, or any metric of the full final logits, takes the full-vocabulary path at the final
   position);
 - all patches of a layer run as one batch, in chunks of at most ``max_rows`` sequences to bound memory.
 
-The engine re-implements the forward pass of GPT-2-style blocks on the model's compatibility-mode
-weights. At start-up it checks that its forward pass reproduces the model's own logits; if not (another
-architecture), it says so and falls back to ``transformer_lens.patching``, which is exact but slower.
+The engine's forward pass (:mod:`helpers.forward`) follows each architecture family the suite knows
+(:mod:`helpers.architectures`). At start-up it checks that this forward pass reproduces the model's own
+logits; if not (or for an architecture it does not know), it says why and patches through the model's
+own hooks instead (:mod:`helpers.hook_patching`): exact, several times slower, with every analysis
+(attribution patching and neuron patching included). :attr:`PatchingEngine.path` says which ran.
+
+Per-head kinds are per query head. With grouped-query attention, value patching gives one query head the
+clean values it reads, leaving the other heads of its key/value group as they were.
 """
 
 from __future__ import annotations
@@ -42,28 +49,30 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from helpers.architectures import Architecture, describe
+from helpers.forward import ForwardPass, UnsupportedArchitecture
 from helpers.heads import HeadScore, rank_heads, rank_heads_by_magnitude
+from helpers.hook_patching import HookPatcher
 from helpers.metrics import AnswerMetric, at_final_pos, pearson_correlation
-from helpers.model import folded_norm
 from helpers.tasks import PromptSet
 
 PatchKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern"]
 PATCH_KINDS: tuple[PatchKind, ...] = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern")
 PER_POSITION: tuple[PatchKind, ...] = ("resid_pre", "attn_out", "mlp_out")
 FinalLogitsMetric = Callable[[Float[Tensor, "batch d_vocab"]], Tensor]
+Path = Literal["fast path", "model hooks"]
 
-_ACTIVATIONS = {
-    "gelu_new": lambda x: 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3.0)))),
-    "gelu_fast": lambda x: 0.5 * x * (1.0 + torch.tanh(x * 0.7978845608 * (1.0 + 0.044715 * x * x))),
-    "gelu": torch.nn.functional.gelu,
-    "relu": torch.relu,
-}
 # Per-position patches in one batch; the batch runs from its first position on, so keep them close.
 _POSITIONS_PER_CHUNK = 2
 # A clean-corrupted gap in the task metric's mean below this makes the normalised metric unreliable.
 _SMALL_GAP = {"logit_diff": 0.1, "prob_diff": 0.01}
-# How close the engine's own forward pass must be to the model's logits before it is trusted.
-_SELF_CHECK_ATOL = 1e-3
+
+
+def self_check_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
+    """How close the engine's forward pass must come to the model's logits before it is trusted: 1e-3 in
+    float32; in half precision, 50 units of rounding of the largest logit (both passes round at every
+    operation, in different orders)."""
+    return max(1e-3, 50 * torch.finfo(dtype).eps * max(1.0, logit_scale))
 
 
 @dataclass(frozen=True)
@@ -142,56 +151,17 @@ class MetricAnchors:
 
 
 @dataclass(frozen=True)
-class _Weights:
-    """The compatibility-mode weights, stacked once (the model's ``W_Q`` etc. restack on every access)."""
-
-    W_E: Tensor
-    W_pos: Tensor
-    W_Q: Tensor
-    W_K: Tensor
-    W_V: Tensor
-    W_O: Tensor
-    b_Q: Tensor
-    b_K: Tensor
-    b_V: Tensor
-    b_O: Tensor
-    W_in: Tensor
-    b_in: Tensor
-    W_out: Tensor
-    b_out: Tensor
-    W_U: Tensor
-    b_U: Tensor
-
-    W_QKV: Tensor  # [layer, d_model, 3 * head_index * d_head]: the three projections as one matmul
-    b_QKV: Tensor  # [layer, 3 * head_index * d_head]
-    W_O_flat: Tensor  # [layer, head_index * d_head, d_model]
-
-    @classmethod
-    def of(cls, model: Any) -> _Weights:
-        weights = {name: getattr(model, name).detach() for name in cls.__dataclass_fields__
-                   if name not in ("W_QKV", "b_QKV", "W_O_flat")}
-        n_layers, _, d_model, _ = weights["W_Q"].shape
-
-        def flat(w: Tensor) -> Tensor:  # [layer, head, d_model, d_head] -> [layer, d_model, head * d_head]
-            return w.permute(0, 2, 1, 3).reshape(n_layers, d_model, -1)
-
-        weights["W_QKV"] = torch.cat([flat(weights[n]) for n in ("W_Q", "W_K", "W_V")], dim=-1).contiguous()
-        weights["b_QKV"] = torch.cat([weights[n].reshape(n_layers, -1) for n in ("b_Q", "b_K", "b_V")], dim=-1)
-        weights["W_O_flat"] = weights["W_O"].reshape(n_layers, -1, d_model).contiguous()
-        return cls(**weights)
-
-
-@dataclass(frozen=True)
 class _Run:
-    """One run's activations, as the engine's forward pass computes them."""
+    """One run's activations, as the engine's forward pass computes them. ``mlp_in`` is the stream each
+    MLP reads: the stream after attention, or (parallel blocks) the stream entering the layer."""
 
     resid_pre: Float[Tensor, "layer batch pos d_model"]
-    resid_mid: Float[Tensor, "layer batch pos d_model"]
+    mlp_in: Float[Tensor, "layer batch pos d_model"]
     resid_final: Float[Tensor, "batch pos d_model"]
     attn_out: Float[Tensor, "layer batch pos d_model"]
     mlp_out: Float[Tensor, "layer batch pos d_model"]
-    k: Float[Tensor, "layer batch pos head_index d_head"]
-    v: Float[Tensor, "layer batch pos head_index d_head"]
+    k: Float[Tensor, "layer batch pos kv_head d_head"]
+    v: Float[Tensor, "layer batch pos kv_head d_head"]
     pattern: Float[Tensor, "layer batch head_index query_pos key_pos"]
     z: Float[Tensor, "layer batch pos head_index d_head"]
 
@@ -231,6 +201,7 @@ class PatchingEngine:
         if torch.equal(self.clean_tokens, self.corrupted_tokens):
             raise ValueError("the clean and corrupted prompts are identical: there is nothing to patch. "
                              "Fix: give the task a corruption that changes the prompts.")
+        self.arch: Architecture = describe(model)
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
         self.column_labels = prompts.position_labels(0)
 
@@ -247,17 +218,23 @@ class PatchingEngine:
         self.clean_metric = float(self.metric(clean_final))
         self.corrupted_metric = float(self.metric(corrupted_final))
 
-        self.w = _Weights.of(model)
         self.fast_path_reason = self._start_fast_path(corrupted_final)
+        self._hooks: HookPatcher | None = None
         if self.fast_path_reason is not None:
-            warnings.warn(f"patching falls back to transformer_lens.patching (exact, slower): {self.fast_path_reason}",
-                          stacklevel=2)
+            warnings.warn(f"patching runs on the model's hooks (exact, slower): {self.fast_path_reason}", stacklevel=2)
+            self._hooks = HookPatcher(model, self.clean_tokens, self.corrupted_tokens, self.final_pos, self.metric,
+                                      group_size=self.arch.group_size, max_rows=max_rows)
 
     # -- public ----------------------------------------------------------------------------------
 
     @property
     def uses_fast_path(self) -> bool:
         return self.fast_path_reason is None
+
+    @property
+    def path(self) -> Path:
+        """Which implementation computes the patches: the engine's own forward pass, or the model's hooks."""
+        return "fast path" if self.uses_fast_path else "model hooks"
 
     def for_template(self, template: int | None) -> PatchingEngine:
         """An engine on the prompts of one template, whose positions line up (this one if that is all
@@ -278,7 +255,7 @@ class PatchingEngine:
             metric_name=self.metric_name,
             clean_metric=self.clean_metric,
             corrupted_metric=self.corrupted_metric,
-            engine="fast path" if self.uses_fast_path else f"transformer_lens.patching ({self.fast_path_reason})",
+            engine="fast path" if self.uses_fast_path else f"model hooks ({self.fast_path_reason})",
         )
 
     def patch(self, kind: PatchKind) -> PatchingResult:
@@ -286,7 +263,10 @@ class PatchingEngine:
         if kind not in PATCH_KINDS:
             raise ValueError(f"unknown patch kind {kind!r}; use one of {', '.join(PATCH_KINDS)}")
         with torch.no_grad():
-            values = self._patch_fast(kind) if self.uses_fast_path else self._patch_transformer_lens(kind)
+            if self._hooks is not None:
+                values = self._hooks.patch(kind, self._layers(kind), self._first_difference)
+            else:
+                values = self._patch_fast(kind)
         columns = tuple(f"H{h}" for h in range(self.n_heads)) if kind not in PER_POSITION else self.column_labels
         return PatchingResult(kind, values.float().cpu(), columns, self.metric_name)
 
@@ -295,99 +275,68 @@ class PatchingEngine:
     def _start_fast_path(self, corrupted_final: Tensor) -> str | None:
         """Run the engine's own forward pass on both prompt sets; return why it cannot be trusted, or
         None. Its final-position logits on the corrupted prompts must match the model's."""
-        cfg = self.model.cfg
-        if cfg.act_fn not in _ACTIVATIONS:
-            return f"activation function {cfg.act_fn!r} is not implemented by the engine"
-        if getattr(cfg, "n_key_value_heads", None) not in (None, cfg.n_heads):
-            return "grouped-query attention is not implemented by the engine"
         try:
+            self.fw = ForwardPass(self.model, self.arch)
             with torch.no_grad():
                 self.corrupted = self._forward(self.corrupted_tokens)
-                own = self._unembed(at_final_pos(self.corrupted.resid_final, self.final_pos))
-        except (AttributeError, RuntimeError, KeyError) as err:
+                own = self.fw.unembed(at_final_pos(self.corrupted.resid_final, self.final_pos))
+        except UnsupportedArchitecture as err:
+            return str(err)
+        except (AttributeError, RuntimeError, KeyError, ValueError, IndexError) as err:
             return f"the engine cannot run this architecture ({type(err).__name__}: {err})"
-        gap = float((own - corrupted_final).abs().max())
-        if not math.isfinite(gap) or gap > _SELF_CHECK_ATOL:
-            return f"the engine's forward pass differs from the model's by {gap:.2e} on this architecture"
+        gap = float((own.float() - corrupted_final.float()).abs().max())
+        tolerance = self_check_tolerance(own.dtype, float(corrupted_final.float().abs().max()))
+        if not math.isfinite(gap) or gap > tolerance:
+            return (f"the engine's forward pass differs from the model's by {gap:.2e} (more than {tolerance:.0e}) "
+                    f"on this {self.arch.name} model")
         with torch.no_grad():
             self.clean = self._forward(self.clean_tokens)
         return None
-
-    def _ln(self, x: Tensor) -> Tensor:
-        """LayerNorm after compatibility mode: its weight and bias are folded into the next layer."""
-        return folded_norm(x, self.model.cfg)
-
-    def _qkv(self, layer: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Queries, keys and values ``[batch, pos, head_index, d_head]``, from one fused matmul."""
-        n_heads = self.n_heads
-        qkv = self._ln(x) @ self.w.W_QKV[layer] + self.w.b_QKV[layer]
-        q, k, v = qkv.unflatten(-1, (3, n_heads, -1)).unbind(dim=-3)
-        return q, k, v
-
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, query_pos: Tensor) -> tuple[Tensor, Tensor]:
-        """(pattern, z) for queries at absolute positions ``query_pos`` ([rows, q] or [q]) over all keys."""
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.model.cfg.d_head)
-        key_pos = torch.arange(k.shape[1], device=k.device)
-        future = key_pos > query_pos[..., None]  # [(rows,) q, k]
-        future = future[:, None] if future.ndim == 3 else future
-        pattern = scores.masked_fill(future, float("-inf")).softmax(dim=-1)
-        return pattern, torch.einsum("bhqk,bkhd->bqhd", pattern, v)
-
-    def _attn_out(self, layer: int, z: Tensor) -> Tensor:
-        return z.flatten(-2) @ self.w.W_O_flat[layer] + self.w.b_O[layer]
-
-    def _mlp_hidden(self, layer: int, x: Tensor) -> Tensor:
-        """The MLP's neuron activations (after the nonlinearity, ``hook_post``)."""
-        return _ACTIVATIONS[self.model.cfg.act_fn](self._ln(x) @ self.w.W_in[layer] + self.w.b_in[layer])
-
-    def _mlp_out(self, layer: int, x: Tensor, *, grads: dict[str, list[Tensor]] | None = None) -> Tensor:
-        hidden = self._mlp_hidden(layer, x)
-        if grads is not None:
-            hidden.retain_grad()
-            grads.setdefault("mlp_post", []).append(hidden)
-        return hidden @ self.w.W_out[layer] + self.w.b_out[layer]
 
     def _forward(self, tokens: Tensor, *, grads: dict[str, list[Tensor]] | None = None) -> _Run:
         """The whole model on ``tokens``, keeping every activation the sweeps reuse.
 
         With ``grads`` (for attribution patching) the embeddings start an autograd graph, and each
-        layer's values, pattern and head outputs are appended to ``grads[name]`` with their gradients
-        retained.
+        layer's values (per query head), pattern, head outputs and neuron activations are appended to
+        ``grads[name]`` with their gradients retained.
         """
-        m = self.w
-        x = m.W_E[tokens] + m.W_pos[: tokens.shape[1]]
+        fw = self.fw
+        x = fw.embed(tokens)
         if grads is not None:
             x = x.detach().requires_grad_(True)
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         acts: dict[str, list[Tensor]] = {name: [] for name in _Run.__dataclass_fields__ if name != "resid_final"}
         for layer in range(self.n_layers):
             acts["resid_pre"].append(x)
-            q, k, v = self._qkv(layer, x)
-            pattern, z = self._attend(q, k, v, positions)
+            q, k, v = fw.qkv(layer, x, positions)
+            v_read = fw.by_query_head(v) if grads is not None else v
+            pattern, z = fw.attend(layer, q, k, v_read, positions)
             if grads is not None:
-                for name, tensor in (("v", v), ("pattern", pattern), ("z", z)):
+                for name, tensor in (("v", v_read), ("pattern", pattern), ("z", z)):
                     tensor.retain_grad()
                     grads.setdefault(name, []).append(tensor)
-            attn_out = self._attn_out(layer, z)
-            x = x + attn_out
-            acts["resid_mid"].append(x)
-            mlp_out = self._mlp_out(layer, x, grads=grads)
-            x = x + mlp_out
-            for name, value in (("attn_out", attn_out), ("mlp_out", mlp_out), ("k", k), ("v", v),
+            attn_out = fw.attn_out(layer, z)
+            mlp_in = x if self.arch.parallel else x + attn_out
+            hidden = fw.mlp_hidden(layer, mlp_in)
+            if grads is not None:
+                hidden.retain_grad()
+                grads.setdefault("mlp_post", []).append(hidden)
+            mlp_out = fw.mlp_out_from_hidden(layer, hidden)
+            x = x + attn_out + mlp_out if self.arch.parallel else mlp_in + mlp_out
+            for name, value in (("mlp_in", mlp_in), ("attn_out", attn_out), ("mlp_out", mlp_out), ("k", k), ("v", v),
                                 ("pattern", pattern), ("z", z)):
                 acts[name].append(value)
         return _Run(resid_final=x, **{name: torch.stack(values) for name, values in acts.items()})
 
-    def _unembed(self, resid: Tensor) -> Tensor:
-        return self._ln(resid) @ self.w.W_U + self.w.b_U
-
     def _finish(self, x: Tensor, layer: int, *, from_mlp: bool, start: int) -> Float[Tensor, "rows d_model"]:
         """Run a patched residual stream to the end and return it at each row's final position.
 
-        ``x`` holds positions ``start`` onwards of ``n_configs * batch`` sequences. Positions before
-        ``start`` are identical to the corrupted run (the model is causal), so their keys and values
-        come from the corrupted cache. In the last layer only each prompt's final position is computed.
+        ``x`` holds positions ``start`` onwards of ``n_configs * batch`` sequences, entering ``layer``
+        (or, with ``from_mlp``, entering its MLP). Positions before ``start`` are identical to the
+        corrupted run (the model is causal), so their keys and values come from the corrupted cache. In
+        the last layer only each prompt's final position is computed.
         """
+        fw = self.fw
         batch = self.final_pos.shape[0]
         n_configs = x.shape[0] // batch
         final = self.final_pos.repeat(n_configs)
@@ -397,21 +346,27 @@ class PatchingEngine:
         at_final = False
         for current in range(layer, self.n_layers):
             last = current == self.n_layers - 1
-            if not (from_mlp and current == layer):
-                q, k, v = self._qkv(current, x)
+            if from_mlp and current == layer:
+                mlp_in = x
+            else:
+                q, k, v = fw.qkv(current, x, suffix_pos)
                 prefix_k = self.corrupted.k[current][:, :start].repeat(n_configs, 1, 1, 1)
                 prefix_v = self.corrupted.v[current][:, :start].repeat(n_configs, 1, 1, 1)
                 k, v = torch.cat([prefix_k, k], dim=1), torch.cat([prefix_v, v], dim=1)
                 if last:  # only the final position's query matters now
                     x, q = x[rows, within][:, None], q[rows, within][:, None]
-                    _, z = self._attend(q, k, v, final[:, None])
+                    _, z = fw.attend(current, q, k, v, final[:, None])
                     at_final = True
                 else:
-                    _, z = self._attend(q, k, v, suffix_pos)
-                x = x + self._attn_out(current, z)
+                    _, z = fw.attend(current, q, k, v, suffix_pos)
+                attn_out = fw.attn_out(current, z)
+                if self.arch.parallel:
+                    mlp_in, x = x, x + attn_out
+                else:
+                    x = mlp_in = x + attn_out
             if last and not at_final:
-                x, at_final = x[rows, within][:, None], True
-            x = x + self._mlp_out(current, x)
+                x, mlp_in, at_final = x[rows, within][:, None], mlp_in[rows, within][:, None], True
+            x = x + fw.mlp_out_from_hidden(current, fw.mlp_hidden(current, mlp_in))
         result = x[:, 0] if at_final else x[rows, within]
         # a prompt that ends before ``start`` never sees the patch: its final state is the corrupted one
         untouched = final < start
@@ -423,12 +378,11 @@ class PatchingEngine:
     def _metric_of(self, final_resid: Float[Tensor, "rows d_model"], n_configs: int) -> Float[Tensor, " config"]:
         batch = self.final_pos.shape[0]
         if isinstance(self.metric, NormalisedMetric) and self.answers.is_linear:
-            normed = self._ln(final_resid)
             tokens = self.answers.tokens.repeat(n_configs, 1)  # [rows, k]
-            weights = self.answers.weights.to(normed.dtype).repeat(n_configs, 1)
-            logits = torch.einsum("rd,drk->rk", normed, self.w.W_U[:, tokens]) + self.w.b_U[tokens]
+            weights = self.answers.weights.to(final_resid.dtype).repeat(n_configs, 1)
+            logits = self.fw.answer_logits(final_resid, tokens)
             return self.metric.normalise((logits * weights).sum(-1).view(n_configs, batch))
-        logits = self._unembed(final_resid).view(n_configs, batch, -1)
+        logits = self.fw.unembed(final_resid).view(n_configs, batch, -1)
         return torch.stack([torch.as_tensor(self.metric(logits[i])) for i in range(n_configs)])
 
     # -- the sweeps -----------------------------------------------------------------------------------
@@ -442,9 +396,9 @@ class PatchingEngine:
     def patch_resid_positions(self, layer: int, positions: list[int]) -> float:
         """The metric after patching the clean residual stream at ``positions`` of ``layer`` (all
         positions of layer 0 give the clean run, no positions the corrupted one)."""
-        if not self.uses_fast_path:
-            raise NotImplementedError(f"needs the engine's fast path: {self.fast_path_reason}")
         with torch.no_grad():
+            if self._hooks is not None:
+                return self._hooks.patch_resid_positions(layer, positions)
             x = self.corrupted.resid_pre[layer].clone()
             x[:, positions] = self.clean.resid_pre[layer][:, positions]
             start = min(positions, default=0)
@@ -469,6 +423,13 @@ class PatchingEngine:
                 values[layer, columns] = self._metric_of(final, len(columns)).float().cpu()
         return values
 
+    def _after_attention(self, layer: int, change: Tensor, start: int) -> tuple[Tensor, int, bool]:
+        """The stream after ``layer``'s attention changed by ``change`` (``[column, batch, pos, d_model]``,
+        positions ``start`` onwards), the layer to continue from, and whether its MLP is still to run."""
+        if self.arch.parallel:  # the MLP read the stream before attention: it is unchanged
+            return self.corrupted.resid_post(layer)[:, start:] + change, layer + 1, False
+        return self.corrupted.mlp_in[layer][:, start:] + change, layer, True
+
     def _patched_stream(self, kind: PatchKind, layer: int, columns: list[int], start: int) -> tuple[Tensor, int, bool]:
         """Positions ``start`` onwards of the corrupted residual stream with one patch per column
         (``[column, batch, pos, d_model]``), the layer to continue from, and whether that layer's
@@ -476,30 +437,39 @@ class PatchingEngine:
         clean, corrupted = self.clean, self.corrupted
         n = len(columns)
         if kind in PER_POSITION:
+            change = None
             if kind == "resid_pre":
                 base, patched_from, begin, from_mlp = corrupted.resid_pre[layer], clean.resid_pre[layer], layer, False
-            elif kind == "attn_out":  # the stream after the attention, with the clean output in its place
-                base = corrupted.resid_mid[layer]
-                patched_from = base + clean.attn_out[layer] - corrupted.attn_out[layer]
-                begin, from_mlp = layer, True
+            elif kind == "attn_out":
+                change = clean.attn_out[layer] - corrupted.attn_out[layer]
+                if self.arch.parallel:
+                    base, begin, from_mlp = corrupted.resid_post(layer), layer + 1, False
+                else:  # the stream after the attention, with the clean output in its place
+                    base, begin, from_mlp = corrupted.mlp_in[layer], layer, True
             else:
-                base = corrupted.resid_post(layer)
-                patched_from = base + clean.mlp_out[layer] - corrupted.mlp_out[layer]
-                begin, from_mlp = layer + 1, False
+                change = clean.mlp_out[layer] - corrupted.mlp_out[layer]
+                base, begin, from_mlp = corrupted.resid_post(layer), layer + 1, False
+            if change is not None:
+                patched_from = base + change
             x = base[:, start:].expand(n, *base[:, start:].shape).clone()
             for i, pos in enumerate(columns):
                 x[i, :, pos - start] = patched_from[:, pos]
             return x, begin, from_mlp
         heads = torch.tensor(columns, device=self.device)
-        z_corrupted = corrupted.z[layer][:, start:, heads]  # [batch, pos, n, d_head]
+        z_corrupted = corrupted.z[layer][:, start:]  # [batch, pos, head, d_head]
         if kind == "head_out":
             z_new = clean.z[layer][:, start:, heads]
-        elif kind == "head_v":
-            z_new = torch.einsum("bhqk,bkhd->bqhd", corrupted.pattern[layer][:, heads, start:], clean.v[layer][:, :, heads])
         else:
-            z_new = torch.einsum("bhqk,bkhd->bqhd", clean.pattern[layer][:, heads, start:], corrupted.v[layer][:, :, heads])
-        delta = torch.einsum("bqnd,ndm->nbqm", z_new - z_corrupted, self.w.W_O[layer][heads])
-        return corrupted.resid_mid[layer][:, start:] + delta, layer, True
+            pattern, values = (corrupted, clean) if kind == "head_v" else (clean, corrupted)
+            z_new = torch.einsum("bhqk,bkhd->bqhd", pattern.pattern[layer][:, heads, start:],
+                                 self.fw.by_query_head(values.v[layer])[:, :, heads])
+        if self.fw.linear_heads:
+            change = torch.einsum("bqnd,ndm->nbqm", z_new - z_corrupted[:, :, heads], self.fw.w.W_O[layer][heads])
+        else:  # a post-norm couples the heads: recompute the layer's output with each head replaced
+            z = z_corrupted.expand(n, *z_corrupted.shape).clone()
+            z[torch.arange(n, device=self.device), :, :, heads] = z_new.permute(2, 0, 1, 3)
+            change = self.fw.attn_out(layer, z) - corrupted.attn_out[layer][:, start:]
+        return self._after_attention(layer, change, start)
 
     def _layers(self, kind: PatchKind) -> Iterator[int]:
         layers = range(self.n_layers)
@@ -521,13 +491,16 @@ class PatchingEngine:
         """The metric after patching each neuron of ``layer``'s MLP (its activation after the
         nonlinearity, ``hook_post``) from the clean run into the corrupted run, at each prompt's final
         position only. One patch per neuron, batched: only the final position changes, so each patch
-        adds ``(clean - corrupted activation) * W_out[neuron]`` there and runs the later layers."""
-        if not self.uses_fast_path:
-            raise NotImplementedError(f"neuron patching needs the engine's fast path: {self.fast_path_reason}")
+        adds ``(clean - corrupted activation) * W_out[neuron]`` there (through the post-norm, where the
+        model has one) and runs the later layers."""
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer = {layer}: this model has layers 0-{self.n_layers - 1}.")
+        if self._hooks is not None:
+            with torch.no_grad():
+                return self._hooks.patch_neurons(layer)
+        fw = self.fw
         with torch.no_grad():
-            clean_h, corrupted_h = (at_final_pos(self._mlp_hidden(layer, run.resid_mid[layer]), self.final_pos)
+            clean_h, corrupted_h = (at_final_pos(fw.mlp_hidden(layer, run.mlp_in[layer]), self.final_pos)
                                     for run in (self.clean, self.corrupted))
             change = clean_h - corrupted_h  # [batch, d_mlp]
             d_mlp, batch = change.shape[1], change.shape[0]
@@ -535,12 +508,19 @@ class PatchingEngine:
             base = self.corrupted.resid_post(layer)[:, start:]
             rows = torch.arange(batch, device=self.device)
             within = self.final_pos - start
+            corrupted_out = at_final_pos(self.corrupted.mlp_out[layer], self.final_pos)
             values = torch.empty(d_mlp)
             per_chunk = max(1, self.max_rows // batch)
             for first in range(0, d_mlp, per_chunk):
                 neurons = torch.arange(first, min(first + per_chunk, d_mlp), device=self.device)
                 x = base.expand(len(neurons), *base.shape).clone()
-                delta = change[:, neurons].T[..., None] * self.w.W_out[layer][neurons][:, None]  # [n, batch, d_model]
+                if fw.w.mlp_post is None:
+                    delta = change[:, neurons].T[..., None] * fw.w.W_out[layer][neurons][:, None]  # [n, batch, d_model]
+                else:
+                    hidden = corrupted_h.expand(len(neurons), -1, -1).clone()
+                    index = torch.arange(len(neurons), device=self.device)
+                    hidden[index, :, neurons] = clean_h[:, neurons].T
+                    delta = fw.mlp_out_from_hidden(layer, hidden) - corrupted_out
                 x[:, rows, within] += delta
                 final = self._finish(x.flatten(0, 1), layer + 1, from_mlp=False, start=start)
                 values[neurons.cpu()] = self._metric_of(final, len(neurons)).float().cpu()
@@ -549,19 +529,21 @@ class PatchingEngine:
     def neuron_attribution(self) -> Float[Tensor, "layer d_mlp"]:
         """Attribution-patching estimate of :meth:`patch_neurons` for every neuron of every layer, from one
         forward and one backward pass of the corrupted run (the final position only)."""
-        if not self.uses_fast_path:
-            raise NotImplementedError(f"needs the engine's fast path: {self.fast_path_reason}")
-        kept: dict[str, list[Tensor]] = {}
-        with torch.enable_grad():
-            run = self._forward(self.corrupted_tokens, grads=kept)
-            self._metric_of(at_final_pos(run.resid_final, self.final_pos), 1)[0].backward()
-        estimates = []
-        with torch.no_grad():
-            for layer, hidden in enumerate(kept["mlp_post"]):
-                clean = at_final_pos(self._mlp_hidden(layer, self.clean.resid_mid[layer]), self.final_pos)
-                change = clean - at_final_pos(hidden.detach(), self.final_pos)
-                estimates.append((change * at_final_pos(hidden.grad, self.final_pos)).sum(dim=0))
-        return torch.stack(estimates).float().cpu() + self.corrupted_metric
+        if self._hooks is not None:
+            grads = self._hooks.gradients()["post"]
+            changes = [self._hooks.activation_changes(layer)["post"] for layer in range(self.n_layers)]
+        else:
+            kept: dict[str, list[Tensor]] = {}
+            with torch.enable_grad():
+                run = self._forward(self.corrupted_tokens, grads=kept)
+                self._metric_of(at_final_pos(run.resid_final, self.final_pos), 1)[0].backward()
+            grads = [hidden.grad for hidden in kept["mlp_post"]]
+            with torch.no_grad():
+                changes = [self.fw.mlp_hidden(layer, self.clean.mlp_in[layer]) - hidden.detach()
+                           for layer, hidden in enumerate(kept["mlp_post"])]
+        estimates = [(at_final_pos(change, self.final_pos) * at_final_pos(grad, self.final_pos)).sum(dim=0)
+                     for change, grad in zip(changes, grads)]
+        return torch.stack(estimates).detach().float().cpu() + self.corrupted_metric
 
     # -- attribution patching ---------------------------------------------------------------------------
 
@@ -573,34 +555,29 @@ class PatchingEngine:
         patterns and LayerNorm are not linear): use it to screen, and check the heads that matter
         with exact patching.
         """
-        if not self.uses_fast_path:
-            raise NotImplementedError(f"needs the engine's fast path: {self.fast_path_reason}")
-        kept: dict[str, list[Tensor]] = {}
-        with torch.enable_grad():
-            run = self._forward(self.corrupted_tokens, grads=kept)
-            final = at_final_pos(run.resid_final, self.final_pos)
-            self._metric_of(final, 1)[0].backward()
+        if self._hooks is not None:
+            grads = self._hooks.gradients()
+            changes = [self._hooks.activation_changes(layer) for layer in range(self.n_layers)]
+        else:
+            kept: dict[str, list[Tensor]] = {}
+            with torch.enable_grad():
+                run = self._forward(self.corrupted_tokens, grads=kept)
+                self._metric_of(at_final_pos(run.resid_final, self.final_pos), 1)[0].backward()
+            grads = {name: [t.grad for t in kept[name]] for name in ("z", "v", "pattern")}
+            changes = [{"z": self.clean.z[layer] - kept["z"][layer].detach(),
+                        "v": self.fw.by_query_head(self.clean.v[layer]) - kept["v"][layer].detach(),
+                        "pattern": self.clean.pattern[layer] - kept["pattern"][layer].detach()}
+                       for layer in range(self.n_layers)]
         results: dict[PatchKind, PatchingResult] = {}
         for kind, name, head_axis in (("head_out", "z", 2), ("head_v", "v", 2), ("head_pattern", "pattern", 1)):
             estimate = torch.zeros(self.n_layers, self.n_heads)
             for layer in range(self.n_layers):
-                act = kept[name][layer]
-                delta = getattr(self.clean, name)[layer] - act.detach()
-                product = (delta * act.grad).transpose(0, head_axis)
-                estimate[layer] = product.reshape(self.n_heads, -1).sum(-1).float().cpu()
+                product = (changes[layer][name] * grads[name][layer]).transpose(0, head_axis)
+                estimate[layer] = product.reshape(self.n_heads, -1).sum(-1).detach().float().cpu()
             results[kind] = PatchingResult(kind, estimate + self.corrupted_metric,  # type: ignore[arg-type]
                                            tuple(f"H{h}" for h in range(self.n_heads)),
                                            f"{self.metric_name} (attribution estimate)")
         return results
-
-    # -- the fallback -------------------------------------------------------------------------------------
-
-    def _patch_transformer_lens(self, kind: PatchKind) -> Float[Tensor, "layer column"]:
-        if not hasattr(self, "_clean_cache"):
-            _, self._clean_cache = self.model.run_with_cache(self.clean_tokens)
-        final_pos = self.final_pos
-        return transformer_lens_patch_function(kind)(
-            self.model, self.corrupted_tokens, self._clean_cache, lambda logits: self.metric(at_final_pos(logits, final_pos)))
 
 
 def transformer_lens_patch_function(kind: PatchKind) -> Callable[..., Tensor]:

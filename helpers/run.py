@@ -38,7 +38,7 @@ import nbformat
 from nbformat.sign import NotebookNotary
 
 from helpers.export import export_folder, export_notebook, write_index
-from helpers.model import ModelLoadError, load_tokenizer, pick_device
+from helpers.model import ModelLoadError, load_tokenizer, pick_device, prepends_bos
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
 from helpers.results import write_json
 from helpers.tasks import TaskError, TaskSpec, available_tasks, build_prompts, load_task, resolve_task_path
@@ -100,7 +100,7 @@ def prepare_run(
     for name in chosen:
         if name not in known:
             raise ValueError(f"TEMPLATES: no template named {name!r}. Fix: use some of {', '.join(known)}.")
-    prompts = build_prompts(spec, load_tokenizer(spec.model))
+    prompts = build_prompts(spec, load_tokenizer(spec.model), prepend_bos=prepends_bos(spec.model))
     return RunPlan(
         spec=spec,
         task_file=task_file,

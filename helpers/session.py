@@ -8,6 +8,7 @@ from typing import Any
 
 from IPython.display import Markdown
 
+from helpers.architectures import Architecture, describe
 from helpers.model import load_model, toy_model_notice
 from helpers.tasks import PromptSet, TaskSpec, build_prompts, load_task
 from helpers.viz import configure_outputs
@@ -22,16 +23,25 @@ class Session:
     prompts: PromptSet
     toy_notice: str | None
 
-    def header(self) -> Markdown:
-        """What this notebook ran on, with a plain warning when the model is a toy."""
+    @property
+    def architecture(self) -> Architecture:
+        return describe(self.model)
+
+    def header(self, template: str | None = None) -> Markdown:
+        """What this notebook ran on, with a plain warning when the model is a toy, and what this model's
+        architecture changes in ``template``'s reading (every difference from GPT-2 with ``None``)."""
         cfg = self.model.cfg
+        arch = self.architecture
         lines = [
             f"**Task** `{self.spec.name}`: {self.spec.description.strip()}",
-            f"**Model** `{self.spec.model}`: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, "
-            f"on {cfg.device}. **Prompts**: {len(self.prompts)} (seed {self.spec.seed}), e.g. "
+            f"**Model** `{self.spec.model}` ({arch.name}): {cfg.n_layers} layers x {cfg.n_heads} heads, d_model "
+            f"{cfg.d_model}, on {cfg.device}. **Prompts**: {len(self.prompts)} (seed {self.spec.seed}), e.g. "
             f"`{self.prompts.clean_prompts[0]}` -> `{self.prompts.correct_answers[0]!r}` rather than "
             f"`{self.prompts.incorrect_answers[0]!r}`; corrupted: `{self.prompts.corrupted_prompts[0]}`.",
         ]
+        notes = [text for _, text in arch.notes()] if template is None else arch.notes_for(template)
+        if notes:
+            lines.append(f"**How this {arch.name} model differs from GPT-2 here:**\n" + "\n".join(f"- {n}" for n in notes))
         if self.toy_notice:
             lines.insert(0, f"> **Warning. {self.toy_notice}**")
         return Markdown("\n\n".join(lines))

@@ -873,22 +873,23 @@ def build_prompts(spec: TaskSpec, tokenizer: Any, *, prepend_bos: bool = True) -
     unequal = duplicates = 0
     attempts = spec.n_prompts * _ATTEMPTS_PER_PROMPT
     answer_fields = _answer_fields(spec)
-    token_of: dict[str, int] = {}
 
-    def answer_ids(texts: tuple[str, ...], field_name: str) -> tuple[int, ...]:
+    def answer_ids(prompt: str, texts: tuple[str, ...], field_name: str) -> tuple[int, ...]:
+        fix = None
+        found = []
         for text in texts:
-            if text not in token_of:
-                fix = f"remove {text.strip()!r} from {field_name}" if spec.answer_sets is not None else None
-                token_of[text] = _single_token(check, field_name, text, tokenizer, fix=fix)
-        return tuple(token_of[t] for t in texts)
+            if spec.answer_sets is not None:
+                fix = f"remove {text.strip()!r} from {field_name}"
+            found.append(_single_token(check, field_name, prompt, text, tokenizer, fix=fix))
+        return tuple(found)
 
     for i, text in enumerate(generate_prompt_texts(spec)):
         if len(kept) == spec.n_prompts or i >= attempts:
             break
         where = f"prompts[{i}]" if spec.is_explicit else "templates"
         correct_set, incorrect_set = text.answers
-        correct = answer_ids(correct_set, answer_fields[0].replace("prompts[i]", where))
-        incorrect = answer_ids(incorrect_set, answer_fields[1].replace("prompts[i]", where))
+        correct = answer_ids(text.clean, correct_set, answer_fields[0].replace("prompts[i]", where))
+        incorrect = answer_ids(text.clean, incorrect_set, answer_fields[1].replace("prompts[i]", where))
         if set(correct) & set(incorrect):
             check.fail(answer_fields[1].replace("prompts[i]", where), text.incorrect,
                        f"is the same token as the correct answer in {text.clean!r}",
@@ -963,29 +964,55 @@ def multi_token_words(spec: TaskSpec, tokenizer: Any) -> list[str]:
 
 
 def _check_answer_words(check: _Checker, spec: TaskSpec, tokenizer: Any) -> None:
-    """Name the offending word when a word list makes an answer more than one token (answer sets'
-    candidates are checked as each prompt's sets are tokenized)."""
+    """Name the offending word when a word list makes an answer more than one token, after the first
+    prompt of each template (answer sets' candidates are checked as each prompt's sets are tokenized)."""
+    first_of_template: dict[int, PromptText] = {}
+    for text in generate_prompt_texts(spec):
+        first_of_template.setdefault(text.template_index, text)
+        if len(first_of_template) == len(spec.templates):
+            break
     for field_name, answer in (("correct", spec.correct), ("incorrect", spec.incorrect)):
         matches = list(PLACEHOLDER_RE.finditer(answer))
         if len(matches) != 1:
             continue
         ph = matches[0].group(1)
         list_name = spec.list_for(ph)
-        for word in spec.words_for(ph):  # every word the list can put there
-            text = answer.replace(matches[0].group(0), word)
-            n = len(tokenizer(text, add_special_tokens=False)["input_ids"])
-            if n != 1:
-                check.fail(f"words.{list_name}", word, f"{field_name} answer {text!r} is {n} tokens, but answers "
-                           "must be single tokens", f"remove {word!r} from words.{list_name}")
+        for prompt in first_of_template.values():
+            for word in spec.words_for(ph):  # every word the list can put there
+                text = answer.replace(matches[0].group(0), word)
+                token, pieces = answer_token(tokenizer, prompt.clean, text)
+                if token is None:
+                    check.fail(f"words.{list_name}", word, f"{field_name} answer {text!r} is {len(pieces)} tokens "
+                               f"{pieces} after the prompt {prompt.clean!r}, but answers must be single tokens",
+                               f"remove {word!r} from words.{list_name}")
 
 
-def _single_token(check: _Checker, field_name: str, text: str, tokenizer: Any, *, fix: str | None = None) -> int:
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        pieces = [tokenizer.decode([i]) for i in ids]
-        check.fail(field_name, text, f"is {len(ids)} tokens {pieces}, but answers must be single tokens",
-                   fix or "choose an answer that is one token, with its leading space")
-    return int(ids[0])
+def answer_token(tokenizer: Any, prompt: str, answer: str) -> tuple[int | None, list[str]]:
+    """The token the model predicts for ``answer`` after ``prompt``, and the pieces the tokenizer made of it.
+
+    The answer is tokenized where it stands, after the prompt, so that tokenizers that mark a word's
+    start inside the token (SentencePiece's ``▁Mary``) and those that carry its space (GPT-2's
+    ``ĠMary``) both give the token the model would predict. Where the answer merges with the end of the
+    prompt (GPT-2 reads " 17" + "00" as " 1700"), the answer's own single token is the one predicted.
+    Returns ``(None, pieces)`` when the answer is more than one token.
+    """
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    full_ids = list(tokenizer(prompt + answer, add_special_tokens=False)["input_ids"])
+    if full_ids[: len(prompt_ids)] == prompt_ids:
+        added = full_ids[len(prompt_ids) :]
+    else:  # merged across the boundary: the answer on its own
+        added = list(tokenizer(answer, add_special_tokens=False)["input_ids"])
+    pieces = [tokenizer.decode([i]) for i in added]
+    return (int(added[0]) if len(added) == 1 else None), pieces
+
+
+def _single_token(check: _Checker, field_name: str, prompt: str, text: str, tokenizer: Any, *,
+                  fix: str | None = None) -> int:
+    token, pieces = answer_token(tokenizer, prompt, text)
+    if token is None:
+        check.fail(field_name, text, f"is {len(pieces)} tokens {pieces} after the prompt {prompt!r}, but answers "
+                   "must be single tokens", fix or "choose an answer that is one token, with its leading space")
+    return token  # type: ignore[return-value]
 
 
 def _to_prompt_set(kept: list[tuple[PromptText, list[int], list[int], tuple[int, ...], tuple[int, ...]]],

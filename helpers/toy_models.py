@@ -20,51 +20,109 @@ from torch import Tensor
 
 from helpers.model import TOY_MODEL_KEY, load_gpt2_tokenizer
 
+# The architectures a toy model can have (Hugging Face model_type), each with small local windows and
+# partial rotary where its family has them, so that every path of the engine runs on a few-layer model.
+TOY_ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "gptj", "llama", "mistral", "qwen2", "gemma", "gemma2", "opt")
+
+
+def toy_config(architecture: str, *, n_layers: int, n_heads: int, d_model: int, n_ctx: int, vocab_size: int,
+               bos: int | None, eos: int | None, weight_std: float, n_kv_heads: int | None = None) -> Any:
+    """A small transformers config of ``architecture`` (see :data:`TOY_ARCHITECTURES`).
+
+    Grouped-query attention (``n_kv_heads``) defaults to half the heads for Llama, Mistral and Qwen2 and one
+    key/value head (multi-query) for Gemma; local windows of 4 positions on alternate layers for GPT-Neo,
+    Qwen2 and Gemma 2, and on every layer for Mistral; rotary on a quarter of each head for GPT-NeoX and
+    half for GPT-J; parallel attention and MLP for GPT-NeoX and GPT-J.
+    """
+    import transformers
+
+    common = dict(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, tie_word_embeddings=False)
+    d_head = d_model // n_heads
+    alternate = ["sliding_attention" if layer % 2 == 0 else "full_attention" for layer in range(n_layers)]
+    rotary_family = dict(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                         intermediate_size=2 * d_model, max_position_embeddings=n_ctx, initializer_range=weight_std)
+    if architecture == "gpt2":
+        return transformers.GPT2Config(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx,
+                                       initializer_range=weight_std, **{**common, "tie_word_embeddings": True})
+    if architecture == "gpt_neo":
+        return transformers.GPTNeoConfig(hidden_size=d_model, num_layers=n_layers, num_heads=n_heads,
+                                         max_position_embeddings=n_ctx, attention_types=[[["global", "local"], n_layers // 2]]
+                                         if n_layers % 2 == 0 else [[["global"], n_layers]], window_size=4,
+                                         initializer_range=weight_std, **common)
+    if architecture == "gpt_neox":
+        return transformers.GPTNeoXConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                                          intermediate_size=4 * d_model, max_position_embeddings=n_ctx,
+                                          rotary_pct=0.25, use_parallel_residual=True, initializer_range=weight_std,
+                                          **common)
+    if architecture == "gptj":
+        return transformers.GPTJConfig(n_embd=d_model, n_layer=n_layers, n_head=n_heads, n_positions=n_ctx,
+                                       rotary_dim=d_head // 2, initializer_range=weight_std, **common)
+    if architecture in ("llama", "mistral", "qwen2"):
+        kv = n_kv_heads if n_kv_heads is not None else max(1, n_heads // 2)
+        config_class = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+                        "qwen2": transformers.Qwen2Config}[architecture]
+        extra: dict[str, Any] = {}
+        if architecture == "mistral":
+            extra = dict(sliding_window=4)
+        if architecture == "qwen2":
+            extra = dict(use_sliding_window=True, sliding_window=4, max_window_layers=0, layer_types=alternate)
+        return config_class(num_key_value_heads=kv, **rotary_family, **extra, **common)
+    if architecture in ("gemma", "gemma2"):
+        kv = n_kv_heads if n_kv_heads is not None else (1 if architecture == "gemma" else max(1, n_heads // 2))
+        config_class = transformers.GemmaConfig if architecture == "gemma" else transformers.Gemma2Config
+        extra = {} if architecture == "gemma" else dict(sliding_window=4, layer_types=alternate,
+                                                        query_pre_attn_scalar=2 * d_head)
+        return config_class(num_key_value_heads=kv, head_dim=d_head, **rotary_family, **extra,
+                            **{**common, "tie_word_embeddings": True})
+    if architecture == "opt":
+        return transformers.OPTConfig(hidden_size=d_model, num_hidden_layers=n_layers, num_attention_heads=n_heads,
+                                      ffn_dim=4 * d_model, max_position_embeddings=n_ctx, word_embed_proj_dim=d_model,
+                                      init_std=weight_std, **common)
+    raise ValueError(f"architecture = {architecture!r}: use one of {', '.join(TOY_ARCHITECTURES)}")
+
 
 def build_toy_model(
     directory: str | Path,
     *,
+    architecture: str = "gpt2",
     n_layers: int = 2,
     n_heads: int = 4,
     d_model: int = 64,
     n_ctx: int = 128,
+    n_kv_heads: int | None = None,
     seed: int = 0,
     tokenizer: Any = None,
     weight_std: float = 0.02,
     description: str = "random weights",
 ) -> Path:
-    """Save a GPT-2-architecture model with random weights (and GPT-2's tokenizer) to ``directory``.
+    """Save a model of ``architecture`` (:data:`TOY_ARCHITECTURES`) with random weights, and the tokenizer
+    (GPT-2's unless given), to ``directory``.
 
-    LayerNorm weights and biases are random too, not the usual ones and zeros, so that folding them
-    (compatibility mode) leaves a non-zero unembedding bias, as in real GPT-2: an attribution that
-    forgets that bias fails the tests. ``weight_std`` is the standard deviation of the other weights:
-    GPT-2's own 0.02 gives a model whose every effect is of order 1e-3; 0.3 gives effects of order 1
-    (what a test needs for a difference to mean something).
+    Normalisation weights and biases are random too, not the usual ones and zeros (Gemma's offsets
+    likewise), so that folding them (compatibility mode) is exercised and, for LayerNorm, leaves a
+    non-zero unembedding bias, as in real GPT-2: an attribution that forgets that bias fails the tests.
+    ``weight_std`` is the standard deviation of the other weights: GPT-2's own 0.02 gives a model whose
+    every effect is of order 1e-3; 0.3 gives effects of order 1 (what a test needs for a difference to
+    mean something).
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     tokenizer = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=n_ctx,
-        n_embd=d_model,
-        n_layer=n_layers,
-        n_head=n_heads,
-        initializer_range=weight_std,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        **{TOY_MODEL_KEY: f"{n_layers} layers, {n_heads} heads, d_model {d_model}, {description}"},
-    )
+    config = toy_config(architecture, n_layers=n_layers, n_heads=n_heads, d_model=d_model, n_ctx=n_ctx,
+                        vocab_size=len(tokenizer), bos=tokenizer.bos_token_id, eos=tokenizer.eos_token_id,
+                        weight_std=weight_std, n_kv_heads=n_kv_heads)
+    setattr(config, TOY_MODEL_KEY, f"{architecture}, {n_layers} layers, {n_heads} heads, d_model {d_model}, {description}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    model = GPT2LMHeadModel(config)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
+    offset = architecture in ("gemma", "gemma2")  # Gemma stores norm weights as offsets from 1
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if ".ln_" in name or name.startswith("transformer.ln_f"):
+            if _is_norm(name) and param.ndim == 1:
                 if name.endswith("weight"):
-                    param.copy_(1.0 + 0.3 * torch.randn(param.shape, generator=generator))
+                    param.copy_((0.0 if offset else 1.0) + 0.3 * torch.randn(param.shape, generator=generator))
                 else:
                     param.copy_(0.2 * torch.randn(param.shape, generator=generator))
     directory = Path(directory)
@@ -72,6 +130,11 @@ def build_toy_model(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def _is_norm(name: str) -> bool:
+    """A normalisation layer's parameter, whatever the architecture calls it."""
+    return any(part in name for part in (".ln_", "ln_f", "norm", "layer_norm", "layernorm"))
 
 
 def ensure_demo_model(directory: Path) -> Path:

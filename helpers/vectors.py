@@ -28,7 +28,7 @@ from helpers.attribution import FinalPositionCache
 from helpers.hooks import cache_activations
 from helpers.metrics import at_final_pos, set_probability, set_rank
 from helpers.model import folded_unembed
-from helpers.tasks import PromptSet
+from helpers.tasks import PromptSet, answer_token
 
 Component = Literal["mlp", "attn"]
 COMPONENTS: tuple[Component, ...] = ("mlp", "attn")
@@ -103,12 +103,12 @@ def target_prompts(value: Any, prompts: PromptSet, model: Any) -> Targets:
         if not isinstance(item, Mapping) or set(item) != {"prompt", "answer"}:
             raise ValueError(f"targets[{i}] = {item!r}: each target needs exactly a 'prompt' and an 'answer'. "
                              "Fix: e.g. {\"prompt\": \"When Tom and Sid went out, Sid gave it to\", \"answer\": \" Tom\"}.")
-        ids = tokenizer(item["answer"], add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise ValueError(f"targets[{i}].answer = {item['answer']!r} is {len(ids)} tokens. Fix: use a single "
-                             "token, with its leading space.")
+        token, pieces = answer_token(tokenizer, item["prompt"], item["answer"])
+        if token is None:
+            raise ValueError(f"targets[{i}].answer = {item['answer']!r} is {len(pieces)} tokens {pieces} after its "
+                             "prompt. Fix: use a single token, with its leading space.")
         rows.append(bos + list(tokenizer(item["prompt"], add_special_tokens=False)["input_ids"]))
-        answers.append(ids[0])
+        answers.append(token)
         texts.append(item["prompt"])
         answer_texts.append(item["answer"])
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

@@ -1,4 +1,4 @@
-"""What the benchmarks share: a model of GPT-2 small's exact shape, built locally and cached."""
+"""What the benchmarks share: models of real models' shapes with random weights, built locally and cached."""
 
 from __future__ import annotations
 
@@ -9,18 +9,33 @@ from helpers.model import load_gpt2_tokenizer, load_model
 from helpers.paths import CACHE_DIR
 from helpers.toy_models import build_toy_model
 
-MODEL_DIR = CACHE_DIR / "bench-gpt2-small-shape"
+# Shapes, by name: (architecture, layers, heads, d_model, key/value heads). GPT-2 small's; Pythia-160m's
+# (rotary on a quarter of each head, parallel blocks); a Llama of the same width with grouped-query
+# attention (4 key/value heads for 12 query heads), RMSNorm and a gated MLP. All with GPT-2's vocabulary.
+SHAPES: dict[str, tuple[str, int, int, int, int | None]] = {
+    "gpt2-small": ("gpt2", 12, 12, 768, None),
+    "pythia-160m": ("gpt_neox", 12, 12, 768, None),
+    "llama-gqa": ("llama", 12, 12, 768, 4),
+}
+
+
+def shaped_model(shape: str = "gpt2-small") -> tuple[Any, Any]:
+    """(model, tokenizer) of one of :data:`SHAPES`, random weights, built into ``.cache/`` on first use
+    (no download)."""
+    architecture, n_layers, n_heads, d_model, n_kv_heads = SHAPES[shape]
+    tokenizer = load_gpt2_tokenizer()
+    directory = CACHE_DIR / ("bench-gpt2-small-shape" if shape == "gpt2-small" else f"bench-{shape}-shape")
+    if not (directory / "config.json").is_file():
+        print(f"building a {shape}-shaped model with random weights in {directory} ...", flush=True)
+        build_toy_model(directory, architecture=architecture, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
+                        n_ctx=1024, n_kv_heads=n_kv_heads, tokenizer=tokenizer,
+                        description=f"random weights, {shape}'s shape, for benchmarks")
+    return load_model(str(directory), device="cpu"), tokenizer
 
 
 def gpt2_small_shaped_model() -> tuple[Any, Any]:
-    """(model, tokenizer): 12 layers, 12 heads, d_model 768, GPT-2's vocabulary, random weights.
-    Built into ``.cache/`` on first use, with no download."""
-    tokenizer = load_gpt2_tokenizer()
-    if not (MODEL_DIR / "config.json").is_file():
-        print(f"building a GPT-2-small-shaped model with random weights in {MODEL_DIR} ...", flush=True)
-        build_toy_model(MODEL_DIR, n_layers=12, n_heads=12, d_model=768, n_ctx=1024, tokenizer=tokenizer,
-                        description="random weights, GPT-2 small's shape, for benchmarks")
-    return load_model(str(MODEL_DIR), device="cpu"), tokenizer
+    """(model, tokenizer): 12 layers, 12 heads, d_model 768, GPT-2's vocabulary, random weights."""
+    return shaped_model("gpt2-small")
 
 
 def peak_memory_mib() -> float:

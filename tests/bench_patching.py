@@ -1,9 +1,12 @@
-"""Benchmark: our patching engine against transformer_lens.patching (``make bench``).
+"""Benchmark: our patching engine against transformer_lens.patching (``make bench``), per architecture.
 
-Builds, locally and without downloads, a model with GPT-2 small's exact shape (12 layers, 12 heads,
-d_model 768, vocabulary 50257) and random weights, and 8 IOI prompts of 15 tokens. For each of the six
+Builds, locally and without downloads, models with random weights of GPT-2 small's shape, Pythia-160m's
+(GPT-NeoX: rotary, parallel blocks) and a Llama of the same width with grouped-query attention (see
+``bench_common.SHAPES``), and 8 IOI prompts of 15 tokens. For each architecture and each of the six
 patching variants it times transformer_lens.patching and our engine in the same process, alternating,
-and prints each time, the ratio and the largest absolute difference between the two results.
+and prints each time, the ratio and the largest absolute difference between the two results (with
+grouped-query attention, transformer_lens patches each key/value head's values while the engine patches
+each query head's, so that row's difference is not computed).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from bench_common import gpt2_small_shaped_model, peak_memory_mib  # noqa: E402
+from bench_common import SHAPES, peak_memory_mib, shaped_model  # noqa: E402
 
 from helpers.metrics import at_final_pos  # noqa: E402
 from helpers.patching import PATCH_KINDS, PatchingEngine, transformer_lens_patch_function  # noqa: E402
@@ -28,15 +31,27 @@ from helpers.tasks import build_prompts, load_task, parse_task  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side per variant")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
-    model, tokenizer = gpt2_small_shaped_model()
+    summary = []
+    for shape in args.shapes.split(","):
+        summary.append((shape, *bench_shape(shape, args.repeats)))
+    print("\nper architecture, the six variants together:")
+    for shape, tl_s, ours_s, worst in summary:
+        print(f"  {shape:<14} transformer_lens {tl_s:7.1f} s, ours {ours_s:6.1f} s: {tl_s / ours_s:5.1f}x "
+              f"(largest difference {worst:.1e})")
+    print(f"\npeak resident memory of this process: {peak_memory_mib():.0f} MiB")
+
+
+def bench_shape(shape: str, repeats: int) -> tuple[float, float, float]:
+    model, tokenizer = shaped_model(shape)
     ioi = load_task("ioi").to_dict()
     spec = parse_task({**ioi, "templates": ioi["templates"][:1], "n_prompts": 8}, source="benchmark")
-    prompts = build_prompts(spec, tokenizer)
-    assert prompts.clean_tokens.shape == (8, 15), prompts.clean_tokens.shape
-    print(f"model: 12 layers x 12 heads, d_model 768, d_vocab {model.cfg.d_vocab}; prompts: 8 x 15 tokens; "
-          f"torch threads: {torch.get_num_threads()}")
+    prompts = build_prompts(spec, tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
+    cfg = model.cfg
+    print(f"\n== {shape}: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab {cfg.d_vocab}; "
+          f"prompts: {tuple(prompts.clean_tokens.shape)}; torch threads: {torch.get_num_threads()}")
 
     started = time.perf_counter()
     engine = PatchingEngine(model, prompts, progress=False)
@@ -53,21 +68,23 @@ def main() -> None:
     worst = 0.0
     for kind in PATCH_KINDS:
         tl_times, our_times = [], []
-        for _ in range(args.repeats):
+        for _ in range(repeats):
             t0 = time.perf_counter()
             reference = transformer_lens_patch_function(kind)(model, prompts.corrupted_tokens, clean_cache, metric)
             tl_times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             ours = engine.patch(kind).values
             our_times.append(time.perf_counter() - t0)
-        diff = float((ours - reference.cpu()).abs().max())
-        worst = max(worst, diff)
+        comparable = ours.shape == reference.shape
+        diff = float((ours - reference.cpu()).abs().max()) if comparable else float("nan")
+        worst = max(worst, diff) if comparable else worst
         tl_s, our_s = min(tl_times), min(our_times)
         total_tl += tl_s
         total_ours += our_s
-        print(f"{kind:<14}{tl_s:>20.2f}{our_s:>10.2f}{tl_s / our_s:>8.1f}x{diff:>15.2e}", flush=True)
+        shown = f"{diff:>15.2e}" if comparable else f"{'per KV head':>15}"
+        print(f"{kind:<14}{tl_s:>20.2f}{our_s:>10.2f}{tl_s / our_s:>8.1f}x{shown}", flush=True)
     print(f"{'all six':<14}{total_tl:>20.2f}{total_ours:>10.2f}{total_tl / total_ours:>8.1f}x{worst:>15.2e}")
-    print(f"\npeak resident memory of this process: {peak_memory_mib():.0f} MiB")
+    return total_tl, total_ours, worst
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ LayerNorms unfolded, read through ``register_forward_pre_hook``).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -137,3 +138,163 @@ def hook_update_vector_top_share(model: Any, prompts: PromptSet, *, component: s
         before = model(prompts.corrupted_tokens)
         after = model.run_with_hooks(prompts.corrupted_tokens, fwd_hooks=[(f"blocks.{layer}.hook_resid_post", add)])
     return float(vector.norm()), top_share(before), top_share(after)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Plain transformers, any architecture of the toy models
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HFLayout:
+    """Where plain transformers keeps the pieces of one architecture."""
+
+    blocks: str
+    norm_before_attention: str
+    output_projection: str  # its input is every head's z, side by side
+    final_norm: str
+    values: Callable[[Any, Tensor], Tensor]  # (block, normed stream [d_model]) -> value of each key/value head
+    post_attention_norm: str | None = None  # Gemma 2's norm on the attention output
+
+
+HF_LAYOUTS = {
+    "gpt2": HFLayout("transformer.h", "ln_1", "attn.c_proj", "transformer.ln_f",
+                     lambda block, x: block.attn.c_attn(x)[2 * x.shape[-1] :]),
+    "gpt_neo": HFLayout("transformer.h", "ln_1", "attn.attention.out_proj", "transformer.ln_f",
+                        lambda block, x: block.attn.attention.v_proj(x)),
+    "gpt_neox": HFLayout("gpt_neox.layers", "input_layernorm", "attention.dense", "gpt_neox.final_layer_norm",
+                         lambda block, x: block.attention.query_key_value(x).view(block.attention.config.num_attention_heads,
+                                                                                   3, -1)[:, 2].flatten()),
+    "gptj": HFLayout("transformer.h", "ln_1", "attn.out_proj", "transformer.ln_f", lambda block, x: block.attn.v_proj(x)),
+    "opt": HFLayout("model.decoder.layers", "self_attn_layer_norm", "self_attn.out_proj", "model.decoder.final_layer_norm",
+                    lambda block, x: block.self_attn.v_proj(x)),
+    **{name: HFLayout("model.layers", "input_layernorm", "self_attn.o_proj", "model.norm",
+                      lambda block, x: block.self_attn.v_proj(x),
+                      "post_attention_layernorm" if name == "gemma2" else None)
+       for name in ("llama", "mistral", "qwen2", "gemma", "gemma2")},
+}
+
+
+def _module(root: Any, path: str) -> Any:
+    for part in path.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _norm_weight(norm: Any, model_type: str) -> Tensor:
+    weight = norm.weight
+    return 1.0 + weight if model_type in ("gemma", "gemma2") else weight
+
+
+def hf_head_dla(hf: Any, prompts: PromptSet) -> tuple[Tensor, Tensor]:
+    """Each head's direct logit attribution ``[layer, head, batch]`` and the logit difference before any
+    final soft cap ``[batch]``, in plain transformers (any toy architecture).
+
+    A head's output is the output projection of its own slice of z (the others zeroed), less the
+    projection's bias; its value bias (what the pre-norm's bias and the value projection's bias add to
+    every value, the same whatever it attends to) is taken out of z, as compatibility mode moves it into
+    the layer's bias. Gemma 2's post-attention norm divides by its input's scale and multiplies by its
+    weight; the final norm likewise, with the stream's own scale.
+    """
+    model_type = hf.config.model_type
+    layout = HF_LAYOUTS[model_type]
+    blocks = _module(hf, layout.blocks)
+    n_heads = hf.config.num_attention_heads
+    n_kv = getattr(hf.config, "num_key_value_heads", None) or n_heads
+    rows, final = torch.arange(len(prompts)), prompts.final_pos
+    captured: dict[str, Tensor] = {}
+
+    def keep(name: str) -> Callable[..., None]:
+        return lambda _module, args: captured.__setitem__(name, args[0].detach())
+
+    handles = [_module(hf, layout.final_norm).register_forward_pre_hook(keep("final"))]
+    handles.append(hf.get_output_embeddings().register_forward_hook(
+        lambda _module, args, out: captured.__setitem__("logits", out.detach())))
+    for layer, block in enumerate(blocks):
+        handles.append(_module(block, layout.output_projection).register_forward_pre_hook(keep(f"z{layer}")))
+        if layout.post_attention_norm:
+            handles.append(_module(block, layout.post_attention_norm).register_forward_pre_hook(keep(f"post{layer}")))
+    with torch.no_grad():
+        hf(prompts.clean_tokens)
+        for handle in handles:
+            handle.remove()
+        logits = at_final_pos(captured["logits"], final)
+        answers = prompts.answer_tokens
+        logit_diff = logits[rows, answers[:, 0]] - logits[rows, answers[:, 1]]
+        final_norm = _module(hf, layout.final_norm)
+        w_u = hf.get_output_embeddings().weight
+        direction = (w_u[answers[:, 0]] - w_u[answers[:, 1]]) * _norm_weight(final_norm, model_type)
+        resid = at_final_pos(captured["final"], final)
+        expected = torch.zeros(len(blocks), n_heads, len(prompts))
+        for layer, block in enumerate(blocks):
+            pre_norm = _module(block, layout.norm_before_attention)
+            constant = torch.zeros(hf.config.hidden_size) if getattr(pre_norm, "bias", None) is None else pre_norm.bias
+            value_bias = layout.values(block, constant).view(n_kv, -1).repeat_interleave(n_heads // n_kv, dim=0)
+            z = at_final_pos(captured[f"z{layer}"], final).view(len(prompts), n_heads, -1) - value_bias
+            projection = _module(block, layout.output_projection)
+            no_input = projection(torch.zeros(n_heads * z.shape[-1]))
+            for head in range(n_heads):
+                alone = torch.zeros_like(z)
+                alone[:, head] = z[:, head]
+                head_out = projection(alone.flatten(1)) - no_input
+                if layout.post_attention_norm:
+                    norm = _module(block, layout.post_attention_norm)
+                    attn = at_final_pos(captured[f"post{layer}"], final)
+                    scale = (attn.pow(2).mean(-1, keepdim=True) + norm.eps).sqrt()
+                    head_out = head_out / scale * _norm_weight(norm, model_type)
+                expected[layer, head] = (_normalise_by(head_out, resid, final_norm) * direction).sum(-1)
+    return expected, logit_diff
+
+
+def _normalise_by(part: Tensor, whole: Tensor, norm: Any) -> Tensor:
+    """``part`` of the stream ``whole`` through ``norm`` with ``whole``'s scale (centred, for LayerNorm)."""
+    eps = getattr(norm, "eps", None) or getattr(norm, "variance_epsilon", 1e-6)
+    if isinstance(norm, torch.nn.LayerNorm):
+        return (part - part.mean(-1, keepdim=True)) / (whole.var(-1, unbiased=False, keepdim=True) + eps).sqrt()
+    return part / (whole.pow(2).mean(-1, keepdim=True) + eps).sqrt()
+
+
+def hf_mean_ablated_metric(hf: Any, prompts: PromptSet, reference_tokens: Tensor, reference_final: Tensor,
+                           reference_templates: tuple[int, ...], keep: Tensor,
+                           metric: Callable[[Tensor], Tensor]) -> float:
+    """The metric of plain transformers with head outputs mean-ablated where ``keep`` (``[batch, pos,
+    layer, head]``) is False: each head's slice of the output projection's input (its z, value bias
+    included) replaced by its mean over the reference prompts of the same template at the same position."""
+    layout = HF_LAYOUTS[hf.config.model_type]
+    blocks = _module(hf, layout.blocks)
+    n_heads = hf.config.num_attention_heads
+    captured: dict[int, Tensor] = {}
+    handles = [_module(block, layout.output_projection).register_forward_pre_hook(
+        lambda _m, args, layer=layer: captured.__setitem__(layer, args[0].detach().clone()))
+        for layer, block in enumerate(blocks)]
+    with torch.no_grad():
+        hf(reference_tokens)
+    for handle in handles:
+        handle.remove()
+    batch, width = prompts.clean_tokens.shape
+    d_head = captured[0].shape[-1] // n_heads
+    means = {layer: torch.zeros(batch, width, n_heads * d_head) for layer in captured}
+    for b in range(batch):
+        rows = [i for i, t in enumerate(reference_templates) if t == prompts.template_index[b]]
+        for position in range(int(prompts.final_pos[b]) + 1):
+            reaching = [i for i in rows if int(reference_final[i]) >= position]
+            for layer, z in captured.items():
+                means[layer][b, position] = torch.stack([z[i, position] for i in reaching]).mean(dim=0)
+
+    def ablate(args: tuple[Tensor, ...], layer: int) -> tuple[Tensor, ...]:
+        z = args[0].clone()
+        for b in range(batch):
+            for position in range(width):
+                for head in range(n_heads):
+                    if not keep[b, position, layer, head]:
+                        part = slice(head * d_head, (head + 1) * d_head)
+                        z[b, position, part] = means[layer][b, position, part]
+        return (z,)
+
+    handles = [_module(block, layout.output_projection).register_forward_pre_hook(
+        lambda _m, args, layer=layer: ablate(args, layer)) for layer, block in enumerate(blocks)]
+    with torch.no_grad():
+        logits = hf(prompts.clean_tokens).logits
+    for handle in handles:
+        handle.remove()
+    return float(metric(at_final_pos(logits, prompts.final_pos)))

@@ -17,6 +17,7 @@ from checks import (
 from reference import transformer_lens_patch
 
 from helpers import patching
+from helpers.forward import ForwardPass
 from helpers.metrics import METRIC_NAMES, at_final_pos
 from helpers.patching import PATCH_KINDS, PatchingEngine
 from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
@@ -91,35 +92,44 @@ def test_a_metric_of_the_full_final_logits_still_equals_transformer_lens(
 def test_engine_refuses_a_forward_pass_that_does_not_reproduce_the_model(
     toy_model: Any, ioi_prompts: PromptSet, engine: PatchingEngine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The fallback is transformer_lens.patching: it is checked against the engine's own fast path (a
-    different computation), not against transformer_lens.patching itself."""
-    fast = engine.patch("head_out").values  # before the engine's activation function is broken
-    monkeypatch.setitem(patching._ACTIVATIONS, "gelu_new", torch.relu)
-    with pytest.warns(UserWarning, match="falls back to transformer_lens.patching.*differs from the model"):
+    """A forward pass that is wrong (here: its MLP activation replaced) is caught by the self-check; the
+    engine then patches through the model's hooks, checked against the fast path's own numbers (a
+    different computation), for every analysis."""
+    fast = {kind: engine.patch(kind).values for kind in ("resid_pre", "head_out", "head_pattern")}
+    fast_estimates = engine.attribution_patching()
+    fast_neurons, fast_screen = engine.patch_neurons(1), engine.neuron_attribution()
+    monkeypatch.setattr(ForwardPass, "mlp_hidden", lambda self, layer, x: torch.relu(self.norm(x) @ self.w.W_in[layer]))
+    with pytest.warns(UserWarning, match="runs on the model's hooks.*differs from the model's by"):
         fallback = PatchingEngine(toy_model, ioi_prompts, progress=False)
-    assert not fallback.uses_fast_path and "differs from the model's by" in str(fallback.fast_path_reason)
-    assert fallback.anchors().engine.startswith("transformer_lens.patching")
-    assert_matches(fallback.patch("head_out").values, fast, FLOAT32_PATCHING, what="the fallback's head_out patching")
+    assert not fallback.uses_fast_path and fallback.path == "model hooks"
+    assert fallback.anchors().engine.startswith("model hooks (the engine's forward pass differs")
+    for kind, values in fast.items():
+        assert_matches(fallback.patch(kind).values, values, FLOAT32_PATCHING, what=f"the hook path's {kind} patching")  # type: ignore[arg-type]
+    for kind, estimate in fallback.attribution_patching().items():
+        assert_matches(estimate.values, fast_estimates[kind].values, FLOAT32_GRADIENT, what=f"the hook path's {kind} estimate")
+    assert_matches(fallback.patch_neurons(1), fast_neurons, FLOAT32_PATCHING, what="the hook path's neuron patching")
+    assert_matches(fallback.neuron_attribution(), fast_screen, FLOAT32_GRADIENT, what="the hook path's neuron screen")
 
 
 @pytest.mark.parametrize("change, reason", [
-    ("unknown activation", "activation function 'swish' is not implemented by the engine"),
+    ("unknown activation", "activation function 'mystery_act' is not implemented by the engine"),
     ("failing forward pass", "the engine cannot run this architecture (RuntimeError: planted failure)"),
+    ("unknown architecture", "the suite has no forward pass for the 'mystery' architecture"),
 ])
 def test_each_fallback_says_why(change: str, reason: str, toy_model: Any, ioi_prompts: PromptSet,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if change == "unknown activation":
-        monkeypatch.setattr(toy_model.cfg, "act_fn", "swish")
+        monkeypatch.setattr(toy_model.cfg, "act_fn", "mystery_act")
+    elif change == "unknown architecture":
+        monkeypatch.setattr(toy_model.original_model.config, "model_type", "mystery")
     else:
         def fail(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("planted failure")
         monkeypatch.setattr(PatchingEngine, "_forward", fail)
-    with pytest.warns(UserWarning, match="falls back") as caught:
+    with pytest.warns(UserWarning, match="runs on the model's hooks") as caught:
         fallback = PatchingEngine(toy_model, ioi_prompts, progress=False)
     assert fallback.fast_path_reason == reason and reason in str(caught[0].message)
     assert reason in fallback.anchors().engine
-    with pytest.raises(NotImplementedError, match="fast path"):
-        fallback.attribution_patching()
 
 
 def test_patching_needs_eval_mode(toy_model: Any, ioi_prompts: PromptSet) -> None:

@@ -91,7 +91,7 @@ def test_the_default_layer_is_the_largest_direct_attribution() -> None:
 
 @pytest.mark.parametrize("targets, message", [
     ([{"prompt": "When Tom and Sid went out, Sid gave it to"}], "exactly a 'prompt' and an 'answer'"),
-    ([{"prompt": "When Tom went out, he gave it to", "answer": " Xanthippe"}], "is 4 tokens. Fix: use a single token"),
+    ([{"prompt": "When Tom went out, he gave it to", "answer": " Xanthippe"}], r"is 4 tokens \[.*\] after its prompt. Fix: use a single token"),
     ("clean", "use \"corrupted\" or a list"),
 ])
 def test_bad_targets_are_named_with_their_fix(targets: Any, message: str, toy_model: Any, ioi_prompts: PromptSet) -> None:
