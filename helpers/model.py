@@ -59,7 +59,11 @@ def resolve_model_source(name_or_dir: str) -> str:
     return name_or_dir
 
 
-def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32") -> Any:
+# Models kept by load_model(reuse=True), by (source, device, dtype): the templates of one run share a kernel.
+_KEPT: dict[tuple[str, str, str], Any] = {}
+
+
+def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32", reuse: bool = False) -> Any:
     """Load a model for analysis, by hub name (``gpt2``), local directory, or ``demo``.
 
     Args:
@@ -67,6 +71,9 @@ def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32"
             weights and tokenizer), or ``demo`` for the small local model (built on first use).
         device: ``auto`` (cuda, then mps, then cpu), or an explicit device.
         dtype: parameter dtype, one of :data:`DTYPES` (float32 unless memory forces otherwise).
+        reuse: keep the converted model in this process and return the same one to the next call with the
+            same model, device and dtype (the templates of a run share one kernel, :mod:`helpers.kernel`).
+            The analyses never change a model's weights or state.
 
     Returns:
         A ``TransformerBridge`` in compatibility mode and eval mode, with gradients off on its
@@ -84,6 +91,9 @@ def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32"
     target = pick_device(device)
     source = resolve_model_source(name_or_dir)
     _check_local_dir(name_or_dir, source)
+    key = (str(Path(source).expanduser().resolve()) if Path(source).expanduser().is_dir() else source, str(target), dtype)
+    if reuse and key in _KEPT:
+        return _KEPT[key]
     with _explain_load_failure(name_or_dir, source):
         try:
             bridge = TransformerBridge.boot_transformers(source, device=target, dtype=DTYPES[dtype])
@@ -95,6 +105,9 @@ def load_model(name_or_dir: str, *, device: str = "auto", dtype: str = "float32"
     bridge.eval()
     for param in bridge.parameters():
         param.requires_grad_(False)
+    if reuse:
+        _KEPT.clear()  # one model at a time: a kernel never holds two
+        _KEPT[key] = bridge
     return bridge
 
 

@@ -38,6 +38,7 @@ import nbformat
 from nbformat.sign import NotebookNotary
 
 from helpers.export import export_folder, export_notebook, write_index
+from helpers.kernel import TemplateKernel, execute_template
 from helpers.model import ModelLoadError, load_tokenizer, pick_device, prepends_bos
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
 from helpers.results import write_json
@@ -113,13 +114,18 @@ def prepare_run(
     )
 
 
-def execute(plan: RunPlan, *, log: Any = print) -> int:
-    """Execute the plan's templates; returns the process exit code (0 on success)."""
+def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False) -> int:
+    """Execute the plan's templates; returns the process exit code (0 on success).
 
+    The templates run one after another in one kernel (:class:`helpers.kernel.TemplateKernel`), or each
+    in a kernel of its own with ``fresh_kernels``.
+    """
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
     results: dict[str, Any] = {}
+    kernel = None
     try:
+        kernel = None if fresh_kernels else TemplateKernel(staging)
         for i, template in enumerate(plan.templates, start=1):
             name = template.stem
             log(f"[{i}/{len(plan.templates)}] {name}: running on {plan.spec.model} ...")
@@ -127,7 +133,7 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
             notebook = staging / f"{name}.ipynb"
             failure = _run_template(template, notebook, {
                 "task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
-                "results_path": f"{name}.results.json"})
+                "results_path": f"{name}.results.json"}, kernel)
             if failure is not None:
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
@@ -140,6 +146,8 @@ def execute(plan: RunPlan, *, log: Any = print) -> int:
         _publish(staging, plan.output_dir, names)
         write_index(plan.output_dir)
     finally:
+        if kernel is not None:
+            kernel.close()
         shutil.rmtree(staging, ignore_errors=True)
     _summarise(plan, results, log)
     return 0
@@ -153,13 +161,18 @@ class TemplateFailure:
     source: str = ""
 
 
-def _run_template(template: Path, notebook: Path, parameters: dict[str, Any]) -> TemplateFailure | None:
-    """Execute one template; None when it ran to the end and wrote its results, else what went wrong."""
+def _run_template(template: Path, notebook: Path, parameters: dict[str, Any],
+                  kernel: TemplateKernel | None = None) -> TemplateFailure | None:
+    """Execute one template (in ``kernel``, or a fresh one); None when it ran to the end and wrote its
+    results, else what went wrong."""
     import papermill as pm
     from nbclient.exceptions import DeadKernelError
 
     try:
-        _execute_notebook(template, notebook, parameters)
+        if kernel is None:
+            execute_template(template, notebook, parameters)
+        else:
+            kernel.run(template, notebook, parameters)
     except pm.PapermillExecutionError as err:
         return TemplateFailure(f"stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}", str(err.source or ""))
     except DeadKernelError as err:
@@ -186,26 +199,8 @@ def _finish_notebooks(folder: Path, names: list[str]) -> None:
         export_notebook(path)
 
 
-def _execute_notebook(template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
-    """Execute ``template`` into ``notebook`` with ``parameters`` injected, in the notebook's folder,
-    with this checkout's ``helpers`` importable by the kernel."""
-    import papermill as pm
-
-    env_path = os.environ.get("PYTHONPATH", "")
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env_path) if p)
-    try:
-        pm.execute_notebook(
-            str(template), str(notebook), parameters=parameters, cwd=str(notebook.parent), kernel_name="python3",
-            progress_bar=False, log_output=False,
-            stderr_file=sys.stderr,  # the notebooks' progress bars show on the command line too
-        )
-    finally:
-        os.environ["PYTHONPATH"] = env_path
-        if not env_path:
-            del os.environ["PYTHONPATH"]
-
-
-def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEBOOKS_DIR, **options: Any) -> int:
+def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEBOOKS_DIR, fresh_kernels: bool = False,
+              **options: Any) -> int:
     """Validate and run each task in turn (``options`` as for :func:`prepare_run`). A task that fails,
     in validation or in a template, is reported and the others still run.
 
@@ -224,7 +219,7 @@ def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEB
             print(f"error: {err}", file=sys.stderr)
             outcomes[task], code = "invalid: " + str(err).splitlines()[0], code or 2
             continue
-        if execute(plan, log=log) == 0:
+        if execute(plan, log=log, fresh_kernels=fresh_kernels) == 0:
             outcomes[task] = f"ok -> {_shown(plan.output_dir)}/"
         else:
             outcomes[task], code = f"failed (kept in {_shown(plan.output_dir / 'failed')}/)", 1
@@ -410,6 +405,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--templates", help="comma-separated subset of templates to run (default: all)")
+    parser.add_argument("--fresh-kernels", action="store_true",
+                        help="run each template in a kernel of its own (slower; the figures are the same)")
     parser.add_argument("--notebooks-dir", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -422,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         return compare(_split(args.compare), **options)
     if args.html:
         return export_html(_split(args.html), notebooks_dir=args.notebooks_dir)
-    return run_tasks(available_tasks() if args.all else _split(args.task), **options)
+    return run_tasks(available_tasks() if args.all else _split(args.task), fresh_kernels=args.fresh_kernels, **options)
 
 
 def _split(tasks: list[str]) -> list[str]:

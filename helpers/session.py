@@ -51,6 +51,6 @@ def start_session(task: str | Mapping[str, Any], *, device: str = "auto", dtype:
     """Load and validate the task, load its model, and build its prompts; choose how figures are stored."""
     configure_outputs()
     spec = load_task(task)
-    model = load_model(spec.model, device=device, dtype=dtype)
+    model = load_model(spec.model, device=device, dtype=dtype, reuse=True)
     prompts = build_prompts(spec, model.tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
     return Session(spec, model, prompts, toy_model_notice(spec.model))

@@ -246,12 +246,16 @@ def test_every_template_honours_a_probability_difference_metric(two_task_run: tu
 def test_the_same_task_twice_gives_identical_figures(
     two_task_run: tuple[Path, list[str], int], toy_model_dir: Path, tmp_path: Path
 ) -> None:
+    """The first run shared one kernel between its templates (the model converted once); here each template
+    gets a kernel of its own: the figures do not depend on it. The templates compared are the first and
+    those that ran last in the shared kernel (after everything the others could have left behind)."""
     notebooks, _, _ = two_task_run
+    compared = ["dla", "circuit", "mlp_neurons", "vector_arithmetic"]
     assert run.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=tmp_path,
-                         log=lambda line: None) == 0
+                         templates=compared, fresh_kernels=True, log=lambda line: None) == 0
     first, again = (json.loads((folder / "ioi" / "results.json").read_text()) for folder in (notebooks, tmp_path))
-    assert again["provenance"].pop("finished_at") and first["provenance"].pop("finished_at")
-    assert again == first
+    assert set(again["templates"]) == set(compared)
+    assert {name: first["templates"][name] for name in compared} == again["templates"]
 
 
 def test_a_failing_task_does_not_stop_the_others(toy_model_dir: Path, tmp_path: Path,
@@ -476,3 +480,21 @@ def test_two_processes_with_the_same_seed_write_identical_results(toy_model_dir:
     seeded = {seed: build_prompts(run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, seed=seed).spec,
                                   tokenizer).clean_prompts for seed in (3, 4)}
     assert first["templates"]["dla"]["top_prediction"]["prompt"] == seeded[3][0] and seeded[3] != seeded[4]
+
+
+def test_templates_share_a_kernel_but_never_a_namespace(toy_model_dir: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """One kernel runs a task's templates (imports and the converted model are paid for once); each
+    template still starts from an empty namespace, its cells numbered from 1."""
+    marker = ('import os\nleftover = 1\n' + GOOD_TEMPLATE.replace('"task_name": task["name"]', '"pid": os.getpid()'))
+    check = ('import os\nassert "leftover" not in globals(), "the previous template\'s variable is still here"\n'
+             + GOOD_TEMPLATE.replace('"task_name": task["name"]', '"pid": os.getpid()'))
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=marker, patching=check))
+    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
+    lines: list[str] = []
+    assert run.execute(plan, log=lines.append) == 0, "\n".join(lines)
+    results = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]
+    assert results["dla"]["pid"] == results["patching"]["pid"]  # the same kernel process
+    counts = [c.execution_count for c in nbformat.read(tmp_path / "out" / "ioi" / "patching.ipynb", as_version=4).cells
+              if c.cell_type == "code"]
+    assert counts == list(range(1, len(counts) + 1))
