@@ -16,8 +16,9 @@ SEED ?=
 TEMPLATES ?=
 PYTEST_ARGS ?=
 
-OPTIONS = --device $(DEVICE) --dtype $(DTYPE) $(if $(MODEL),--model $(MODEL)) \
-	$(if $(N),--n $(N)) $(if $(SEED),--seed $(SEED)) $(if $(TEMPLATES),--templates $(TEMPLATES))
+# Values are quoted so a path with spaces stays one argument (TASK="my tasks/x.yaml" works).
+OPTIONS = --device "$(DEVICE)" --dtype "$(DTYPE)" $(if $(MODEL),--model "$(MODEL)") \
+	$(if $(N),--n "$(N)") $(if $(SEED),--seed "$(SEED)") $(if $(TEMPLATES),--templates "$(TEMPLATES)")
 
 .PHONY: help setup run run-all compare html test check bench lab clean
 
@@ -47,7 +48,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 setup: $(VENV)/.installed ## create the environment (run and test do it for you)
 
 run: setup ## execute every template on TASK (one or several) into notebooks/<task>/
-	$(PY) -m helpers.run --task $(TASK) $(OPTIONS)
+	$(PY) -m helpers.run --task "$(TASK)" $(OPTIONS)
 
 run-all: setup ## run every task in params/; a failing task does not stop the others
 	$(PY) -m helpers.run --all $(OPTIONS)
@@ -56,7 +57,7 @@ compare: setup ## compare TASKS' heads into notebooks/compare/ (runs tasks witho
 	$(PY) -m helpers.run --compare $(TASKS) $(OPTIONS)
 
 html: setup ## re-export TASK's notebooks as offline HTML pages (and its index), without re-running
-	$(PY) -m helpers.run --html $(TASK)
+	$(PY) -m helpers.run --html "$(TASK)"
 
 test: setup ## run the test suite, offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
@@ -69,8 +70,7 @@ bench: setup ## time the patching engine and the copy scores against straightfor
 	$(PY) tests/bench_copy_scores.py
 
 lab: setup ## open JupyterLab at TASK's executed notebooks (notebooks/<task>/)
-	@test -d notebooks/$(firstword $(TASK)) || { echo "error: notebooks/$(firstword $(TASK))/ does not exist yet. Fix: make run TASK=$(firstword $(TASK))" >&2; exit 2; }
-	$(VENV)/bin/jupyter lab --notebook-dir=. --LabApp.default_url=/lab/tree/notebooks/$(firstword $(TASK))
+	$(PY) -m helpers.run --lab "$(TASK)"
 
 clean: ## remove caches and the demo model (not the environment, not notebooks/)
 	rm -rf .cache .pytest_cache

@@ -126,6 +126,12 @@ def index_entries(folder: Path) -> dict[str, Any]:
     provenance = results.get("provenance", {})
     task = provenance.get("task", {})
     finished = provenance.get("finished_at")
+    runs = provenance.get("template_runs", {})
+
+    def ran(stem: str) -> str:
+        when = runs.get(stem, {}).get("finished_at") or finished or "?"
+        return when if when == finished else f"{when} (an earlier run, same settings)"
+
     return {
         "task": results.get("task", folder.name),
         "description": " ".join(str(task.get("description", "")).split()),
@@ -136,7 +142,8 @@ def index_entries(folder: Path) -> dict[str, Any]:
         "headlines": {name: list(data.get("summary", [])) for name, data in results.get("templates", {}).items()},
         "notebooks": [(path.stem, path.name, _size(path),
                        path.with_suffix(".html").name if path.with_suffix(".html").is_file() else None,
-                       _size(path.with_suffix(".html")) if path.with_suffix(".html").is_file() else None)
+                       _size(path.with_suffix(".html")) if path.with_suffix(".html").is_file() else None,
+                       ran(path.stem))
                       for path in _ordered_notebooks(folder, list(results.get("templates", {})))],
     }
 
@@ -160,10 +167,10 @@ def _index_markdown(e: dict[str, Any]) -> str:
              "## Headline figures", ""]
     for name, summary in e["headlines"].items():
         lines += [f"- **{name}**: " + "; ".join(summary)] if summary else []
-    lines += ["", "## Notebooks", "", "| analysis | notebook | page (opens offline) |", "| --- | --- | --- |"]
-    for stem, notebook, nb_size, page, page_size in e["notebooks"]:
+    lines += ["", "## Notebooks", "", "| analysis | ran | notebook | page (opens offline) |", "| --- | --- | --- | --- |"]
+    for stem, notebook, nb_size, page, page_size, ran in e["notebooks"]:
         page_link = f"[{page}]({page}) ({page_size})" if page else "not exported"
-        lines.append(f"| {stem} | [{notebook}]({notebook}) ({nb_size}) | {page_link} |")
+        lines.append(f"| {stem} | {ran} | [{notebook}]({notebook}) ({nb_size}) | {page_link} |")
     return "\n".join(lines) + "\n"
 
 
@@ -173,9 +180,9 @@ def _index_html(e: dict[str, Any]) -> str:
         f"<li><b>{esc(name)}</b><ul>{''.join(f'<li>{esc(line)}</li>' for line in summary)}</ul></li>"
         for name, summary in e["headlines"].items() if summary)
     rows = "".join(
-        f"<tr><td>{esc(stem)}</td><td><a href=\"{esc(notebook)}\">{esc(notebook)}</a> ({nb_size})</td><td>"
+        f"<tr><td>{esc(stem)}</td><td>{esc(ran)}</td><td><a href=\"{esc(notebook)}\">{esc(notebook)}</a> ({nb_size})</td><td>"
         + (f"<a href=\"{esc(page)}\">{esc(page)}</a> ({page_size})" if page else "not exported") + "</td></tr>"
-        for stem, notebook, nb_size, page, page_size in e["notebooks"])
+        for stem, notebook, nb_size, page, page_size, ran in e["notebooks"])
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{esc(e['task'])}: circuit analysis</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:60em;margin:2em auto;padding:0 1em;line-height:1.45}}
@@ -183,6 +190,6 @@ table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3em .6em;
 <body><h1>{esc(e['task'])}</h1><p>{esc(e['description'])}</p>
 <p>Model <code>{esc(str(e['model']))}</code>, {esc(str(e['n_prompts']))} prompts (seed {esc(str(e['seed']))}), run {esc(e['date'])}.</p>
 <h2>Headline figures</h2><ul>{headlines}</ul>
-<h2>Notebooks</h2><table><tr><th>analysis</th><th>notebook</th><th>page (opens offline)</th></tr>{rows}</table>
+<h2>Notebooks</h2><table><tr><th>analysis</th><th>ran</th><th>notebook</th><th>page (opens offline)</th></tr>{rows}</table>
 </body></html>
 """

@@ -104,15 +104,18 @@ class HookPatcher:
 
         return float(self._run(1, [(name, patch)])[0])
 
-    def patch_neurons(self, layer: int) -> Float[Tensor, " d_mlp"]:
-        """Each neuron of ``layer`` (``hook_post``) patched at each prompt's final position."""
+    def patch_neurons(self, layer: int, neurons: list[int] | None = None) -> Float[Tensor, " neuron"]:
+        """Each neuron of ``layer`` (``hook_post``; every one, or those listed) patched at each prompt's
+        final position."""
         name = f"blocks.{layer}.mlp.hook_post"
-        clean, d_mlp = self.clean[name], self.clean[name].shape[-1]
+        clean = self.clean[name]
+        chosen = list(range(clean.shape[-1])) if neurons is None else list(neurons)
         batch = clean.shape[0]
         rows_of_prompt = torch.arange(batch, device=clean.device)
         final = self.final_pos.to(clean.device)
-        values = torch.empty(d_mlp)
-        for chunk in _chunks(list(range(d_mlp)), self.configs_per_run):
+        values = torch.empty(len(chosen))
+        slot_of = {neuron: i for i, neuron in enumerate(chosen)}
+        for chunk in _chunks(chosen, self.configs_per_run):
             def patch(act: Tensor, hook: Any, chunk: list[int] = chunk) -> Tensor:
                 act = act.clone()
                 for i, neuron in enumerate(chunk):
@@ -120,7 +123,7 @@ class HookPatcher:
                     act[rows, final, neuron] = clean[rows_of_prompt, final, neuron]
                 return act
 
-            values[chunk] = self._run(len(chunk), [(name, patch)])
+            values[[slot_of[n] for n in chunk]] = self._run(len(chunk), [(name, patch)])
         return values
 
     def _run(self, n_configs: int, hooks: list[tuple[str, Callable[..., Any]]]) -> Tensor:

@@ -120,6 +120,23 @@ def _register_engine() -> None:
     from papermill.log import logger
     from papermill.utils import merge_kwargs, remove_args
 
+    class SuiteClient(PapermillNotebookClient):
+        """nbclient turns Ctrl-C into a request to stop the kernel and goes on waiting for it; here Ctrl-C
+        stays a KeyboardInterrupt, which stops the run (the runner then stops the kernel and says so)."""
+
+        async def async_start_new_kernel_client(self) -> Any:
+            import asyncio
+            import signal
+
+            client = await super().async_start_new_kernel_client()
+            loop = asyncio.get_event_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                try:
+                    loop.remove_signal_handler(sig)
+                except (RuntimeError, ValueError, NotImplementedError):
+                    pass
+            return client
+
     class SuiteEngine(NBClientEngine):
         @classmethod
         def execute_managed_notebook(cls, nb_man: Any, kernel_name: str, log_output: bool = False,
@@ -131,7 +148,7 @@ def _register_engine() -> None:
                 safe_kwargs, timeout=execution_timeout if execution_timeout else kwargs.get("timeout"),
                 startup_timeout=start_timeout, kernel_name=kernel_name, log=logger, log_output=log_output,
                 stdout_file=stdout_file, stderr_file=stderr_file)
-            client = PapermillNotebookClient(nb_man, **final_kwargs)
+            client = SuiteClient(nb_man, **final_kwargs)
             try:
                 return client.execute()
             finally:

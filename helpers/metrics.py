@@ -6,12 +6,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from jaxtyping import Bool, Float, Int
 from scipy.stats import t as student_t
 from torch import Tensor
+
+from helpers.taskfile import METRIC_KINDS, METRIC_NAMES, MetricKind  # the metrics a task file can name
 
 
 def at_final_pos(
@@ -22,9 +23,6 @@ def at_final_pos(
     return activations[rows, final_pos.to(activations.device)]
 
 
-MetricKind = Literal["logit_diff", "prob_diff"]
-METRIC_KINDS: tuple[MetricKind, ...] = ("logit_diff", "prob_diff")
-METRIC_NAMES: dict[str, str] = {"logit_diff": "logit difference", "prob_diff": "probability difference"}
 
 
 @dataclass(frozen=True)

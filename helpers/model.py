@@ -19,16 +19,13 @@ from typing import Any
 
 import torch
 
+from helpers.errors import ModelLoadError
 from helpers.paths import CACHE_DIR, SHARED_GPT2_TOKENIZER
 
 DEMO_MODEL = "demo"
 DEMO_MODEL_DIR = CACHE_DIR / "demo-model"
 TOY_MODEL_KEY = "circuit_suite_toy_model"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelLoadError(RuntimeError):
-    """A model or tokenizer could not be loaded; the message says which and how to proceed."""
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -140,6 +137,36 @@ def post_norm_weights(model: Any, which: str = "ln1_post") -> torch.Tensor:
         weight = norm.original_component.weight.detach().float()
         weights.append(1.0 + weight if getattr(norm, "uses_weight_offset", False) else weight)
     return torch.stack(weights)
+
+
+HUB_HOST = "huggingface.co"
+
+
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def settle_hub_access(name_or_dir: str, *, log: Any = print, timeout: float = 3.0) -> None:
+    """Before anything asks the Hugging Face hub for a model: if the hub cannot be reached, say so in one
+    line and work from the local cache (``HF_HUB_OFFLINE=1`` for this process and its kernels), rather
+    than retrying for a minute with a line per retry. Nothing to do for local directories, ``demo``, or
+    when already offline."""
+    if hub_offline() or name_or_dir == DEMO_MODEL or Path(name_or_dir).expanduser().exists():
+        return
+    import socket
+
+    try:
+        socket.create_connection((HUB_HOST, 443), timeout=timeout).close()
+        return
+    except OSError:
+        pass
+    log(f"The Hugging Face hub ({HUB_HOST}) cannot be reached: looking for '{name_or_dir}' in the local cache only.")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import sys
+
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:  # already imported: it read the variable then
+        constants.HF_HUB_OFFLINE = True
 
 
 def model_config(name_or_dir: str) -> Any:
@@ -279,11 +306,12 @@ def _explain_load_failure(name: str, source: str, *, what: str | None = None) ->
                 "and tokenizer files), or pass another MODEL=/path/to/local/dir."
             )
         else:
-            offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-            where = "the local Hugging Face cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+            offline = hub_offline()
+            where = "the local Hugging Face cache (offline: HF_HUB_OFFLINE is set, or the hub could not be reached)" if offline else "the Hugging Face hub"
             message = (
                 f"Could not load {thing} from {where}: {detail}\n"
                 "  Fix: check the name (e.g. gpt2, gpt2-medium), connect to the network so it can be "
-                "downloaded once, or pass MODEL=/path/to/local/dir with a model saved by save_pretrained."
+                "downloaded once, or pass MODEL=/path/to/local/dir with a model saved by save_pretrained; "
+                "MODEL=demo runs the suite on its small local model, with no network."
             )
         raise ModelLoadError(message) from None

@@ -487,43 +487,45 @@ class PatchingEngine:
 
     # -- neurons ----------------------------------------------------------------------------------------
 
-    def patch_neurons(self, layer: int) -> Float[Tensor, " d_mlp"]:
+    def patch_neurons(self, layer: int, neurons: list[int] | None = None) -> Float[Tensor, " neuron"]:
         """The metric after patching each neuron of ``layer``'s MLP (its activation after the
         nonlinearity, ``hook_post``) from the clean run into the corrupted run, at each prompt's final
-        position only. One patch per neuron, batched: only the final position changes, so each patch
-        adds ``(clean - corrupted activation) * W_out[neuron]`` there (through the post-norm, where the
-        model has one) and runs the later layers."""
+        position only; every neuron, or those listed (in that order). One patch per neuron, batched: only
+        the final position changes, so each patch adds ``(clean - corrupted activation) * W_out[neuron]``
+        there (through the post-norm, where the model has one) and runs the later layers."""
         if not 0 <= layer < self.n_layers:
             raise ValueError(f"layer = {layer}: this model has layers 0-{self.n_layers - 1}.")
         if self._hooks is not None:
             with torch.no_grad():
-                return self._hooks.patch_neurons(layer)
+                return self._hooks.patch_neurons(layer, neurons)
         fw = self.fw
         with torch.no_grad():
             clean_h, corrupted_h = (at_final_pos(fw.mlp_hidden(layer, run.mlp_in[layer]), self.final_pos)
                                     for run in (self.clean, self.corrupted))
             change = clean_h - corrupted_h  # [batch, d_mlp]
-            d_mlp, batch = change.shape[1], change.shape[0]
+            batch = change.shape[0]
+            chosen = torch.arange(change.shape[1]) if neurons is None else torch.tensor(neurons, dtype=torch.long)
             start = int(self.final_pos.min())
             base = self.corrupted.resid_post(layer)[:, start:]
             rows = torch.arange(batch, device=self.device)
             within = self.final_pos - start
             corrupted_out = at_final_pos(self.corrupted.mlp_out[layer], self.final_pos)
-            values = torch.empty(d_mlp)
+            values = torch.empty(len(chosen))
             per_chunk = max(1, self.max_rows // batch)
-            for first in range(0, d_mlp, per_chunk):
-                neurons = torch.arange(first, min(first + per_chunk, d_mlp), device=self.device)
-                x = base.expand(len(neurons), *base.shape).clone()
+            for first in range(0, len(chosen), per_chunk):
+                slots = torch.arange(first, min(first + per_chunk, len(chosen)))
+                some = chosen[slots].to(self.device)
+                x = base.expand(len(some), *base.shape).clone()
                 if fw.w.mlp_post is None:
-                    delta = change[:, neurons].T[..., None] * fw.w.W_out[layer][neurons][:, None]  # [n, batch, d_model]
+                    delta = change[:, some].T[..., None] * fw.w.W_out[layer][some][:, None]  # [n, batch, d_model]
                 else:
-                    hidden = corrupted_h.expand(len(neurons), -1, -1).clone()
-                    index = torch.arange(len(neurons), device=self.device)
-                    hidden[index, :, neurons] = clean_h[:, neurons].T
+                    hidden = corrupted_h.expand(len(some), -1, -1).clone()
+                    index = torch.arange(len(some), device=self.device)
+                    hidden[index, :, some] = clean_h[:, some].T
                     delta = fw.mlp_out_from_hidden(layer, hidden) - corrupted_out
                 x[:, rows, within] += delta
                 final = self._finish(x.flatten(0, 1), layer + 1, from_mlp=False, start=start)
-                values[neurons.cpu()] = self._metric_of(final, len(neurons)).float().cpu()
+                values[slots] = self._metric_of(final, len(some)).float().cpu()
         return values
 
     def neuron_attribution(self) -> Float[Tensor, "layer d_mlp"]:

@@ -3,30 +3,68 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
+# Beside a key whose value was not a finite number (JSON has none), ``<key>_null`` says why it is null.
+NULL_REASON_SUFFIX = "_null"
 
 
 def to_jsonable(value: Any) -> Any:
-    """Tensors and tuples become lists, objects with ``to_dict`` become dicts; floats stay floats."""
+    """Tensors and tuples become lists, objects with ``to_dict`` become dicts; floats stay floats, except
+    NaN and infinities, which strict JSON does not have: they become ``null``, and the dict holding them
+    gains ``<key>_null`` with the reason (see :func:`_null_reason`)."""
     if hasattr(value, "to_dict"):
         return to_jsonable(value.to_dict())
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
+    if _is_tensor(value):
+        return to_jsonable(value.tolist())
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            converted = to_jsonable(item)
+            out[str(key)] = converted
+            reason = _null_reason(item)
+            if reason is not None:
+                out[f"{key}{NULL_REASON_SUFFIX}"] = reason
+        return out
     if isinstance(value, (list, tuple)):
         return [to_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
+def _null_reason(value: Any) -> str | None:
+    """Why a value (a number, or numbers inside lists) became null, or None if none did."""
+    if _is_tensor(value):
+        value = value.tolist()
+    found: set[str] = set()
+
+    def visit(item: Any) -> None:
+        if isinstance(item, float) and not math.isfinite(item):
+            found.add("infinite" if math.isinf(item) else "not a number (undefined: e.g. a correlation of "
+                      "values that do not vary, or a ratio to zero)")
+        elif isinstance(item, (list, tuple)):
+            for inner in item:
+                visit(inner)
+
+    visit(value)
+    return "; ".join(sorted(found)) if found else None
+
+
+def _is_tensor(value: Any) -> bool:
+    """A torch tensor, without importing torch (a process that made none has not imported it)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
+
+
 def write_json(path: str | Path, data: Any) -> None:
-    """Write JSON atomically (see :func:`write_text`)."""
-    write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=True) + "\n")
+    """Write strict JSON atomically (see :func:`write_text`): no NaN or infinity reaches the file."""
+    write_text(path, json.dumps(to_jsonable(data), indent=2, allow_nan=False) + "\n")
 
 
 def write_text(path: str | Path, text: str) -> None:

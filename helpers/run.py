@@ -34,15 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nbformat
-from nbformat.sign import NotebookNotary
-
-from helpers.export import export_folder, export_notebook, write_index
+# Only light modules here: a bad task file or argument is reported before torch, transformers and
+# nbformat are imported (seconds); the rest is imported where it is used.
+from helpers.errors import ModelLoadError, RunLockedError
 from helpers.kernel import TemplateKernel, execute_template
-from helpers.model import ModelLoadError, load_tokenizer, pick_device, prepends_bos
+from helpers.outputs import RunLock, land, output_name
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
-from helpers.results import write_json
-from helpers.tasks import TaskError, TaskSpec, available_tasks, build_prompts, load_task, resolve_task_path
+from helpers.taskfile import TaskError, TaskSpec, available_tasks, load_task, resolve_task_path
 
 # Templates run in this order (later ones read the earlier ones' results); others follow by name.
 TEMPLATE_ORDER = ("dla", "patching", "head_functions", "copy_scores", "circuit", "mlp_neurons", "vector_arithmetic")
@@ -92,16 +90,26 @@ def prepare_run(
     """
     task_file = resolve_task_path(task)
     spec = load_task(task_file)
+    check_command_line(spec, n_prompts=n_prompts, seed=seed)
     if model is not None:
         model = _model_argument(model)
     spec = spec.with_overrides(model=model, n_prompts=n_prompts, seed=seed)
+    from helpers.model import load_tokenizer, pick_device, prepends_bos, settle_hub_access
+    from helpers.tasks import build_prompts
+
     pick_device(device)
+    settle_hub_access(spec.model, log=lambda line: print(line, file=sys.stderr))
     known = available_templates()
     chosen = templates or known
     for name in chosen:
         if name not in known:
             raise ValueError(f"TEMPLATES: no template named {name!r}. Fix: use some of {', '.join(known)}.")
+    repeated = sorted({name for name in chosen if chosen.count(name) > 1})
+    if repeated:
+        raise ValueError(f"TEMPLATES={','.join(chosen)}: {', '.join(repeated)} listed more than once. "
+                         "Fix: list each template once.")
     prompts = build_prompts(spec, load_tokenizer(spec.model), prepend_bos=prepends_bos(spec.model))
+    check_context(prompts, spec)
     return RunPlan(
         spec=spec,
         task_file=task_file,
@@ -114,6 +122,37 @@ def prepare_run(
     )
 
 
+def check_command_line(spec: TaskSpec, *, n_prompts: int | None, seed: int | None) -> None:
+    """``N=`` and ``SEED=`` are reported as what they are: values from the command line."""
+    if n_prompts is not None:
+        if n_prompts < 1:
+            raise ValueError(f"N={n_prompts} (command line): a run needs at least 1 prompt. Fix: N=16 for a quick "
+                             f"run, or leave N out for the task file's {spec.n_prompts}.")
+        if spec.is_explicit and n_prompts > len(spec.prompts):
+            raise ValueError(f"N={n_prompts} (command line): {spec.source} lists {len(spec.prompts)} prompts. "
+                             f"Fix: N={len(spec.prompts)} or fewer, or leave N out.")
+    if seed is not None and seed < 0:
+        raise ValueError(f"SEED={seed} (command line): seeds are whole numbers from 0. Fix: SEED=1, or leave SEED "
+                         f"out for the task file's {spec.seed}.")
+
+
+def check_context(prompts: Any, spec: TaskSpec) -> None:
+    """Every prompt fits the model's context (read from its config), or the longest is named."""
+    from helpers.model import model_config
+
+    config = model_config(spec.model)
+    limit = next((int(v) for v in (getattr(config, name, None) for name in ("n_positions", "max_position_embeddings",
+                                                                             "n_ctx")) if v), None)
+    if limit is None:
+        return
+    lengths = (prompts.final_pos + 1).tolist()
+    longest = max(range(len(lengths)), key=lambda i: lengths[i])
+    if lengths[longest] > limit:
+        raise TaskError(spec.source, "templates" if not spec.is_explicit else f"prompts[{longest}]",
+                        prompts.clean_prompts[longest], f"is {lengths[longest]} tokens, but model '{spec.model}' "
+                        f"reads at most {limit}", "shorten the prompt, or use a model with a longer context")
+
+
 def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False) -> int:
     """Execute the plan's templates; returns the process exit code (0 on success).
 
@@ -121,6 +160,11 @@ def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False) -> 
     in a kernel of its own with ``fresh_kernels``.
     """
     plan.output_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(plan.output_dir):
+        return _execute_locked(plan, log, fresh_kernels)
+
+
+def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
     results: dict[str, Any] = {}
     kernel = None
@@ -138,17 +182,20 @@ def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False) -> 
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
-        write_json(staging / "results.json", {
-            "task": plan.spec.name, "templates": results, "provenance": _provenance(plan)})
         names = [t.stem for t in plan.templates]
         log(f"Exporting {len(names)} offline HTML pages ...")
         _finish_notebooks(staging, names)
-        _publish(staging, plan.output_dir, names)
+        land(staging, plan.output_dir, names, {"task": plan.spec.name, "templates": results,
+                                               "provenance": _provenance(plan)}, log=log)
+        from helpers.export import write_index
+
         write_index(plan.output_dir)
     finally:
-        if kernel is not None:
-            kernel.close()
-        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            if kernel is not None:
+                kernel.close()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     _summarise(plan, results, log)
     return 0
 
@@ -192,6 +239,11 @@ def _run_template(template: Path, notebook: Path, parameters: dict[str, Any],
 def _finish_notebooks(folder: Path, names: list[str]) -> None:
     """Trust the executed notebooks (this user's Jupyter then runs their attention views' scripts, as it
     would for a notebook run by hand) and export each as an offline HTML page beside it."""
+    import nbformat
+    from nbformat.sign import NotebookNotary
+
+    from helpers.export import export_notebook
+
     notary = NotebookNotary()
     for name in names:
         path = folder / f"{name}.ipynb"
@@ -219,7 +271,13 @@ def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEB
             print(f"error: {err}", file=sys.stderr)
             outcomes[task], code = "invalid: " + str(err).splitlines()[0], code or 2
             continue
-        if execute(plan, log=log, fresh_kernels=fresh_kernels) == 0:
+        try:
+            ran = execute(plan, log=log, fresh_kernels=fresh_kernels)
+        except RunLockedError as err:
+            print(f"error: {err}", file=sys.stderr)
+            outcomes[task], code = "refused: another run is writing its folder", code or 2
+            continue
+        if ran == 0:
             outcomes[task] = f"ok -> {_shown(plan.output_dir)}/"
         else:
             outcomes[task], code = f"failed (kept in {_shown(plan.output_dir / 'failed')}/)", 1
@@ -236,12 +294,20 @@ def export_html(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_DIR, log: A
     """Re-export the executed notebooks of each task (or ``compare``) as HTML pages, and its index."""
     code = 0
     for task in tasks:
+        try:
+            task = output_name(task)
+        except TaskError as err:
+            print(f"error: {err}", file=sys.stderr)
+            code = 2
+            continue
         folder = notebooks_dir / task
         if not any(folder.glob("*.ipynb")):
             print(f"error: TASK = {task!r}: {_shown(folder)} holds no executed notebooks. Fix: make run TASK={task}",
                   file=sys.stderr)
             code = 2
             continue
+        from helpers.export import export_folder
+
         pages = export_folder(folder)
         log(f"{task}: {len(pages)} pages written to {_shown(folder)}/" + (
             " with index.html and README.md" if (folder / "index.html").is_file() else ""))
@@ -298,6 +364,11 @@ def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
             return 1
     output_dir = notebooks_dir / "compare"
     output_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(output_dir):
+        return _compare_locked(tasks, output_dir, notebooks_dir, log)
+
+
+def _compare_locked(tasks: list[str], output_dir: Path, notebooks_dir: Path, log: Any) -> int:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
     try:
         log(f"compare: {', '.join(tasks)} ...")
@@ -319,7 +390,8 @@ def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
 
 
 def _publish(staging: Path, output_dir: Path, names: list[str]) -> None:
-    """Move the new notebooks and results into place; only now are the previous ones replaced."""
+    """Move the comparison's notebook, page and results into place; only now are the previous ones
+    replaced (a task's run lands through :func:`helpers.outputs.land`)."""
     for name in names:
         os.replace(staging / f"{name}.ipynb", output_dir / f"{name}.ipynb")
         os.replace(staging / f"{name}.html", output_dir / f"{name}.html")
@@ -399,6 +471,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--all", action="store_true", help="run every task in params/")
     which.add_argument("--compare", nargs="+", metavar="TASK", help="compare these tasks' results (running missing ones)")
     which.add_argument("--html", nargs="+", metavar="TASK", help="re-export these tasks' notebooks as HTML, without running")
+    which.add_argument("--lab", metavar="TASK", help="open JupyterLab at this task's executed notebooks")
     parser.add_argument("--model", help="override the task's model: a hub name, a local directory, or 'demo'")
     parser.add_argument("--n", type=int, dest="n_prompts", help="override the number of prompts")
     parser.add_argument("--seed", type=int, help="override the task's seed")
@@ -414,17 +487,55 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     options = dict(model=args.model, n_prompts=args.n_prompts, seed=args.seed, device=args.device, dtype=args.dtype,
-                   templates=args.templates.split(",") if args.templates else None, notebooks_dir=args.notebooks_dir)
-    if args.compare:
-        return compare(_split(args.compare), **options)
-    if args.html:
-        return export_html(_split(args.html), notebooks_dir=args.notebooks_dir)
-    return run_tasks(available_tasks() if args.all else _split(args.task), fresh_kernels=args.fresh_kernels, **options)
+                   templates=[t.strip() for t in args.templates.split(",")] if args.templates else None,
+                   notebooks_dir=args.notebooks_dir)
+    try:
+        if args.compare:
+            return compare(_split(args.compare), **options)
+        if args.html:
+            return export_html(_split(args.html), notebooks_dir=args.notebooks_dir)
+        if args.lab:
+            return open_lab(args.lab, notebooks_dir=args.notebooks_dir)
+        return run_tasks(available_tasks() if args.all else _split(args.task), fresh_kernels=args.fresh_kernels,
+                         **options)
+    except KeyboardInterrupt:
+        import logging
+
+        logging.getLogger("asyncio").setLevel(logging.CRITICAL)  # the interrupted cell's pending task
+        print("\ninterrupted: nothing of the unfinished run was kept; results written before it are intact "
+              "(every kernel it started has been stopped)", file=sys.stderr)
+        return 130
+
+
+def open_lab(task: str, *, notebooks_dir: Path = NOTEBOOKS_DIR) -> int:
+    """JupyterLab at the task's executed notebooks (the same folder ``make run`` writes)."""
+    try:
+        name = output_name(task)
+    except TaskError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    folder = notebooks_dir / name
+    if not any(folder.glob("*.ipynb")):
+        print(f"error: {_shown(folder)}/ holds no executed notebooks yet. Fix: make run TASK={task}", file=sys.stderr)
+        return 2
+    root = notebooks_dir.resolve().parent
+    url = "/lab/tree/" + str(folder.resolve().relative_to(root))
+    return subprocess.call([sys.executable, "-m", "jupyter", "lab", f"--notebook-dir={root}",
+                            f"--LabApp.default_url={url}"])
 
 
 def _split(tasks: list[str]) -> list[str]:
-    """Task arguments as given: ``numseq months``, ``"numseq months"`` or ``numseq,months``."""
-    return [t for arg in tasks for t in arg.replace(",", " ").split()]
+    """Task arguments as given: ``numseq months``, ``"numseq months"`` or ``numseq,months``; a path to an
+    existing task file stays whole, spaces and all (``"my tasks/x.yaml"``)."""
+    found = []
+    for arg in tasks:
+        for piece in arg.split(","):
+            piece = piece.strip()
+            if Path(piece).expanduser().is_file():
+                found.append(piece)
+            else:
+                found.extend(piece.split())
+    return found
 
 
 if __name__ == "__main__":

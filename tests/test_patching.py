@@ -97,7 +97,8 @@ def test_engine_refuses_a_forward_pass_that_does_not_reproduce_the_model(
     different computation), for every analysis."""
     fast = {kind: engine.patch(kind).values for kind in ("resid_pre", "head_out", "head_pattern")}
     fast_estimates = engine.attribution_patching()
-    fast_neurons, fast_screen = engine.patch_neurons(1), engine.neuron_attribution()
+    neurons = list(range(0, toy_model.cfg.d_mlp, 8))
+    fast_neurons, fast_screen = engine.patch_neurons(1, neurons), engine.neuron_attribution()
     monkeypatch.setattr(ForwardPass, "mlp_hidden", lambda self, layer, x: torch.relu(self.norm(x) @ self.w.W_in[layer]))
     with pytest.warns(UserWarning, match="runs on the model's hooks.*differs from the model's by"):
         fallback = PatchingEngine(toy_model, ioi_prompts, progress=False)
@@ -107,7 +108,7 @@ def test_engine_refuses_a_forward_pass_that_does_not_reproduce_the_model(
         assert_matches(fallback.patch(kind).values, values, FLOAT32_PATCHING, what=f"the hook path's {kind} patching")  # type: ignore[arg-type]
     for kind, estimate in fallback.attribution_patching().items():
         assert_matches(estimate.values, fast_estimates[kind].values, FLOAT32_GRADIENT, what=f"the hook path's {kind} estimate")
-    assert_matches(fallback.patch_neurons(1), fast_neurons, FLOAT32_PATCHING, what="the hook path's neuron patching")
+    assert_matches(fallback.patch_neurons(1, neurons), fast_neurons, FLOAT32_PATCHING, what="the hook path's neuron patching")
     assert_matches(fallback.neuron_attribution(), fast_screen, FLOAT32_GRADIENT, what="the hook path's neuron screen")
 
 
