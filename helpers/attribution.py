@@ -26,10 +26,11 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from helpers.architectures import describe
-from helpers.heads import HeadScore, rank_heads
+from helpers.heads import HeadScore, top_of_sign
 from helpers.hooks import cache_activations
 from helpers.metrics import at_final_pos, set_probability, set_rank
 from helpers.model import post_norm_weights, stacked_weight
+from helpers.stats import Interval, bootstrap_mean, mean_interval
 from helpers.tasks import PromptSet
 
 
@@ -165,15 +166,21 @@ class LogitDiffResult:
         return float((self.per_prompt > 0).float().mean())
 
     @property
+    def ci95(self) -> Interval:
+        """95% bootstrap interval of the mean logit difference over prompts (:mod:`helpers.stats`)."""
+        return mean_interval(self.per_prompt)
+
+    @property
     def description(self) -> str:
-        text = f"mean logit difference {self.mean:.3f} (correct preferred on {self.accuracy:.0%} of prompts)"
+        text = (f"mean logit difference {self.mean:.3f} (95% interval {self.ci95}; correct preferred on "
+                f"{self.accuracy:.0%} of prompts)")
         if self.metric_per_prompt is not None:
             text += f"; the task's metric, {self.metric_name}, {self.metric_mean:.3f}"
         return text
 
     def to_dict(self) -> dict[str, Any]:
-        data = {"mean": self.mean, "accuracy": self.accuracy, "per_prompt": self.per_prompt.tolist(),
-                "metric": self.metric_name, "metric_mean": self.metric_mean}
+        data = {"mean": self.mean, "ci95": self.ci95.to_list(), "accuracy": self.accuracy,
+                "per_prompt": self.per_prompt.tolist(), "metric": self.metric_name, "metric_mean": self.metric_mean}
         if self.metric_per_prompt is not None:
             data["metric_per_prompt"] = self.metric_per_prompt.tolist()
         return data
@@ -237,15 +244,24 @@ class HeadAttribution:
         return self.per_prompt.mean(dim=-1)
 
     def top(self, k: int) -> tuple[list[HeadScore], list[HeadScore]]:
-        """The ``k`` most positive and the ``k`` most negative heads by mean attribution."""
-        return rank_heads(self.mean, k), rank_heads(self.mean, k, largest=False)
+        """Up to ``k`` heads of positive and up to ``k`` of negative mean attribution, strongest first."""
+        return top_of_sign(self.mean, k, "positive"), top_of_sign(self.mean, k, "negative")
+
+    def intervals(self, heads: Sequence[HeadScore]) -> dict[str, Interval]:
+        """95% bootstrap interval over prompts of each of ``heads``' mean attribution, by head name."""
+        if not heads:
+            return {}
+        rows = self.per_prompt[[h.layer for h in heads], [h.head for h in heads]]  # [head, batch]
+        low, high = bootstrap_mean(rows)
+        return {h.name: Interval(float(lo), float(hi)) for h, lo, hi in zip(heads, low, high)}
 
     def to_dict(self, k: int = 10) -> dict[str, Any]:
         positive, negative = self.top(k)
+        intervals = self.intervals(positive + negative)
         return {
             "mean": self.mean.tolist(),
-            "top_positive": [h.to_dict() for h in positive],
-            "top_negative": [h.to_dict() for h in negative],
+            "top_positive": [{**h.to_dict(), "ci95": intervals[h.name].to_list()} for h in positive],
+            "top_negative": [{**h.to_dict(), "ci95": intervals[h.name].to_list()} for h in negative],
         }
 
 

@@ -39,6 +39,7 @@ from torch import Tensor
 from helpers.heads import HeadScore, head_name
 from helpers.hooks import cache_activations, run_with_hooks
 from helpers.metrics import at_final_pos
+from helpers.stats import Interval, ratio_interval
 from helpers.tasks import PromptSet, TaskSpec, build_prompts
 
 Reference = Literal["corrupted", "other_prompts"]
@@ -342,6 +343,7 @@ class CircuitFaithfulness:
     metric: float
     full_metric: float
     empty_metric: float
+    ci95: Interval | None = None  # of the faithfulness, over prompts (the task's metric only)
 
     @property
     def faithfulness(self) -> float:
@@ -355,6 +357,7 @@ class CircuitFaithfulness:
     def to_dict(self) -> dict[str, Any]:
         return {"circuit": self.circuit.to_dict(), "metric": self.metric, "full_metric": self.full_metric,
                 "empty_metric": self.empty_metric, "faithfulness": self.faithfulness,
+                "ci95": None if self.ci95 is None else self.ci95.to_list(),
                 "empty_faithfulness": self.empty_faithfulness}
 
 
@@ -371,20 +374,23 @@ class CircuitEvaluator:
 
     def __init__(self, model: Any, prompts: PromptSet, ablation: MeanAblation, metric: Metric | None = None):
         self.model, self.prompts, self.ablation = model, prompts, ablation
-        self.metric = metric if metric is not None else self._mean_task_metric
+        self.given_metric = metric
         self.small_metric = _SMALL_METRIC["given" if metric is not None else prompts.metric.kind]
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
-        self.full_metric = self._run(None)
-        self.empty_metric = self._run(Circuit("empty", ()))
+        self.full_metric, self._full_per_prompt = self._run(None)
+        self.empty_metric, _ = self._run(Circuit("empty", ()))
 
-    def _mean_task_metric(self, final_logits: Tensor) -> Tensor:
-        return self.prompts.metric(final_logits).mean()
-
-    def _run(self, circuit: Circuit | None) -> float:
+    def _run(self, circuit: Circuit | None) -> tuple[float, Tensor | None]:
+        """The metric with everything outside ``circuit`` ablated (``None``: nothing ablated), and the task
+        metric per prompt (``None`` for a metric of your own)."""
         hooks = [] if circuit is None else self.ablation.hooks(
             keep_mask(circuit, self.prompts, self.n_layers, self.n_heads))
         logits = run_with_hooks(self.model, self.prompts.clean_tokens.to(self.model.cfg.device), hooks)
-        return float(self.metric(at_final_pos(logits, self.prompts.final_pos).float()))
+        final = at_final_pos(logits, self.prompts.final_pos).float()
+        if self.given_metric is not None:
+            return float(self.given_metric(final)), None
+        per_prompt = self.prompts.metric(final)
+        return float(per_prompt.mean()), per_prompt
 
     @property
     def warning(self) -> str | None:
@@ -398,7 +404,13 @@ class CircuitEvaluator:
         return None
 
     def evaluate(self, circuit: Circuit) -> CircuitFaithfulness:
-        return CircuitFaithfulness(circuit, self._run(circuit), self.full_metric, self.empty_metric)
+        """The circuit's faithfulness, with its 95% bootstrap interval over prompts (:mod:`helpers.stats`)
+        for the task's metric."""
+        metric, per_prompt = self._run(circuit)
+        interval = None
+        if per_prompt is not None and self._full_per_prompt is not None:
+            interval = ratio_interval(per_prompt, self._full_per_prompt)
+        return CircuitFaithfulness(circuit, metric, self.full_metric, self.empty_metric, interval)
 
 
 def all_heads(n_layers: int, n_heads: int) -> Circuit:
@@ -486,20 +498,103 @@ def ioi_paper_circuit_applies(model: Any, prompts: PromptSet) -> str | None:
     return None
 
 
-def choose_circuit(value: Any, ranking: Sequence[HeadScore], *, k: int, n_layers: int, n_heads: int) -> Circuit:
+@dataclass(frozen=True)
+class CandidateChoice:
+    """The candidate circuit and how it was chosen (said in the notebook and in results.json)."""
+
+    circuit: Circuit
+    rule: str  # one sentence: where the candidate comes from
+    target: float | None  # the faithfulness the automatic candidate was chosen to reach
+    reached: bool | None  # whether it reached it (None for a circuit written by hand)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule": self.rule, "target": self.target, "reached": self.reached, "size": len(self.circuit)}
+
+
+def choose_circuit(value: Any, ranking: Sequence[HeadScore], curve: FaithfulnessCurve, *, target: float,
+                   n_layers: int, n_heads: int) -> CandidateChoice:
     """The candidate circuit: ``value`` written by hand (see :func:`parse_circuit`), or with ``None`` the
-    first ``k`` heads of ``ranking`` (the heads by output patching), kept at every position."""
-    if value is None:
-        return circuit_from_ranking(ranking, k, name=f"top {min(k, len(ranking))} by output patching")
-    return parse_circuit(value, name="circuit", n_layers=n_layers, n_heads=n_heads)
+    smallest prefix of ``ranking`` (heads in order of importance) whose faithfulness on ``curve`` (the
+    same ranking, see :func:`compute_faithfulness_curve`) reaches ``target``, kept at every position.
+
+    When no prefix on the curve reaches ``target`` the candidate is the whole curve, and the rule says so.
+    When even the empty circuit reaches it (the heads' task-specific outputs are not needed), the candidate
+    is the single most important head, so the sections that test a circuit have one to test.
+    """
+    if value is not None:
+        circuit = parse_circuit(value, name="circuit", n_layers=n_layers, n_heads=n_heads)
+        return CandidateChoice(circuit, f"the circuit written in `circuit` ({len(circuit)} heads)", None, None)
+    needed = curve.heads_needed(target)
+    if needed is None:
+        k = len(curve.heads)
+        rule = (f"no prefix of the first {k} heads by output patching reaches {target:.0%} of the full model: the "
+                f"candidate is all {k} (raise `curve_max` to look further)")
+    elif needed == 0:
+        k = 1
+        rule = (f"the empty circuit already reaches {target:.0%} of the full model, so no head is needed for it; the "
+                "candidate is the single most important head by output patching")
+    else:
+        k = needed
+        rule = (f"the smallest prefix of the heads in order of output patching (by magnitude) that reaches "
+                f"{target:.0%} of the full model: the first {k}")
+    circuit = circuit_from_ranking(ranking, k, name=f"top {min(k, len(ranking))} by output patching")
+    return CandidateChoice(circuit, rule, target, needed is not None)
 
 
-def comparison_circuits(value: Mapping[str, Any] | None, candidate: Circuit, model: Any, prompts: PromptSet, *,
-                        seed: int = 0) -> tuple[list[Circuit], list[str]]:
+@dataclass(frozen=True)
+class RandomBaseline:
+    """Random circuits of one size, one per seed: what a circuit of that size scores by chance."""
+
+    size: int
+    seeds: tuple[int, ...]
+    results: tuple[CircuitFaithfulness, ...]
+
+    @property
+    def faithfulness(self) -> tuple[float, ...]:
+        return tuple(r.faithfulness for r in self.results)
+
+    @property
+    def mean(self) -> float:
+        return sum(self.faithfulness) / len(self.results)
+
+    @property
+    def low(self) -> float:
+        return min(self.faithfulness)
+
+    @property
+    def high(self) -> float:
+        return max(self.faithfulness)
+
+    def beaten_by(self, result: CircuitFaithfulness) -> bool:
+        """Whether ``result`` scores above every random circuit (and, where it has one, with its whole
+        interval above the best of them)."""
+        bound = result.ci95.low if result.ci95 is not None else result.faithfulness
+        return bound > self.high
+
+    def describe(self) -> str:
+        return (f"{len(self.results)} random circuits of {self.size} heads: faithfulness {self.mean:.2f} on average "
+                f"(from {self.low:.2f} to {self.high:.2f})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"size": self.size, "seeds": list(self.seeds),
+                "faithfulness": list(self.faithfulness), "mean": self.mean, "min": self.low, "max": self.high}
+
+
+def compute_random_baseline(evaluator: CircuitEvaluator, size: int, *, n_seeds: int = 5, seed: int = 0) -> RandomBaseline:
+    """``n_seeds`` random circuits of ``size`` heads (seeds ``seed``, ``seed + 1``, ...), each evaluated."""
+    if n_seeds < 1:
+        raise CircuitError(f"random_circuits = {n_seeds}: expected at least 1. Fix: e.g. random_circuits = 5.")
+    seeds = tuple(range(seed, seed + n_seeds))
+    circuits = [random_circuit(evaluator.n_layers, evaluator.n_heads, size, seed=s) for s in seeds]
+    return RandomBaseline(size, seeds, tuple(evaluator.evaluate(c) for c in circuits))
+
+
+def comparison_circuits(value: Mapping[str, Any] | None, model: Any, prompts: PromptSet) -> tuple[list[Circuit], list[str]]:
     """The circuits shown beside the candidate, and notes on any left out.
 
-    ``value`` maps names to circuits written by hand. With ``None``: a random circuit of the candidate's
-    size and, when it fits the model and the task's prompts, the IOI paper's circuit.
+    ``value`` maps names to circuits written by hand. With ``None``: the IOI paper's circuit, when it fits
+    the model and the task's prompts. (Random circuits of the candidate's size are always shown beside it:
+    :func:`compute_random_baseline`.)
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if value is not None:
@@ -507,7 +602,7 @@ def comparison_circuits(value: Mapping[str, Any] | None, candidate: Circuit, mod
             raise CircuitError(f"compare = {value!r}: expected a mapping from names to circuits. "
                                "Fix: e.g. {\"name movers\": [\"L9H9\", \"L9H6\", \"L10H0\"]}.")
         return [parse_circuit(v, name=str(name), n_layers=n_layers, n_heads=n_heads) for name, v in value.items()], []
-    circuits = [random_circuit(n_layers, n_heads, len(candidate), seed=seed)]
+    circuits: list[Circuit] = []
     notes = []
     reason = ioi_paper_circuit_applies(model, prompts)
     if reason is None:

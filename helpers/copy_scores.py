@@ -35,7 +35,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from helpers.architectures import describe
-from helpers.heads import HeadScore, rank_heads
+from helpers.heads import HeadScore, top_of_sign
 from helpers.hooks import cache_activations
 from helpers.metrics import pearson_correlation
 from helpers.model import folded_norm, folded_unembed, post_norm_weights, stacked_weight
@@ -114,7 +114,8 @@ class CopyScores:
         return {h.name: {role: float(values[h.layer, h.head]) for role, values in by_role.items()} for h in heads}
 
     def top(self, k: int, *, negative: bool = False) -> list[HeadScore]:
-        return rank_heads(self.scores(negative=negative), k)
+        """Up to ``k`` heads with a score above 0%, highest first."""
+        return top_of_sign(self.scores(negative=negative), k, "positive")
 
     def to_dict(self, k: int = 10) -> dict[str, Any]:
         return {

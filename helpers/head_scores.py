@@ -25,7 +25,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from helpers.heads import HeadScore, rank_heads
+from helpers.heads import HeadScore, top_of_sign
 from helpers.hooks import cache_activations
 
 Role = Literal["previous_token", "duplicate_token", "induction"]
@@ -65,7 +65,8 @@ class HeadRoleScores:
     seed: int
 
     def top(self, role: Role, k: int) -> list[HeadScore]:
-        return rank_heads(self.scores[role], k)
+        """Up to ``k`` heads with a score above 0 for ``role``, highest first."""
+        return top_of_sign(self.scores[role], k, "positive")
 
     def of(self, layer: int, head: int) -> dict[str, float]:
         return {role: float(self.scores[role][layer, head]) for role in ROLES}

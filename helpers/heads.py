@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from jaxtyping import Float
@@ -42,3 +43,16 @@ def rank_heads(scores: Float[Tensor, "layer head_index"], k: int, *, largest: bo
 def rank_heads_by_magnitude(scores: Float[Tensor, "layer head_index"], k: int) -> list[HeadScore]:
     """The ``k`` heads with the largest absolute scores, largest first, each with its signed score."""
     return [HeadScore(h.layer, h.head, float(scores[h.layer, h.head])) for h in rank_heads(scores.abs(), k)]
+
+
+Sign = Literal["positive", "negative"]
+
+
+def top_of_sign(scores: Float[Tensor, "layer head_index"], k: int, sign: Sign) -> list[HeadScore]:
+    """Up to ``k`` heads whose score has ``sign`` (strictly: a zero is neither), strongest first.
+
+    Every table of "positive" or "negative" heads is built from this, so it lists fewer rows when fewer
+    heads have that sign, never a head of the other sign or a zero.
+    """
+    ranked = rank_heads(scores, k, largest=sign == "positive")
+    return [h for h in ranked if (h.value > 0 if sign == "positive" else h.value < 0)]

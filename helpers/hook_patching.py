@@ -80,19 +80,17 @@ class HookPatcher:
                 name = f"blocks.{layer}.attn.hook_z"
                 source = self._head_z(kind, layer)
             for chunk in _chunks(columns, self.configs_per_run):
-                def patch(act: Tensor, hook: Any, chunk: list[int] = chunk, source: Tensor = source) -> Tensor:
-                    act = act.clone()
-                    batch = source.shape[0]
-                    for i, column in enumerate(chunk):
-                        rows = slice(i * batch, (i + 1) * batch)
-                        if per_position:
-                            act[rows, column] = source[:, column]
-                        else:
-                            act[rows, :, column] = source[:, :, column]
-                    return act
-
-                values[layer, chunk] = self._run(len(chunk), [(name, patch)])
+                values[layer, chunk] = self._run(len(chunk), [(name, _patch_columns(source, chunk, per_position))])
         return values
+
+    def patch_heads_final_logits(self, kind: str, layer: int, heads: list[int]) -> Float[Tensor, "head batch d_vocab"]:
+        """The final-position logits of the corrupted run with each of ``heads`` of ``layer`` patched (``kind``
+        a head kind), one copy of the prompts per head: what per-prompt figures of a patch are made from."""
+        source = self._head_z(kind, layer)
+        hook = (f"blocks.{layer}.attn.hook_z", _patch_columns(source, heads, False))
+        with torch.no_grad():
+            logits = self.model.run_with_hooks(self.corrupted_tokens.repeat(len(heads), 1), fwd_hooks=[hook])
+        return at_final_pos(logits, self.final_pos.repeat(len(heads))).unflatten(0, (len(heads), -1))
 
     def patch_resid_positions(self, layer: int, positions: list[int]) -> float:
         name = f"blocks.{layer}.hook_resid_pre"
@@ -175,6 +173,23 @@ class HookPatcher:
 
         return {"z": change("attn.hook_z"), "v": change("attn.hook_v", per_head=True),
                 "pattern": change("attn.hook_pattern"), "post": change("mlp.hook_post")}
+
+
+def _patch_columns(source: Tensor, columns: list[int], per_position: bool) -> Callable[..., Tensor]:
+    """A hook that gives copy ``i`` of the prompts ``source``'s values at ``columns[i]`` (a position, or
+    with ``per_position=False`` a head of ``hook_z``)."""
+    def patch(act: Tensor, hook: Any) -> Tensor:
+        act = act.clone()
+        batch = source.shape[0]
+        for i, column in enumerate(columns):
+            rows = slice(i * batch, (i + 1) * batch)
+            if per_position:
+                act[rows, column] = source[:, column]
+            else:
+                act[rows, :, column] = source[:, :, column]
+        return act
+
+    return patch
 
 
 def _chunks(items: list[int], size: int) -> Iterator[list[int]]:

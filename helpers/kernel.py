@@ -24,11 +24,29 @@ from helpers.paths import REPO_ROOT
 _RESET = "get_ipython().run_line_magic('reset', '-f')\nget_ipython().execution_count = 1\nimport gc; gc.collect()"
 
 
+KERNEL_NAME = "python3"
+# Progress bars would be stored in the executed notebooks as stderr blocks, often frozen part-way: the
+# kernel draws none, and the command line shows each template's progress and time instead.
+_NO_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+# The figures' static PNGs are drawn by the runner, beside the kernel (helpers.viz.add_static_images).
+_RUNNER_SETTINGS = {**_NO_PROGRESS_BARS, "SUITE_STATIC_IMAGES_BY_RUNNER": "1"}
+
+
 def kernel_environment() -> dict[str, str]:
-    """The kernel's environment: this process's, with this checkout's ``helpers`` importable."""
-    env = dict(os.environ)
+    """The kernel's environment: this process's, with this checkout's ``helpers`` importable, no progress
+    bars, and the figures' PNGs left to the runner."""
+    env = {**os.environ, **_RUNNER_SETTINGS}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
+
+
+def kernelspec_metadata() -> dict[str, str]:
+    """The notebook metadata JupyterLab writes for the kernel the templates run in (its display name is
+    the installed kernel spec's, e.g. "Python 3 (ipykernel)"): stored as is, the notebook opens unmodified."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    spec = KernelSpecManager().get_kernel_spec(KERNEL_NAME)
+    return {"display_name": spec.display_name, "language": spec.language, "name": KERNEL_NAME}
 
 
 def execute_template(template: Path, notebook: Path, parameters: dict[str, Any], *, km: Any = None) -> None:
@@ -43,20 +61,22 @@ def execute_template(template: Path, notebook: Path, parameters: dict[str, Any],
 
     _register_engine()
     options: dict[str, Any] = {"km": km} if km is not None else {}
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = kernel_environment()["PYTHONPATH"]  # a fresh kernel inherits it
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", *_RUNNER_SETTINGS)}
+    environment = kernel_environment()
+    os.environ.update({name: environment[name] for name in saved})  # a fresh kernel inherits them
     try:
         pm.execute_notebook(
-            str(template), str(notebook), parameters=parameters, cwd=str(notebook.parent), kernel_name="python3",
+            str(template), str(notebook), parameters=parameters, cwd=str(notebook.parent), kernel_name=KERNEL_NAME,
             progress_bar=False, log_output=False, engine_name="suite",
-            stderr_file=sys.stderr,  # the notebooks' progress bars show on the command line too
+            stderr_file=sys.stderr,  # what the notebooks print to stderr (warnings) shows on the command line too
             **options,
         )
     finally:
-        if saved is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = saved
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 class TemplateKernel:
@@ -66,8 +86,9 @@ class TemplateKernel:
         from jupyter_client.manager import AsyncKernelManager
         from nbclient.util import run_sync
 
-        self.km = AsyncKernelManager(kernel_name="python3")
-        run_sync(self.km.start_kernel)(cwd=str(cwd), env=kernel_environment())
+        self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+        # the kernel app logs errors only: its warning about TCP on localhost is not for a researcher
+        run_sync(self.km.start_kernel)(cwd=str(cwd), env=kernel_environment(), extra_arguments=["--IPKernelApp.log_level=ERROR"])
 
     def run(self, template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
         """Empty the namespace, then execute ``template`` (see :func:`execute_template`)."""
@@ -149,9 +170,14 @@ def _register_engine() -> None:
                 startup_timeout=start_timeout, kernel_name=kernel_name, log=logger, log_output=log_output,
                 stdout_file=stdout_file, stderr_file=stderr_file)
             client = SuiteClient(nb_man, **final_kwargs)
+            # papermill writes the whole notebook (validated) at every cell's start and end: with figures
+            # and inline attention views that was most of a template's fixed cost. It is written once, when
+            # the notebook completes or fails (papermill's notebook_complete, after this returns or raises).
+            nb_man.save = lambda **_: None
             try:
                 return client.execute()
             finally:
+                del nb_man.save  # papermill's own save again, for the final write
                 if not client.owns_km and client.kc is not None:
                     client.kc.stop_channels()
 

@@ -56,9 +56,25 @@ class NeuronPatching:
         return self.estimate[self.layer] - self.corrupted_metric
 
     def top(self, k: int) -> list[int]:
-        """The ``k`` neurons with the largest exact effects in magnitude, largest first."""
+        """The ``k`` neurons with the largest exact effects in magnitude, largest first (ties in index order)."""
         order = torch.sort(self.effect.abs(), descending=True, stable=True).indices
         return [int(n) for n in order[:k]]
+
+    def warning(self, k: int) -> str | None:
+        """Said when the top ``k`` is not a ranking: every effect is (nearly) zero, or the ``k``-th neuron ties
+        with the next ones, so which of them is listed is index order, not effect."""
+        magnitude = torch.sort(self.effect.abs(), descending=True).values
+        scale = abs(self.clean_metric - self.corrupted_metric)
+        floor = 1e-6 * max(scale, 1.0)
+        if float(magnitude[0]) <= floor:
+            return (f"no neuron of layer {self.layer} changes the metric (largest effect {float(magnitude[0]):.2g}): "
+                    "the ranking below is index order. Choose another layer.")
+        if len(magnitude) > k:
+            tied = int(((magnitude - magnitude[k - 1]).abs() <= floor).sum())
+            if tied > 1 and float(magnitude[k]) >= float(magnitude[k - 1]) - floor:
+                return (f"{tied} neurons tie at the effect of rank {k} ({float(magnitude[k - 1]):.3g}): which of them are "
+                        "listed is index order, not effect.")
+        return None
 
     @property
     def pearson(self) -> float:
@@ -75,6 +91,7 @@ class NeuronPatching:
                 "top": [{"neuron": n, "effect": float(self.effect[n]), "estimated_effect": float(self.estimated_effect[n])}
                         for n in self.top(k)],
                 "pearson_exact_vs_estimate": self.pearson, "sign_agreement_top": self.sign_agreement(k),
+                "warning": self.warning(k),
                 "estimate_max_abs_by_layer": (self.estimate - self.corrupted_metric).abs().max(dim=1).values.tolist()}
 
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -51,9 +51,10 @@ from tqdm.auto import tqdm
 
 from helpers.architectures import Architecture, describe
 from helpers.forward import ForwardPass, UnsupportedArchitecture
-from helpers.heads import HeadScore, rank_heads, rank_heads_by_magnitude
+from helpers.heads import HeadScore, rank_heads_by_magnitude, top_of_sign
 from helpers.hook_patching import HookPatcher
 from helpers.metrics import AnswerMetric, at_final_pos, pearson_correlation
+from helpers.stats import Interval, bootstrap_ratio
 from helpers.tasks import PromptSet
 
 PatchKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern"]
@@ -108,18 +109,25 @@ class PatchingResult:
         return self.kind not in PER_POSITION
 
     def top(self, k: int) -> tuple[list[HeadScore], list[HeadScore]]:
-        """The ``k`` most positive and most negative heads (per-head kinds only)."""
+        """Up to ``k`` heads of positive and up to ``k`` of negative effect, strongest first (per-head kinds)."""
         if not self.is_per_head:
             raise ValueError(f"{self.kind} patching is per position, not per head")
-        return rank_heads(self.values, k), rank_heads(self.values, k, largest=False)
+        return top_of_sign(self.values, k, "positive"), top_of_sign(self.values, k, "negative")
 
-    def to_dict(self, k: int = 10) -> dict[str, Any]:
+    def to_dict(self, k: int = 10, *, intervals: Mapping[str, Interval] | None = None) -> dict[str, Any]:
+        """The values, and for per-head kinds the top heads of each sign, each with its 95% interval over
+        prompts where ``intervals`` (:meth:`PatchingEngine.head_intervals`) has it."""
         data: dict[str, Any] = {"kind": self.kind, "metric": self.metric_name, "values": self.values.tolist(),
                                 "columns": list(self.column_labels)}
         if self.is_per_head:
+            intervals = intervals or {}
+
+            def entry(h: HeadScore) -> dict[str, Any]:
+                return {**h.to_dict(), **({"ci95": intervals[h.name].to_list()} if h.name in intervals else {})}
+
             positive, negative = self.top(k)
-            data["top_positive"] = [h.to_dict() for h in positive]
-            data["top_negative"] = [h.to_dict() for h in negative]
+            data["top_positive"] = [entry(h) for h in positive]
+            data["top_negative"] = [entry(h) for h in negative]
         return data
 
 
@@ -139,11 +147,17 @@ class MetricAnchors:
 
     @property
     def warning(self) -> str | None:
-        """Said when the clean and corrupted runs barely differ: normalising then magnifies noise."""
+        """Said when the clean and corrupted runs barely differ (normalising then magnifies noise), or when
+        the corrupted run scores higher than the clean one (the scale is upside down)."""
         gap = abs(self.clean_value - self.corrupted_value)
         if gap < self.small_gap:
             return (f"The clean and corrupted runs differ by only {gap:.3g} in mean {self.task_metric}, so the "
                     "normalised metric divides by a tiny number: every patching result here is mostly noise.")
+        if self.clean_value < self.corrupted_value:
+            return (f"The corrupted run scores higher than the clean one (mean {self.task_metric} "
+                    f"{self.corrupted_value:.3f} against {self.clean_value:.3f}): the model does not do the task the "
+                    "way the task file says, so 1 (\"clean\") is the worse behaviour and every sign below is the "
+                    "other way round. Check the answers and the corruption, or the model.")
         return None
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,6 +231,9 @@ class PatchingEngine:
         self.metric_name = f"normalised {self.answers.name}" if metric is None else getattr(metric, "__name__", "metric")
         self.clean_metric = float(self.metric(clean_final))
         self.corrupted_metric = float(self.metric(corrupted_final))
+        # the task metric per prompt, for intervals over prompts (head_intervals)
+        self._clean_per_prompt = self.answers(clean_final.float())
+        self._corrupted_per_prompt = self.answers(corrupted_final.float())
 
         self.fast_path_reason = self._start_fast_path(corrupted_final)
         self._hooks: HookPatcher | None = None
@@ -269,6 +286,30 @@ class PatchingEngine:
                 values = self._patch_fast(kind)
         columns = tuple(f"H{h}" for h in range(self.n_heads)) if kind not in PER_POSITION else self.column_labels
         return PatchingResult(kind, values.float().cpu(), columns, self.metric_name)
+
+    def head_intervals(self, kind: PatchKind, heads: Sequence[HeadScore], *, seed: int = 0) -> dict[str, Interval]:
+        """95% bootstrap intervals over prompts (:mod:`helpers.stats`) of each of ``heads``' normalised task
+        metric after patching ``kind`` (a head kind), by head name. Empty for a metric of your own, whose
+        value per prompt is not defined."""
+        if kind in PER_POSITION:
+            raise ValueError(f"{kind} patching is per position, not per head")
+        if self.metric is not self.task_metric or not heads:
+            return {}
+        per_prompt = torch.stack([self._patched_head_per_prompt(kind, h.layer, h.head) for h in heads])
+        low, high = bootstrap_ratio(per_prompt - self._corrupted_per_prompt,
+                                    self._clean_per_prompt - self._corrupted_per_prompt, seed=seed)
+        return {h.name: Interval(float(lo), float(hi)) for h, lo, hi in zip(heads, low, high)}
+
+    def _patched_head_per_prompt(self, kind: PatchKind, layer: int, head: int) -> Float[Tensor, " batch"]:
+        """The task metric of each prompt with one head patched (the value :meth:`patch` averages)."""
+        with torch.no_grad():
+            if self._hooks is not None:
+                final_logits = self._hooks.patch_heads_final_logits(kind, layer, [head])[0]
+            else:
+                start = min(self._first_difference, self.clean_tokens.shape[1] - 1)
+                x, begin, from_mlp = self._patched_stream(kind, layer, [head], start)
+                final_logits = self.fw.unembed(self._finish(x.flatten(0, 1), begin, from_mlp=from_mlp, start=start))
+        return self.answers(final_logits.float())
 
     # -- the engine's forward pass ------------------------------------------------------------------
 

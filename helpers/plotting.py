@@ -8,7 +8,7 @@ so repeated tokens stay distinct.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -25,7 +25,7 @@ from helpers.attribution import (
     LogitLensResult,
     TopPredictions,
 )
-from helpers.circuit import Circuit, CircuitFaithfulness, FaithfulnessCurve, Minimality
+from helpers.circuit import Circuit, CircuitFaithfulness, FaithfulnessCurve, Minimality, RandomBaseline
 from helpers.compare import MEASURE_NAMES, SharedHeads, TaskResults
 from helpers.copy_scores import AttentionProjection, CopyPredictions, CopyScores
 from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
@@ -33,10 +33,15 @@ from helpers.heads import HeadScore, head_name
 from helpers.neurons import NeuronActivations, NeuronPatching, NeuronWrites
 from helpers.patching import AttributionAgreement, MetricAnchors, PatchingResult
 from helpers.roles import ImportantHead
+from helpers.stats import Interval
 from helpers.tasks import token_labels
 from helpers.vectors import PredictionChange, VectorArithmetic
 
 DIVERGING = "RdBu"
+# The smallest colour range of a signed heatmap, in the quantity's own unit (a normalised metric's 1,
+# a logit): float32 noise is ~1e-6 of it, a real effect far more.
+NOISE_FLOOR = 1e-3
+ATTENTION_WIDTH = 1100  # px: the widest figure, so it fits a notebook's output area at 1280-1400 px
 
 
 def plot_logit_diff(result: LogitDiffResult) -> go.Figure:
@@ -78,13 +83,20 @@ def plot_component_attribution(result: ComponentAttribution) -> go.Figure:
     return fig
 
 
+def _colour_bound(values: Sequence[Sequence[float]]) -> float:
+    """The symmetric colour range of a signed heatmap: its largest magnitude, but never below
+    :data:`NOISE_FLOOR`, so values that are float noise (a patch that changes nothing, 5e-6) stay
+    near white instead of being stretched to full colour."""
+    return max(max((abs(v) for row in values for v in row), default=0.0), NOISE_FLOOR)
+
+
 def plot_head_heatmap(
     values: Sequence[Sequence[float]], title: str, *, colorbar_title: str = "", unit_interval: bool = False
 ) -> go.Figure:
     """A layer x head heatmap: signed quantities centred on zero, or scores in [0, 1] with
     ``unit_interval``."""
     fig = go.Figure(_head_heatmap_trace(values, unit_interval=unit_interval, colorbar=dict(title=colorbar_title)))
-    fig.update_layout(title=title, xaxis_title="head", yaxis_title="layer", yaxis_autorange="reversed")
+    fig.update_layout(title=title, xaxis=dict(title="head", dtick=1), yaxis=dict(title="layer", dtick=1, autorange="reversed"))
     return fig
 
 
@@ -94,7 +106,7 @@ def _head_heatmap_trace(values: Sequence[Sequence[float]], *, unit_interval: boo
     on a diverging scale centred on zero (its own range), or scores on [0, 1]."""
     n_layers, n_heads = len(values), len(values[0])
     names = [[head_name(layer, head) for head in range(n_heads)] for layer in range(n_layers)]
-    bound = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    bound = _colour_bound(values)
     scale = dict(colorscale="Blues", zmin=0, zmax=1) if unit_interval else dict(
         colorscale=DIVERGING, zmid=0, zmin=-bound, zmax=bound)
     return go.Heatmap(z=values, x=list(range(n_heads)), y=list(range(n_layers)), customdata=names, **scale,
@@ -106,17 +118,22 @@ def plot_head_attribution(result: HeadAttribution) -> go.Figure:
                              colorbar_title="logit diff")
 
 
-def head_table(positive: Sequence[HeadScore], negative: Sequence[HeadScore], *, value_name: str) -> pd.DataFrame:
-    """The strongest positive and negative heads side by side."""
+def head_table(positive: Sequence[HeadScore], negative: Sequence[HeadScore], *, value_name: str,
+               intervals: Mapping[str, Interval] | None = None) -> pd.DataFrame:
+    """The strongest positive and negative heads side by side (each list holds only heads of its sign, so
+    one may be shorter: its rows are left empty), with each head's 95% interval where ``intervals`` has it."""
     rows = max(len(positive), len(negative))
 
     def pad(values: list[object]) -> list[object]:
         return values + [None] * (rows - len(values))
 
-    return pd.DataFrame({
-        "positive head": pad([h.name for h in positive]), f"positive {value_name}": pad([h.value for h in positive]),
-        "negative head": pad([h.name for h in negative]), f"negative {value_name}": pad([h.value for h in negative]),
-    }, index=pd.RangeIndex(1, rows + 1, name="rank"))
+    columns: dict[str, list[object]] = {}
+    for sign, heads in (("positive", positive), ("negative", negative)):
+        columns[f"{sign} head"] = pad([h.name for h in heads])
+        columns[f"{sign} {value_name}"] = pad([h.value for h in heads])
+        if intervals:
+            columns[f"{sign} 95% interval"] = pad([str(intervals[h.name]) if h.name in intervals else "" for h in heads])
+    return pd.DataFrame(columns, index=pd.RangeIndex(1, rows + 1, name="rank"))
 
 
 def top_predictions_table(result: TopPredictions) -> pd.DataFrame:
@@ -130,14 +147,19 @@ def plot_attention_patterns(result: AttentionPatterns) -> go.Figure:
     n = len(result.heads)
     cols = min(n, 3)
     rows = (n + cols - 1) // cols
+    # rows far enough apart that a panel's title clears the key labels of the panel above
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=[f"{h.name} ({h.value:+.3f})" for h in result.heads],
-                        horizontal_spacing=0.12, vertical_spacing=0.12)
+                        horizontal_spacing=0.16, vertical_spacing=min(0.3, 0.9 / rows))
     for i, pattern in enumerate(result.patterns):
         fig.add_trace(go.Heatmap(z=pattern.tolist(), x=labels, y=labels, colorscale="Blues", zmin=0, zmax=1,
-                                 showscale=i == 0, hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"),
+                                 showscale=i == 0, colorbar=dict(title="attention"),
+                                 hovertemplate="query %{y}<br>key %{x}<br>%{z:.3f}<extra></extra>"),
                       row=i // cols + 1, col=i % cols + 1)
-    fig.update_yaxes(autorange="reversed")
-    fig.update_layout(title=f"Attention patterns on: {result.prompt}", height=420 * rows, width=420 * cols + 120)
+    ticks = dict(tickmode="array", tickvals=labels, ticktext=labels, tickfont=dict(size=9))  # every token labelled
+    fig.update_yaxes(autorange="reversed", title_text="query", **ticks)
+    fig.update_xaxes(title_text="key", tickangle=-60, **ticks)
+    # at most 1100 px wide: fits the output area of a notebook at 1280-1400 px
+    fig.update_layout(title=f"Attention patterns on: {result.prompt}", height=460 * rows, width=ATTENTION_WIDTH)
     return fig
 
 
@@ -157,14 +179,16 @@ def plot_patching(result: PatchingResult) -> go.Figure:
     if result.is_per_head:
         return plot_head_heatmap(result.values.tolist(), title, colorbar_title=result.metric_name)
     values = result.values.tolist()
-    bound = max((abs(v) for row in values for v in row), default=1.0) or 1.0
+    bound = _colour_bound(values)
     fig = go.Figure(go.Heatmap(
         z=values, x=list(result.column_labels), y=list(range(len(values))), colorscale=DIVERGING, zmid=0,
-        zmin=-bound, zmax=bound, colorbar=dict(title="metric"),
+        zmin=-bound, zmax=bound, colorbar=dict(title=result.metric_name),
         hovertemplate="layer %{y}, position %{x}<br>%{z:.4f}<extra></extra>",
     ))
-    fig.update_layout(title=title, xaxis_title="position (prompt 0's tokens)", yaxis_title="layer",
-                      yaxis_autorange="reversed", xaxis_tickangle=-45)
+    labels = list(result.column_labels)
+    fig.update_layout(title=title, yaxis=dict(title="layer", dtick=1, autorange="reversed"),
+                      xaxis=dict(title="position (prompt 0's tokens)", tickangle=-45, tickmode="array",
+                                 tickvals=labels, ticktext=labels))  # every token labelled
     return fig
 
 
@@ -177,19 +201,24 @@ def head_scatter(
     x: Float[Tensor, "layer head_index"], y: Float[Tensor, "layer head_index"], *, x_title: str, y_title: str,
     title: str,
 ) -> go.Figure:
-    """Two per-head quantities against each other, coloured by layer, with the diagonal y = x."""
+    """Two per-head quantities against each other, one colour per layer (discrete: a layer is a category,
+    not a quantity), with the diagonal y = x."""
+    import plotly.colors
+
     n_layers, n_heads = x.shape
-    names = [head_name(layer, head) for layer in range(n_layers) for head in range(n_heads)]
-    xs, ys = x.flatten().tolist(), y.flatten().tolist()
-    layers = [layer for layer in range(n_layers) for _ in range(n_heads)]
-    fig = go.Figure(go.Scatter(
-        x=xs, y=ys, mode="markers", text=names, marker=dict(color=layers, colorscale="Viridis", showscale=True,
-                                                           colorbar=dict(title="layer")),
-        hovertemplate="%{text}<br>x %{x:.4f}<br>y %{y:.4f}<extra></extra>"))
-    low, high = min(xs + ys + [0.0]), max(xs + ys + [0.0])
+    palette = plotly.colors.qualitative.Dark24
+    fig = go.Figure()
+    for layer in range(n_layers):
+        fig.add_trace(go.Scatter(
+            x=x[layer].tolist(), y=y[layer].tolist(), mode="markers", name=f"layer {layer}",
+            text=[head_name(layer, head) for head in range(n_heads)],
+            marker=dict(color=palette[layer % len(palette)], size=9),
+            hovertemplate="%{text}<br>x %{x:.4f}<br>y %{y:.4f}<extra></extra>"))
+    values = x.flatten().tolist() + y.flatten().tolist()
+    low, high = min(values + [0.0]), max(values + [0.0])
     fig.add_trace(go.Scatter(x=[low, high], y=[low, high], mode="lines", line=dict(dash="dot", color="gray"),
                              showlegend=False, hoverinfo="skip"))
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, showlegend=False)
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, legend_title_text="layer")
     return fig
 
 
@@ -321,25 +350,54 @@ def circuit_table(circuit: Circuit) -> pd.DataFrame:
     return pd.DataFrame(rows, index=pd.RangeIndex(1, len(rows) + 1, name="#")) if rows else pd.DataFrame()
 
 
+def _error_bar(results: Sequence[CircuitFaithfulness]) -> dict[str, object] | None:
+    """Plotly error bars from the results' 95% intervals (None when none has one)."""
+    if all(r.ci95 is None for r in results):
+        return None
+    upper = [0.0 if r.ci95 is None else r.ci95.high - r.faithfulness for r in results]
+    lower = [0.0 if r.ci95 is None else r.faithfulness - r.ci95.low for r in results]
+    return dict(type="data", symmetric=False, array=upper, arrayminus=lower, color="#444444")
+
+
+def _interval_text(result: CircuitFaithfulness) -> str:
+    return f"{result.faithfulness:.2f}" + ("" if result.ci95 is None else f" {result.ci95}")
+
+
 def plot_faithfulness(result: CircuitFaithfulness) -> go.Figure:
-    """The full model, the circuit and the empty circuit, each as a fraction of the full model."""
+    """The full model, the circuit and the empty circuit, each as a fraction of the full model (the circuit
+    with its 95% interval over prompts)."""
     names = ["full model", f"{result.circuit.name} ({len(result.circuit)} heads)", "empty circuit (every head ablated)"]
     values = [1.0, result.faithfulness, result.empty_faithfulness]
-    fig = go.Figure(go.Bar(x=names, y=values, text=[f"{v:.2f}" for v in values], textposition="outside",
-                           marker_color=["#999999", "#2166ac", "#b2182b"]))
+    bar = go.Bar(x=names, y=values, text=["1.00", _interval_text(result), f"{result.empty_faithfulness:.2f}"],
+                 textposition="outside", marker_color=["#999999", "#2166ac", "#b2182b"])
+    if result.ci95 is not None:
+        bar.error_y = dict(type="data", symmetric=False, array=[0, result.ci95.high - result.faithfulness, 0],
+                           arrayminus=[0, result.faithfulness - result.ci95.low, 0], color="#444444")
+    fig = go.Figure(bar)
     fig.update_layout(title=f"Faithfulness: {result.faithfulness:.2f} of the full model's metric "
-                      f"({result.metric:.3f} of {result.full_metric:.3f})", yaxis_title="fraction of the full model")
+                      f"({result.metric:.3f} of {result.full_metric:.3f})", yaxis_title="fraction of the full model",
+                      xaxis_title="circuit")
     return fig
 
 
-def plot_faithfulness_curve(curve: FaithfulnessCurve) -> go.Figure:
-    """Faithfulness as heads are added in order of importance, from none."""
+def plot_faithfulness_curve(curve: FaithfulnessCurve, *, target: float | None = None,
+                            chosen: int | None = None) -> go.Figure:
+    """Faithfulness as heads are added in order of importance, from none; with ``target``, the target
+    line, and with ``chosen``, where the candidate circuit stops."""
     labels = ["none"] + [f"+{h}" for h in curve.heads]
     fig = go.Figure(go.Scatter(x=list(range(len(curve.fractions))), y=list(curve.fractions), mode="lines+markers",
-                               text=labels, hovertemplate="%{x} heads (%{text})<br>faithfulness %{y:.3f}<extra></extra>"))
+                               name="faithfulness", text=labels,
+                               hovertemplate="%{x} heads (%{text})<br>faithfulness %{y:.3f}<extra></extra>"))
     fig.add_hline(y=1.0, line_dash="dash", annotation_text="full model")
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dot", line_color="#b2182b", annotation_text=f"target {target:.0%}",
+                      annotation_position="bottom right")
+    if chosen is not None and 0 <= chosen < len(curve.fractions):
+        fig.add_vline(x=chosen, line_color="#2166ac", annotation_text=f"candidate: {chosen} heads")
+        fig.add_trace(go.Scatter(x=[chosen], y=[curve.fractions[chosen]], mode="markers", name="candidate",
+                                 marker=dict(size=14, color="#2166ac", symbol="diamond")))
     fig.update_layout(title="Faithfulness as heads are added in order of importance", xaxis_title="heads kept",
-                      yaxis_title="fraction of the full model",
+                      yaxis_title="fraction of the full model", showlegend=False,
                       xaxis=dict(tickmode="array", tickvals=list(range(len(labels))), ticktext=labels, tickangle=-45))
     return fig
 
@@ -355,19 +413,38 @@ def plot_minimality(result: Minimality) -> go.Figure:
     return fig
 
 
-def circuit_comparison_table(results: Sequence[CircuitFaithfulness]) -> pd.DataFrame:
-    return pd.DataFrame([{"circuit": r.circuit.name, "heads": len(r.circuit), "metric": r.metric,
-                          "faithfulness": r.faithfulness} for r in results]).set_index("circuit")
+def circuit_comparison_table(results: Sequence[CircuitFaithfulness], baseline: RandomBaseline | None = None) -> pd.DataFrame:
+    """Each circuit's size, metric and faithfulness with its 95% interval; with ``baseline``, a row for the
+    random circuits of the candidate's size (their mean, and their range as the interval)."""
+    rows = [{"circuit": r.circuit.name, "heads": len(r.circuit), "metric": r.metric, "faithfulness": r.faithfulness,
+             "95% interval": "" if r.ci95 is None else str(r.ci95)} for r in results]
+    if baseline is not None:
+        rows.append({"circuit": f"random ({len(baseline.results)} seeds)", "heads": baseline.size,
+                     "metric": sum(r.metric for r in baseline.results) / len(baseline.results),
+                     "faithfulness": baseline.mean, "95% interval": f"range [{baseline.low:.3f}, {baseline.high:.3f}]"})
+    return pd.DataFrame(rows).set_index("circuit")
 
 
-def plot_circuit_comparison(results: Sequence[CircuitFaithfulness]) -> go.Figure:
+def plot_circuit_comparison(results: Sequence[CircuitFaithfulness], baseline: RandomBaseline | None = None) -> go.Figure:
+    """Each circuit's faithfulness with its 95% interval; with ``baseline``, every random circuit of the
+    candidate's size as a point, and their mean."""
     names = [f"{r.circuit.name} ({len(r.circuit)})" for r in results]
     values = [r.faithfulness for r in results]
-    fig = go.Figure(go.Bar(x=names, y=values, text=[f"{v:.2f}" for v in values], textposition="outside"))
+    fig = go.Figure(go.Bar(x=names, y=values, text=[f"{v:.2f}" for v in values], textposition="outside",
+                           error_y=_error_bar(results), name="circuits", marker_color="#2166ac"))
+    if baseline is not None:
+        label = f"random ({baseline.size})"
+        fig.add_trace(go.Scatter(x=[label] * len(baseline.results), y=list(baseline.faithfulness), mode="markers",
+                                 name="random circuits", marker=dict(color="#999999", size=9),
+                                 text=[r.circuit.name for r in baseline.results],
+                                 hovertemplate="%{text}<br>faithfulness %{y:.3f}<extra></extra>"))
+        fig.add_trace(go.Bar(x=[label], y=[baseline.mean], name="random mean", marker_color="#cccccc",
+                             text=[f"{baseline.mean:.2f}"], textposition="outside"))
     fig.add_hline(y=1.0, line_dash="dash", annotation_text="full model")
     if results:
         fig.add_hline(y=results[0].empty_faithfulness, line_dash="dot", annotation_text="empty circuit")
-    fig.update_layout(title="Faithfulness of each circuit (number of heads)", yaxis_title="fraction of the full model")
+    fig.update_layout(title="Faithfulness of each circuit (number of heads)", yaxis_title="fraction of the full model",
+                      xaxis_title="circuit", showlegend=False, barmode="overlay")
     return fig
 
 
@@ -505,7 +582,9 @@ def plot_importance_by_task(results: Sequence[TaskResults], measure: str, *, per
     for i, result in enumerate(results):
         fig.add_trace(_head_heatmap_trace(result.heads[measure].tolist(), hover_prefix=f"{result.task} ", showscale=False),
                       row=i // per_row + 1, col=i % per_row + 1)
-    fig.update_yaxes(autorange="reversed")
+    fig.update_yaxes(autorange="reversed", dtick=1, title_text="layer", col=1)
+    fig.update_yaxes(autorange="reversed", dtick=1)
+    fig.update_xaxes(dtick=1, title_text="head")
     fig.update_layout(title=f"{MEASURE_NAMES[measure].capitalize()} per head, by task (layer down, head across; "
                             "blue helps, red hurts)", height=320 * rows)
     return fig

@@ -165,9 +165,16 @@ def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False) -> 
 
 
 def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers.viz import add_static_images
+
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
     results: dict[str, Any] = {}
     kernel = None
+    # each executed notebook's figures get their PNGs here, while the kernel runs the next template
+    images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="static-images")
+    drawn = []
     try:
         kernel = None if fresh_kernels else TemplateKernel(staging)
         for i, template in enumerate(plan.templates, start=1):
@@ -179,9 +186,14 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
                 "task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
                 "results_path": f"{name}.results.json"}, kernel)
             if failure is not None:
+                if notebook.is_file():
+                    add_static_images(notebook)
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
+            drawn.append(images.submit(add_static_images, notebook))
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
+        for job in drawn:
+            job.result()
         names = [t.stem for t in plan.templates]
         log(f"Exporting {len(names)} offline HTML pages ...")
         _finish_notebooks(staging, names)
@@ -192,6 +204,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
         write_index(plan.output_dir)
     finally:
         try:
+            images.shutdown(wait=True, cancel_futures=True)
             if kernel is not None:
                 kernel.close()
         finally:
@@ -237,17 +250,24 @@ def _run_template(template: Path, notebook: Path, parameters: dict[str, Any],
 
 
 def _finish_notebooks(folder: Path, names: list[str]) -> None:
-    """Trust the executed notebooks (this user's Jupyter then runs their attention views' scripts, as it
-    would for a notebook run by hand) and export each as an offline HTML page beside it."""
+    """Record the kernel as this environment's Jupyter names it (so JupyterLab opens the notebook
+    unmodified), trust the executed notebooks (this user's Jupyter then runs their attention views'
+    scripts, as it would for a notebook run by hand) and export each as an offline HTML page beside it."""
     import nbformat
     from nbformat.sign import NotebookNotary
 
     from helpers.export import export_notebook
+    from helpers.kernel import kernelspec_metadata
 
     notary = NotebookNotary()
+    kernelspec = kernelspec_metadata()
     for name in names:
         path = folder / f"{name}.ipynb"
-        notary.sign(nbformat.read(path, as_version=4))
+        notebook = nbformat.read(path, as_version=4)
+        if notebook.metadata.get("kernelspec") != kernelspec:
+            notebook.metadata["kernelspec"] = kernelspec
+            nbformat.write(notebook, path)
+        notary.sign(notebook)
         export_notebook(path)
 
 

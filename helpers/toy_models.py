@@ -138,16 +138,17 @@ def _is_norm(name: str) -> bool:
 
 
 def ensure_demo_model(directory: Path) -> Path:
-    """Build the demo model (the planted-heads model, so the head-function plots show real roles)
-    into ``directory`` once; later calls reuse it, unless it was built by an older version of the suite."""
+    """Build the demo model (:func:`build_demo_ioi_model`: a planted IOI circuit, so ``make run TASK=ioi
+    MODEL=demo`` shows a model that does the task) into ``directory`` once; later calls reuse it, unless
+    it was built by an older version of the suite."""
     config = directory / "config.json"
-    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get(TOY_MODEL_KEY) == PLANTED_DESCRIPTION:
+    if config.is_file() and json.loads(config.read_text(encoding="utf-8")).get(TOY_MODEL_KEY) == DEMO_DESCRIPTION:
         return directory
     directory.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and rename, so an interrupted build never leaves a half-written model.
     staging = Path(tempfile.mkdtemp(prefix=".demo-model-", dir=directory.parent))
     try:
-        build_planted_model(staging)
+        build_demo_ioi_model(staging)
         if directory.exists():
             shutil.rmtree(directory)
         staging.rename(directory)
@@ -309,4 +310,152 @@ def build_planted_neuron_model(directory: str | Path, *, tokenizer: Any = None) 
         mlp.c_fc.bias[PLANTED_NEURON.neuron] = 0.0
         mlp.c_proj.weight[PLANTED_NEURON.neuron] = 2.0 * (yes - no) / (yes - no).norm() ** 2
     model.save_pretrained(directory)
+    return directory
+
+
+@dataclass(frozen=True)
+class PlantedIOI:
+    """Which heads of :func:`build_demo_ioi_model` do what (layer, head): the IOI paper's circuit, by hand."""
+
+    previous_token: tuple[int, int] = (0, 0)
+    duplicate_token: tuple[int, int] = (0, 1)  # at the second mention of a name, attends to the first
+    induction: tuple[int, int] = (1, 0)
+    s_inhibition: tuple[int, int] = (1, 2)  # at the end, attends to the repeated name and writes which it is
+    name_mover: tuple[int, int] = (2, 0)  # at the end, attends to the name not inhibited and copies it
+    negative_name_mover: tuple[int, int] = (2, 1)  # attends the same way, writes minus the name (weaker)
+
+
+PLANTED_IOI = PlantedIOI()
+DEMO_DESCRIPTION = ("3 layers, 4 heads, d_model 256, a hand-set IOI circuit: duplicate-token head L0H1, "
+                    "S-inhibition head L1H2, name mover L2H0, negative name mover L2H1; previous-token L0H0 and "
+                    "induction L1H0")
+# The demo's extra subspaces: a flag on the names of params/ioi.yaml, the duplicate-name flag the
+# duplicate-token head writes, and the inhibited name's code the S-inhibition head writes.
+_IS_NAME, _DUPLICATE, _INHIBITED = 98, 99, slice(100, 132)
+# Where heads write the tokens they promote: the (untied) unembedding reads only this subspace, so the
+# token subspace that values read holds each position's own token and nothing a head wrote.
+_OUTPUT = slice(132, 164)
+
+
+def demo_names() -> list[str]:
+    """The names the demo knows as names: params/ioi.yaml's NAME list (also what ioi_demo and ioi_abc use)."""
+    import yaml
+
+    from helpers.paths import PARAMS_DIR
+
+    return list(yaml.safe_load((PARAMS_DIR / "ioi.yaml").read_text(encoding="utf-8"))["words"]["NAME"])
+
+
+def build_demo_ioi_model(directory: str | Path, *, tokenizer: Any = None, names: list[str] | None = None,
+                         seed: int = 0) -> Path:
+    """Save a 3-layer, 4-head GPT-2 that does IOI by the circuit the IOI paper found, set by hand (see
+    :data:`PLANTED_IOI`), on the residual-stream layout of :func:`build_planted_model` plus three subspaces:
+
+    - the embedding of each name (``names``, with its leading space) carries a name flag;
+    - the duplicate-token head (layer 0) attends from each token to an earlier copy of it (else to BOS)
+      and writes the attended token's name flag: at the second mention of the subject, "a name seen
+      before"; a repeated non-name (" to", " the") writes nothing;
+    - the S-inhibition head (layer 1) attends to the flagged position, from the final one, and writes the
+      code of the token there (the subject) into the inhibited-name subspace;
+    - the name mover (layer 2) attends from the final position to names, minus the inhibited one, and
+      copies the name it finds (the indirect object) into an output subspace, the only one the (untied)
+      unembedding reads, as that name's logit; the negative name mover attends the same way and writes
+      a quarter of it with the opposite sign;
+    - previous-token and induction heads as in :func:`build_planted_model`; MLPs zero; the remaining heads
+      small random weights.
+    """
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    tokenizer = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
+    names = names if names is not None else demo_names()
+    d_model, n_heads, n_ctx = 256, 4, 32
+    d_head = d_model // n_heads
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=n_ctx, n_embd=d_model, n_layer=3, n_head=n_heads,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, activation_function="gelu_new",
+        tie_word_embeddings=False, **{TOY_MODEL_KEY: DEMO_DESCRIPTION},
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model = GPT2LMHeadModel(config)
+    name_tokens = []
+    for name in names:
+        ids = tokenizer(f" {name}", add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            name_tokens.append(ids[0])
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+        for name, param in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            if ".mlp." in name:
+                param.zero_()
+        codes = torch.randn(config.vocab_size, 32, generator=generator)
+        wte = model.transformer.wte.weight
+        wte.zero_()
+        wte[:, _TOKEN] = codes / codes.norm(dim=-1, keepdim=True)
+        wte[name_tokens, _IS_NAME] = 1.0
+        unembed = model.lm_head.weight  # [vocab, d_model]
+        unembed.zero_()
+        unembed[:, _OUTPUT] = codes / codes.norm(dim=-1, keepdim=True)
+        wpe = model.transformer.wpe.weight
+        wpe.zero_()
+        wpe[:, _POSITION] = torch.eye(n_ctx)
+        wpe[:, _ANCHOR[0]], wpe[:, _ANCHOR[1]] = 8.0, -8.0
+
+        def plant(layer: int, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+            attn = model.transformer.h[layer].attn
+            for kind in range(3):
+                start = kind * d_model + head * d_head
+                attn.c_attn.weight[:, start : start + d_head] = 0.0
+                attn.c_attn.bias[start : start + d_head] = 0.0
+            attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0.0
+            q, k, v = (attn.c_attn.weight[:, kind * d_model + head * d_head : kind * d_model + (head + 1) * d_head]
+                       for kind in range(3))
+            return q, k, v, attn.c_proj.weight[head * d_head : (head + 1) * d_head]
+
+        eye = torch.eye(32)
+        # previous-token head, as in build_planted_model
+        w_q, w_k, w_v, w_o = plant(*PLANTED_IOI.previous_token)
+        w_q[_POSITION.start + 1 : _POSITION.stop, : n_ctx - 1] = 40.0 * torch.eye(n_ctx - 1)
+        w_k[_POSITION, :n_ctx] = eye
+        w_v[_TOKEN, :32] = eye
+        w_o[:32, _PREVIOUS] = eye
+        # duplicate-token head: the same token elsewhere, never its own position; BOS as the sink when there
+        # is no earlier copy; it writes the attended token's name flag
+        w_q, w_k, w_v, w_o = plant(*PLANTED_IOI.duplicate_token)
+        w_q[_TOKEN, :32] = 60.0 * eye
+        w_q[_POSITION, 32:] = -80.0 * eye
+        w_q[_ANCHOR[0], 32] = 4.0  # every query scores the BOS key (position 0) a little
+        w_k[_TOKEN, :32] = eye
+        w_k[_POSITION, 32:] = eye
+        w_v[_IS_NAME, 0] = 1.0
+        w_o[0, _DUPLICATE] = 1.0
+        # induction head, as in build_planted_model (weaker: it must not drown the name mover)
+        w_q, w_k, w_v, w_o = plant(*PLANTED_IOI.induction)
+        w_q[_TOKEN, :32] = 40.0 * eye
+        w_k[_PREVIOUS, :32] = eye
+        w_v[_TOKEN, :32] = eye
+        w_o[:32, _OUTPUT] = eye
+        # S-inhibition head: attends to the position flagged as a repeated name, writes its token's code
+        w_q, w_k, w_v, w_o = plant(*PLANTED_IOI.s_inhibition)
+        w_q[_ANCHOR[0], 0] = 2.0
+        w_k[_DUPLICATE, 0] = 6.0
+        w_v[_TOKEN, :32] = eye
+        w_o[:32, _INHIBITED] = eye
+        # name mover and negative name mover: names, minus the inhibited one; copy (or negate) the name found
+        for head, write in ((PLANTED_IOI.name_mover, 8.0), (PLANTED_IOI.negative_name_mover, -2.0)):
+            w_q, w_k, w_v, w_o = plant(*head)
+            w_q[_ANCHOR[0], 0] = 2.0
+            w_k[_IS_NAME, 0] = 6.0
+            w_q[_INHIBITED, 1:33] = -30.0 * eye
+            w_k[_TOKEN, 1:33] = eye
+            w_v[_TOKEN, :32] = eye
+            w_o[:32, _OUTPUT] = write * eye
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
     return directory

@@ -40,10 +40,23 @@ class UpdateVector:
 
     vector: Float[Tensor, " d_model"]
     source: str
+    typical_norm: float | None = None  # the mean norm of the outputs it averages, where it is a mean
 
     @property
     def norm(self) -> float:
         return float(self.vector.norm())
+
+    @property
+    def warning(self) -> str | None:
+        """Said when the vector is (nearly) zero: adding it can change nothing, so every figure of it is empty."""
+        if self.typical_norm is None:
+            return None
+        if self.norm <= 1e-6 or self.norm < 0.01 * self.typical_norm:
+            return (f"the vector's norm is {self.norm:.3g}, against {self.typical_norm:.3g} for one prompt's output: "
+                    "the outputs cancel over the prompts (or the component writes almost nothing), so adding the "
+                    "vector changes next to nothing and so does a random vector of its norm. Choose another layer "
+                    "or component.")
+        return None
 
 
 def extract_update_vector(cache: FinalPositionCache, *, component: str, layer: int) -> UpdateVector:
@@ -54,7 +67,8 @@ def extract_update_vector(cache: FinalPositionCache, *, component: str, layer: i
     if not 0 <= layer < cache.n_layers:
         raise ValueError(f"layer = {layer}: this model has layers 0-{cache.n_layers - 1}. Fix: choose one of them.")
     outputs = (cache.mlp_out if component == "mlp" else cache.attn_out)[layer]  # [batch, d_model]
-    return UpdateVector(outputs.mean(dim=0), f"L{layer} {component} output, mean over {outputs.shape[0]} clean prompts")
+    return UpdateVector(outputs.mean(dim=0), f"L{layer} {component} output, mean over {outputs.shape[0]} clean prompts",
+                        float(outputs.norm(dim=-1).mean()))
 
 
 def random_like(vector: UpdateVector, seed: int) -> UpdateVector:
@@ -189,7 +203,8 @@ class VectorArithmetic:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "vector": self.vector.source, "norm": self.vector.norm, "targets": self.targets.name,
+            "vector": self.vector.source, "norm": self.vector.norm, "warning": self.vector.warning,
+            "targets": self.targets.name,
             "add_at": list(self.layers), "scale": self.scale,
             "top_share": {"before": self.before.top_share, "vector": self.after.top_share,
                           "random": [r.top_share for r in self.random], "random_mean": self.random_top_share},

@@ -1,55 +1,114 @@
 """How figures and attention views are stored in executed notebooks, chosen explicitly.
 
 Plotly figures (:func:`configure_outputs`): each output holds the figure twice, as plotly's JSON mime
-type (rendered by JupyterLab's plotly extension and by VS Code, with no script to trust) and as HTML that
-loads plotly.js from its CDN (Colab, nbconvert, GitHub-style viewers). The HTML export replaces both
-with the figure and plotly.js embedded once per page (:mod:`helpers.export`).
+type (drawn interactively by JupyterLab's plotly extension and by VS Code, with no script to trust) and as
+a static PNG (:mod:`helpers.static`), which is what GitHub, nbviewer, nbconvert and Colab show, where
+plotly.js does not run. No output loads a script from a CDN. The HTML export replaces both with the
+figure and plotly.js embedded once per page (:mod:`helpers.export`).
 
 Interactive attention views (CircuitsVis), rendered the one way we choose.
 
 CircuitsVis's ``_repr_html_`` probes ``http://google.com`` on every render and then either inlines its
 1.3 MB script or points at a CDN. We never let it decide: :func:`attention_view` renders the inline
 (offline) source explicitly, so nothing probes the network and the executed notebook shows the view
-without a connection. The view also carries its component name and props in the output's metadata
-(``circuitsvis``), from which the HTML export re-renders it with the library embedded once per page
-(:mod:`helpers.export`).
+without a connection. Before the view, the same heads are drawn as a static image with a one-line hint;
+the view's script hides both when it runs, so a viewer that does not run it (an untrusted notebook,
+GitHub) shows the image and says why. The view also carries its component name and props in the
+output's metadata (``circuitsvis``), from which the HTML export re-renders it with the library embedded
+once per page (:mod:`helpers.export`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
+
+from plotly.io._base_renderers import MimetypeRenderer
 
 from helpers.attribution import AttentionPatterns
 
 CIRCUITSVIS_METADATA = "circuitsvis"
-PLOTLY_RENDERERS = "plotly_mimetype+suite_connected_html"
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+PLOTLY_RENDERERS = "plotly_mimetype+suite_static_png"
+# Set by the runner in its kernels: the figures' PNGs are drawn by the runner (add_static_images) while the
+# kernel goes on with the next template, instead of by the kernel between its cells.
+STATIC_IMAGES_BY_RUNNER = "SUITE_STATIC_IMAGES_BY_RUNNER"
+UNTRUSTED_HINT = ("A static image of the interactive attention view, whose script did not run here: trust the "
+                  "notebook (JupyterLab: File > Trust Notebook) or open its HTML page to explore it.")
+
+
+class StaticImageRenderer(MimetypeRenderer):
+    """Plotly renderer that adds the figure as a PNG (:func:`helpers.static.png`) to the output."""
+
+    def to_mimebundle(self, fig_dict: dict[str, Any]) -> dict[str, str]:
+        import plotly.graph_objects as go
+
+        from helpers.static import UnsupportedFigure, png
+
+        try:
+            data = png(go.Figure(fig_dict))
+        except UnsupportedFigure as err:
+            return {"text/plain": f"(interactive figure only: {err})"}
+        return {"image/png": base64.b64encode(data).decode("ascii")}
 
 
 def configure_outputs() -> None:
-    """Store every plotly figure as its JSON mime type plus CDN-loading HTML (see the module doc)."""
-    import plotly.io as pio
-    from plotly.io._base_renderers import HtmlRenderer
+    """Store every plotly figure as its JSON mime type plus a static PNG (see the module doc); in the
+    runner's kernels the JSON alone, the runner adding the PNG (:func:`add_static_images`)."""
+    import os
 
-    pio.renderers["suite_connected_html"] = HtmlRenderer(connected=True, full_html=False)
-    pio.renderers.default = PLOTLY_RENDERERS
+    import plotly.io as pio
+
+    pio.renderers["suite_static_png"] = StaticImageRenderer()
+    pio.renderers.default = "plotly_mimetype" if os.environ.get(STATIC_IMAGES_BY_RUNNER) == "1" else PLOTLY_RENDERERS
+
+
+def add_static_images(path: Any) -> int:
+    """Give every plotly figure in the notebook at ``path`` that has none its static PNG (or the note
+    saying why it has none), as the kernel's renderer would have; returns how many were added."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    renderer, added = StaticImageRenderer(), 0
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            data = output.get("data", {})
+            if PLOTLY_MIME in data and "image/png" not in data:
+                bundle = renderer.to_mimebundle(data[PLOTLY_MIME])
+                data.update({key: value for key, value in bundle.items() if key not in data})
+                added += 1
+    if added:
+        nbformat.write(notebook, path)
+    return added
 
 
 class CircuitsVisView:
     """A CircuitsVis component with its props; Jupyter displays it through :meth:`_repr_mimebundle_`."""
 
-    def __init__(self, component: str, **props: Any):
+    def __init__(self, component: str, *, static_png: bytes | None = None, **props: Any):
         from circuitsvis.utils.render import convert_props
 
         self.component = component
         self.props_json = convert_props({k: v for k, v in props.items() if v is not None})
         self._props = props
+        self.static_png = static_png
 
     def html(self) -> str:
-        """Self-contained HTML: the library inlined, then the render call."""
+        """Self-contained HTML: the static image and its hint (when there is one), the library inlined,
+        then the render call, then a line of script that hides the image once scripts run."""
         from circuitsvis.utils.render import render_local
 
-        return render_local(self.component, **{k: v for k, v in self._props.items() if v is not None})
+        view = render_local(self.component, **{k: v for k, v in self._props.items() if v is not None})
+        if self.static_png is None:
+            return view
+        image = base64.b64encode(self.static_png).decode("ascii")
+        element = f"suite-static-{hashlib.sha1(self.props_json.encode()).hexdigest()[:12]}"  # the same on every run
+        fallback = (f'<div class="suite-static-view" id="{element}"><p><em>{UNTRUSTED_HINT}</em></p>'
+                    f'<img alt="attention patterns" src="data:image/png;base64,{image}"></div>')
+        hide = f'<script>document.getElementById("{element}").style.display = "none";</script>'
+        return fallback + view + hide
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, str], dict[str, Any]]:
         metadata = {CIRCUITSVIS_METADATA: {"component": self.component, "props": json.loads(self.props_json)}}
@@ -58,5 +117,17 @@ class CircuitsVisView:
 
 def attention_view(result: AttentionPatterns) -> CircuitsVisView:
     """An interactive view of the heads' attention patterns on one prompt."""
-    return CircuitsVisView("AttentionHeads", attention=result.patterns, tokens=list(result.str_tokens),
+    from helpers.plotting import plot_attention_patterns
+    from helpers.static import png
+
+    return CircuitsVisView("AttentionHeads", static_png=png(plot_attention_patterns(result)),
+                           attention=result.patterns, tokens=list(result.str_tokens),
                            attentionHeadNames=list(result.head_names), maskUpperTri=True)
+
+
+def show_warning(text: str | None) -> None:
+    """Display ``text`` as a warning block above the figure it is about (nothing when ``text`` is None)."""
+    if text:
+        from IPython.display import Markdown, display
+
+        display(Markdown(f"> **Warning.** {text}"))

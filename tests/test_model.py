@@ -23,7 +23,7 @@ from helpers.model import (
     toy_model_notice,
 )
 from helpers.paths import REPO_ROOT, SHARED_GPT2_TOKENIZER
-from helpers.toy_models import PLANTED_DESCRIPTION, ensure_demo_model
+from helpers.toy_models import DEMO_DESCRIPTION, ensure_demo_model
 
 
 def test_toy_model_loads_in_compatibility_and_eval_mode_without_gradients(toy_model: Any) -> None:
@@ -59,7 +59,7 @@ def test_demo_model_is_built_once(tmp_path: Path, gpt2_tokenizer: Any) -> None:
     stamp = (directory / "config.json").stat().st_mtime_ns
     assert ensure_demo_model(tmp_path / "demo") == directory
     assert (directory / "config.json").stat().st_mtime_ns == stamp
-    assert json.loads((directory / "config.json").read_text())["n_layer"] == 2
+    assert json.loads((directory / "config.json").read_text())["n_layer"] == 3
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo-model-")]
 
 
@@ -68,7 +68,7 @@ def test_a_demo_model_built_by_an_older_suite_is_rebuilt(tmp_path: Path, gpt2_to
     config = json.loads((directory / "config.json").read_text())
     (directory / "config.json").write_text(json.dumps({**config, TOY_MODEL_KEY: "an older planted model"}))
     ensure_demo_model(directory)
-    assert json.loads((directory / "config.json").read_text())[TOY_MODEL_KEY] == PLANTED_DESCRIPTION
+    assert json.loads((directory / "config.json").read_text())[TOY_MODEL_KEY] == DEMO_DESCRIPTION
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".demo-model-")]
 
 

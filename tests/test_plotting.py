@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import plotly.graph_objects as go
@@ -24,10 +25,11 @@ from helpers import (
     head_scores,
     neurons,
     plotting,
+    static,
     vectors,
 )
 from helpers.heads import HeadScore
-from helpers.patching import PatchingEngine, compare_attribution
+from helpers.patching import PatchingEngine, PatchingResult, compare_attribution
 from helpers.tasks import PromptSet
 
 
@@ -76,6 +78,7 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
         "curve": circuit.compute_faithfulness_curve(evaluator, candidate, 3),
         "minimality": circuit.compute_minimality(evaluator, candidate),
         "comparison": [evaluator.evaluate(candidate), evaluator.evaluate(circuit.random_circuit(2, 4, 3))],
+        "baseline": circuit.compute_random_baseline(evaluator, 3, n_seeds=3),
         "vector": vectors.compute_vector_arithmetic(toy_model, targets, vector, layers=[0], n_random=2),
         "neurons": neuron_result,
         "activations": neurons.compute_neuron_activations(toy_model, ioi_prompts, 1, neuron_result.top(3)),
@@ -150,15 +153,17 @@ def check_patching(r: dict[str, Any]) -> go.Figure:
 
 def check_head_scatter(r: dict[str, Any]) -> go.Figure:
     fig = plotting.plot_head_scatter(r["head_out"], r["head_v"], x_title="out", y_title="v", title="t")
-    points = fig.data[0]
-    assert list(points.x) == r["head_out"].values.flatten().tolist() and list(points.y) == r["head_v"].values.flatten().tolist()
-    assert list(points.text)[:2] == ["L0H0", "L0H1"] and fig.data[1].mode == "lines"  # the diagonal
+    layers, diagonal = fig.data[:-1], fig.data[-1]
+    assert [list(t.x) for t in layers] == r["head_out"].values.tolist() and [list(t.y) for t in layers] == r["head_v"].values.tolist()
+    assert list(layers[0].text)[:2] == ["L0H0", "L0H1"] and diagonal.mode == "lines"
+    # a layer is a category: one discrete colour each, named in the legend
+    assert [t.name for t in layers] == ["layer 0", "layer 1"] and len({t.marker.color for t in layers}) == 2
     return fig
 
 
 def check_attribution_agreement(r: dict[str, Any]) -> go.Figure:
     fig = plotting.plot_attribution_agreement(r["head_out"], r["estimate"], r["agreement"])
-    assert list(fig.data[0].y) == r["estimate"].values.flatten().tolist()
+    assert [list(t.y) for t in fig.data[:-1]] == r["estimate"].values.tolist()
     assert f"{r['agreement'].pearson:.3f}" in fig.layout.title.text
     return fig
 
@@ -173,8 +178,8 @@ def check_role_scores(r: dict[str, Any]) -> go.Figure:
 def check_ablation_dla(r: dict[str, Any]) -> go.Figure:
     result = r["ablation"]
     fig = plotting.plot_ablation_dla(result)
-    assert list(fig.data[0].x) == result.dla_before.flatten().tolist()
-    assert list(fig.data[0].y) == result.dla_after.flatten().tolist()
+    assert [list(t.x) for t in fig.data[:-1]] == result.dla_before.tolist()
+    assert [list(t.y) for t in fig.data[:-1]] == result.dla_after.tolist()
     return fig
 
 
@@ -205,8 +210,10 @@ def check_faithfulness(r: dict[str, Any]) -> go.Figure:
 
 def check_faithfulness_curve(r: dict[str, Any]) -> go.Figure:
     curve = r["curve"]
-    fig = plotting.plot_faithfulness_curve(curve)
+    fig = plotting.plot_faithfulness_curve(curve, target=0.8, chosen=2)
     assert list(fig.data[0].y) == list(curve.fractions) and list(fig.layout.xaxis.ticktext)[1] == f"+{curve.heads[0]}"
+    assert list(fig.data[1].x) == [2] and list(fig.data[1].y) == [curve.fractions[2]]  # where the candidate stops
+    assert 0.8 in [shape.y0 for shape in fig.layout.shapes]  # the target line
     return fig
 
 
@@ -218,8 +225,10 @@ def check_minimality(r: dict[str, Any]) -> go.Figure:
 
 
 def check_circuit_comparison(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_circuit_comparison(r["comparison"])
+    fig = plotting.plot_circuit_comparison(r["comparison"], r["baseline"])
     assert list(fig.data[0].y) == [c.faithfulness for c in r["comparison"]]
+    assert list(fig.data[0].error_y.array) == [c.ci95.high - c.faithfulness for c in r["comparison"]]
+    assert list(fig.data[1].y) == list(r["baseline"].faithfulness) and list(fig.data[2].y) == [r["baseline"].mean]
     return fig
 
 
@@ -314,7 +323,54 @@ def test_tables_hold_the_results_numbers(results: dict[str, Any]) -> None:
     table = plotting.anchors_table(anchors)
     assert list(table.index) == ["clean", "corrupted"]
     assert list(table[f"mean {anchors.task_metric}"]) == [anchors.clean_value, anchors.corrupted_value]
-    comparison = plotting.circuit_comparison_table(results["comparison"])
-    assert list(comparison["faithfulness"]) == [c.faithfulness for c in results["comparison"]]
+    comparison = plotting.circuit_comparison_table(results["comparison"], results["baseline"])
+    assert list(comparison["faithfulness"]) == [c.faithfulness for c in results["comparison"]] + [results["baseline"].mean]
+    assert list(comparison["95% interval"])[:2] == [str(c.ci95) for c in results["comparison"]]
     agreement = plotting.agreement_table([results["agreement"]])
     assert list(agreement["Pearson r"]) == [results["agreement"].pearson]
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_each_figure_has_a_static_image_of_its_size(name: str, results: dict[str, Any], tmp_path: Path) -> None:
+    """Where JavaScript does not run (GitHub, nbconvert) the PNG is what a reader sees: every figure has
+    one, of the figure's size, with something drawn on it."""
+    import matplotlib.image
+    import numpy as np
+
+    figure = CHECKS[name](results)
+    path = tmp_path / f"{name}.png"
+    path.write_bytes(static.png(figure))
+    pixels = matplotlib.image.imread(path)
+    width, height = figure.layout.width or static.DEFAULT_SIZE[0], figure.layout.height or static.DEFAULT_SIZE[1]
+    assert pixels.shape[:2] == (height, width)
+    assert len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0)) > 20  # not a blank canvas
+
+
+def test_float_noise_is_not_drawn_as_an_effect() -> None:
+    """A patch that changes nothing leaves float noise (+/-5e-6): the colour range does not stretch to it."""
+    noise = PatchingResult("mlp_out", torch.tensor([[5e-6, -4e-6, 0.0], [1e-6, -5e-6, 2e-6]]), ("0", "1", "2"),
+                           "normalised logit difference")
+    figure = plotting.plot_patching(noise)
+    assert figure.data[0].zmax == plotting.NOISE_FLOOR and figure.data[0].zmin == -plotting.NOISE_FLOOR
+    assert figure.data[0].colorbar.title.text == "normalised logit difference"  # as on the per-head maps
+    real = plotting.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
+    assert real.data[0].zmax == 0.4 and list(real.layout.xaxis.dtick for _ in [0]) == [1]
+
+
+def test_the_runner_adds_the_static_image_a_kernel_left_out(tmp_path: Path) -> None:
+    """In the runner's kernels figures are stored as plotly JSON alone, and the runner draws their PNGs
+    while the next template runs: the notebook ends as the kernel's own renderer would have left it."""
+    import nbformat
+
+    from helpers import viz
+
+    figure = plotting.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
+    bundle = {viz.PLOTLY_MIME: figure.to_plotly_json()}
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[
+        nbformat.v4.new_output("display_data", data=bundle)])])
+    path = tmp_path / "n.ipynb"
+    nbformat.write(notebook, path)
+    assert viz.add_static_images(path) == 1 and viz.add_static_images(path) == 0  # once per figure
+    [output] = nbformat.read(path, as_version=4).cells[0].outputs
+    assert set(output.data) == {viz.PLOTLY_MIME, "image/png"}
+    assert output.data["image/png"] == viz.StaticImageRenderer().to_mimebundle(figure.to_plotly_json())["image/png"]

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import session as session_module
+from helpers import viz
 from helpers.tasks import TaskError, build_prompts, load_task
 from helpers.viz import PLOTLY_RENDERERS
 
@@ -40,7 +41,15 @@ def test_the_header_says_what_ran_and_warns_of_a_toy(session: session_module.Ses
     assert session.prompts.corrupted_prompts[0] in text
 
 
-def test_figures_are_stored_as_the_session_chooses(session: session_module.Session) -> None:
+def test_figures_are_stored_as_the_session_chooses(session: session_module.Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert pio.renderers.default == PLOTLY_RENDERERS  # by hand: the JSON and the PNG, drawn in the kernel
+    try:
+        monkeypatch.setenv(viz.STATIC_IMAGES_BY_RUNNER, "1")  # in the runner's kernels: the JSON, the runner draws
+        viz.configure_outputs()
+        assert pio.renderers.default == "plotly_mimetype"
+    finally:
+        monkeypatch.delenv(viz.STATIC_IMAGES_BY_RUNNER)
+        viz.configure_outputs()
     assert pio.renderers.default == PLOTLY_RENDERERS
 
 
