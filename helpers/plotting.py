@@ -55,7 +55,8 @@ def plot_logit_diff(result: LogitDiffResult) -> go.Figure:
     if result.metric_per_prompt is not None:
         title = (f"Logit difference (mean correct - mean incorrect) per prompt; the task's {result.metric_name} "
                  f"is {result.metric_mean:.3f} on average")
-    fig.update_layout(title=title, xaxis_title="prompt", yaxis_title="logit difference")
+    fig.update_layout(title=title, xaxis=dict(title="prompt", dtick=1 if len(values) <= 32 else None),
+                      yaxis_title="logit difference")  # whole prompts: no ticks between them
     return fig
 
 

@@ -61,9 +61,11 @@ class _Categories:
     def __init__(self) -> None:
         self.labels: list[str] = []
         self.cells: set[float] = set()  # numeric positions of heatmap cells: each gets its tick
+        self.integers = True  # every numeric position drawn is a whole number (prompts, layers): no 0.5 ticks
 
     def positions(self, values: Sequence[Any]) -> list[float]:
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            self.integers = self.integers and all(float(v).is_integer() for v in values)
             return [float(v) for v in values]
         out = []
         for v in values:
@@ -260,6 +262,10 @@ def _style_axes(ax: Any, xaxis: Any, yaxis: Any, cx: _Categories, cy: _Categorie
             labels = [f"{v:g}" for v in positions]
         if positions is None:
             ax.tick_params(axis=letter, labelsize=8)
+            if cats.integers and letter == "x" and not cats.labels:
+                from matplotlib.ticker import MaxNLocator
+
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         elif letter == "x":
             crowded = len(labels) > 8 and max((len(t) for t in labels), default=0) > 3
             rotation = -(axis.tickangle or 0) or (45 if crowded else 0)
