@@ -12,6 +12,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,66 @@ PLANTED_DESCRIPTION = ("2 layers, 4 heads, d_model 256, hand-set previous-token,
                        "and anti-copying heads")
 
 
+_D_MODEL, _N_HEADS, _N_CTX = 256, 4, 32  # the hand-set models' shape
+_D_HEAD = _D_MODEL // _N_HEADS
+
+
+def _hand_set_gpt2(tokenizer: Any, *, n_layers: int, seed: int, **config: Any) -> tuple[Any, torch.Generator, Tensor]:
+    """The start both hand-set models share: a GPT-2 of :data:`_D_MODEL` with small random weights, unit
+    LayerNorms, zero MLPs, each token's random unit code in the token subspace, a one-hot position code and
+    the LayerNorm anchor. Returns the model, the generator (for the random weights set after) and the codes."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    model = GPT2LMHeadModel(GPT2Config(
+        vocab_size=len(tokenizer), n_positions=_N_CTX, n_embd=_D_MODEL, n_layer=n_layers, n_head=_N_HEADS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, activation_function="gelu_new",
+        **config))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(0.02 * torch.randn(param.shape, generator=generator))
+        for name, param in model.named_parameters():
+            if ".ln_" in name or "ln_f" in name:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            if ".mlp." in name:
+                param.zero_()
+        codes = torch.randn(model.config.vocab_size, 32, generator=generator)
+        codes = codes / codes.norm(dim=-1, keepdim=True)
+        wte = model.transformer.wte.weight
+        wte.zero_()
+        wte[:, _TOKEN] = codes
+        wpe = model.transformer.wpe.weight
+        wpe.zero_()
+        wpe[:, _POSITION] = torch.eye(_N_CTX)
+        wpe[:, _ANCHOR[0]], wpe[:, _ANCHOR[1]] = 8.0, -8.0
+    return model, generator, codes
+
+
+def _plant(model: Any, layer: int, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Zero one head's weights and return its query, key and value input columns and its output rows
+    (views into ``c_attn`` and ``c_proj``, to be set by hand under ``torch.no_grad``)."""
+    attn = model.transformer.h[layer].attn
+    columns = [slice(kind * _D_MODEL + head * _D_HEAD, kind * _D_MODEL + (head + 1) * _D_HEAD) for kind in range(3)]
+    for cols in columns:
+        attn.c_attn.weight[:, cols] = 0.0
+        attn.c_attn.bias[cols] = 0.0
+    rows = slice(head * _D_HEAD, (head + 1) * _D_HEAD)
+    attn.c_proj.weight[rows] = 0.0
+    return (*(attn.c_attn.weight[:, cols] for cols in columns), attn.c_proj.weight[rows])  # type: ignore[return-value]
+
+
+def _plant_previous_token(model: Any, layer: int, head: int) -> None:
+    """A previous-token head: the query at position p looks for the key of position p - 1, and the head
+    writes the token code it finds into the previous-token subspace."""
+    w_q, w_k, w_v, w_o = _plant(model, layer, head)
+    w_q[_POSITION.start + 1 : _POSITION.stop, : _N_CTX - 1] = 40.0 * torch.eye(_N_CTX - 1)
+    w_k[_POSITION, :_N_CTX] = torch.eye(32)
+    w_v[_TOKEN, :32] = torch.eye(32)
+    w_o[:32, _PREVIOUS] = torch.eye(32)
+
+
 def build_planted_model(directory: str | Path, *, tokenizer: Any = None, seed: int = 0) -> Path:
     """Save a 2-layer, 4-head GPT-2 whose heads are set by hand to known roles (see :data:`PLANTED`).
 
@@ -188,58 +249,12 @@ def build_planted_model(directory: str | Path, *, tokenizer: Any = None, seed: i
     small random weights. The unembedding is the (tied) embedding, so the induction head, which writes
     the code of the token it attends to, raises that token's logit: a copying head.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     tokenizer = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
-    d_model, n_heads, n_ctx = 256, 4, 32
-    d_head = d_model // n_heads
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_ctx, n_embd=d_model, n_layer=2, n_head=n_heads,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, activation_function="gelu_new",
-        **{TOY_MODEL_KEY: PLANTED_DESCRIPTION},
-    )
-    generator = torch.Generator().manual_seed(seed)
-    model = GPT2LMHeadModel(config)
+    model, generator, _ = _hand_set_gpt2(tokenizer, n_layers=2, seed=seed, **{TOY_MODEL_KEY: PLANTED_DESCRIPTION})
+    plant = partial(_plant, model)
     with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.02 * torch.randn(param.shape, generator=generator))
-        for name, param in model.named_parameters():
-            if ".ln_" in name or "ln_f" in name:
-                param.fill_(1.0 if name.endswith("weight") else 0.0)
-            if ".mlp." in name:
-                param.zero_()
-        codes = torch.randn(config.vocab_size, 32, generator=generator)
-        wte = model.transformer.wte.weight
-        wte.zero_()
-        wte[:, _TOKEN] = codes / codes.norm(dim=-1, keepdim=True)
-        wpe = model.transformer.wpe.weight
-        wpe.zero_()
-        wpe[:, _POSITION] = torch.eye(n_ctx)
-        wpe[:, _ANCHOR[0]], wpe[:, _ANCHOR[1]] = 8.0, -8.0
-
-        def head_columns(kind: int, head: int) -> slice:  # c_attn's output is [query | key | value]
-            start = kind * d_model + head * d_head
-            return slice(start, start + d_head)
-
-        def plant(layer: int, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            attn = model.transformer.h[layer].attn
-            for kind in range(3):
-                attn.c_attn.weight[:, head_columns(kind, head)] = 0.0
-                attn.c_attn.bias[head_columns(kind, head)] = 0.0
-            attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0.0
-            return (attn.c_attn.weight[:, head_columns(0, head)], attn.c_attn.weight[:, head_columns(1, head)],
-                    attn.c_attn.weight[:, head_columns(2, head)], attn.c_proj.weight[head * d_head : (head + 1) * d_head])
-
         eye = torch.eye(32)
-        # previous-token head: the query at position p looks for the key of position p - 1, and the
-        # head writes the token code it finds into the previous-token subspace
-        w_q, w_k, w_v, w_o = plant(*PLANTED.previous_token)
-        w_q[_POSITION.start + 1 : _POSITION.stop, : n_ctx - 1] = 40.0 * torch.eye(n_ctx - 1)
-        w_k[_POSITION, :n_ctx] = eye
-        w_v[_TOKEN, :32] = eye
-        w_o[:32, _PREVIOUS] = eye
+        _plant_previous_token(model, *PLANTED.previous_token)
         # duplicate-token head: the query matches keys with the same token code, never its own position
         w_q, w_k, w_v, w_o = plant(*PLANTED.duplicate_token)
         w_q[_TOKEN, :32] = 40.0 * eye
@@ -364,65 +379,23 @@ def build_demo_ioi_model(directory: str | Path, *, tokenizer: Any = None, names:
     - previous-token and induction heads as in :func:`build_planted_model`; MLPs zero; the remaining heads
       small random weights.
     """
-    from transformers import GPT2Config, GPT2LMHeadModel
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
     tokenizer = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
     names = names if names is not None else demo_names()
-    d_model, n_heads, n_ctx = 256, 4, 32
-    d_head = d_model // n_heads
-    config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=n_ctx, n_embd=d_model, n_layer=3, n_head=n_heads,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, activation_function="gelu_new",
-        tie_word_embeddings=False, **{TOY_MODEL_KEY: DEMO_DESCRIPTION},
-    )
-    generator = torch.Generator().manual_seed(seed)
-    model = GPT2LMHeadModel(config)
+    model, _, codes = _hand_set_gpt2(tokenizer, n_layers=3, seed=seed, tie_word_embeddings=False,
+                                     **{TOY_MODEL_KEY: DEMO_DESCRIPTION})
+    plant = partial(_plant, model)
     name_tokens = []
     for name in names:
         ids = tokenizer(f" {name}", add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
             name_tokens.append(ids[0])
     with torch.no_grad():
-        for param in model.parameters():
-            param.copy_(0.02 * torch.randn(param.shape, generator=generator))
-        for name, param in model.named_parameters():
-            if ".ln_" in name or "ln_f" in name:
-                param.fill_(1.0 if name.endswith("weight") else 0.0)
-            if ".mlp." in name:
-                param.zero_()
-        codes = torch.randn(config.vocab_size, 32, generator=generator)
-        wte = model.transformer.wte.weight
-        wte.zero_()
-        wte[:, _TOKEN] = codes / codes.norm(dim=-1, keepdim=True)
-        wte[name_tokens, _IS_NAME] = 1.0
+        model.transformer.wte.weight[name_tokens, _IS_NAME] = 1.0
         unembed = model.lm_head.weight  # [vocab, d_model]
         unembed.zero_()
-        unembed[:, _OUTPUT] = codes / codes.norm(dim=-1, keepdim=True)
-        wpe = model.transformer.wpe.weight
-        wpe.zero_()
-        wpe[:, _POSITION] = torch.eye(n_ctx)
-        wpe[:, _ANCHOR[0]], wpe[:, _ANCHOR[1]] = 8.0, -8.0
-
-        def plant(layer: int, head: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            attn = model.transformer.h[layer].attn
-            for kind in range(3):
-                start = kind * d_model + head * d_head
-                attn.c_attn.weight[:, start : start + d_head] = 0.0
-                attn.c_attn.bias[start : start + d_head] = 0.0
-            attn.c_proj.weight[head * d_head : (head + 1) * d_head] = 0.0
-            q, k, v = (attn.c_attn.weight[:, kind * d_model + head * d_head : kind * d_model + (head + 1) * d_head]
-                       for kind in range(3))
-            return q, k, v, attn.c_proj.weight[head * d_head : (head + 1) * d_head]
-
+        unembed[:, _OUTPUT] = codes
         eye = torch.eye(32)
-        # previous-token head, as in build_planted_model
-        w_q, w_k, w_v, w_o = plant(*PLANTED_IOI.previous_token)
-        w_q[_POSITION.start + 1 : _POSITION.stop, : n_ctx - 1] = 40.0 * torch.eye(n_ctx - 1)
-        w_k[_POSITION, :n_ctx] = eye
-        w_v[_TOKEN, :32] = eye
-        w_o[:32, _PREVIOUS] = eye
+        _plant_previous_token(model, *PLANTED_IOI.previous_token)
         # duplicate-token head: the same token elsewhere, never its own position; BOS as the sink when there
         # is no earlier copy; it writes the attended token's name flag
         w_q, w_k, w_v, w_o = plant(*PLANTED_IOI.duplicate_token)
