@@ -14,8 +14,7 @@ one in a single task's set is *specific* to it.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from helpers import results as results_format
 from helpers.heads import HeadScore, head_name, rank_heads_by_magnitude
 from helpers.metrics import pearson_correlation
 
@@ -52,6 +52,9 @@ class TaskResults:
     n_prompts: int
     metric: str
     heads: dict[str, Float[Tensor, "layer head_index"]]  # by measure and score name
+    # figures with a 95% bootstrap interval over the task's prompts: quantity -> (value, (low, high));
+    # see INTERVAL_QUANTITIES. Absent where the task's results have no interval for it.
+    intervals: dict[str, tuple[float, tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,19 +75,18 @@ def load_task_results(tasks: list[str], notebooks_dir: str | Path) -> list[TaskR
                            f"Fix: make run TASK=\"{' '.join(missing)}\" (make compare runs missing tasks itself).")
     loaded = []
     for task in tasks:
-        data = json.loads((folder / task / "results.json").read_text(encoding="utf-8"))
+        data = results_format.load(folder / task / "results.json")
         heads = {}
         for name, (template, path) in {**MEASURES, **SCORES}.items():
-            value: Any = data.get("templates", {}).get(template)
-            for key in path:
-                value = value.get(key) if isinstance(value, dict) else None
+            value = results_format.read(data, template, *path)
             if value is None:
                 raise CompareError(f"{task}'s results.json has no '{template}' results (the comparison reads "
                                    f"{'.'.join(path)}). Fix: make run TASK={task}")
             heads[name] = torch.tensor(value, dtype=torch.float32)
         provenance = data.get("provenance", {})
         loaded.append(TaskResults(task, str(provenance.get("model")), int(provenance.get("n_prompts", 0)),
-                                  str(data["templates"]["patching"].get("metric", {}).get("task_metric", "")), heads))
+                                  str(results_format.read(data, "patching", "metric", "task_metric") or ""), heads,
+                                  _intervals_of(data)))
     first = loaded[0]
     for other in loaded[1:]:
         if other.shape != first.shape:
@@ -92,6 +94,101 @@ def load_task_results(tasks: list[str], notebooks_dir: str | Path) -> list[TaskR
                                f"but {first.task} on {first.model} ({first.shape[0]} x {first.shape[1]}): heads of "
                                f"different models cannot be compared. Fix: run both on one model (make run MODEL=...)")
     return loaded
+
+
+# The figures compared across tasks by their intervals: name -> (template, path to a {value, ci95} pair's
+# dict, value key), and whether the figure is in the task metric's own units (compared only between tasks
+# with the same metric) or normalised (compared between any tasks).
+INTERVAL_QUANTITIES: dict[str, tuple[str, tuple[str, ...], str, bool]] = {
+    "mean logit difference": ("dla", ("logit_diff",), "mean", False),
+    "circuit faithfulness": ("circuit", ("candidate",), "faithfulness", True),
+}
+# Per-head figures whose top heads carry intervals: name -> (template, path to the head lists, normalised).
+HEAD_INTERVAL_QUANTITIES: dict[str, tuple[str, tuple[str, ...], bool]] = {
+    "DLA": ("dla", ("heads",), False),
+    "output patching": ("patching", ("head_out",), True),
+}
+
+
+def _intervals_of(data: dict[str, Any]) -> dict[str, tuple[float, tuple[float, float]]]:
+    found: dict[str, tuple[float, tuple[float, float]]] = {}
+
+    def keep(name: str, value: Any, ci95: Any) -> None:
+        if value is not None and isinstance(ci95, list) and None not in ci95:
+            found[name] = (float(value), (float(ci95[0]), float(ci95[1])))
+
+    for name, (template, path, key, _) in INTERVAL_QUANTITIES.items():
+        keep(name, results_format.read(data, template, *path, key), results_format.read(data, template, *path, "ci95"))
+    for name, (template, path, _) in HEAD_INTERVAL_QUANTITIES.items():
+        for sign in ("top_positive", "top_negative"):
+            for head in results_format.read(data, template, *path, sign) or []:
+                keep(f"{name} of {head['head']}", head.get("value"), head.get("ci95"))
+    return found
+
+
+def _normalised(quantity: str) -> bool:
+    if quantity in INTERVAL_QUANTITIES:
+        return INTERVAL_QUANTITIES[quantity][3]
+    return HEAD_INTERVAL_QUANTITIES[quantity.split(" of ")[0]][2]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One figure in two tasks, each with its 95% interval over that task's prompts.
+
+    ``beyond_noise`` when the intervals do not overlap: then the tasks' figures differ by more than
+    prompt-to-prompt noise explains. Non-overlap of two 95% intervals is a conservative test (for
+    intervals of equal width it rejects equality at about p < 0.006); overlapping intervals do not show
+    that the figures are equal.
+    """
+
+    quantity: str
+    tasks: tuple[str, str]
+    values: tuple[float, float]
+    intervals: tuple[tuple[float, float], tuple[float, float]]
+
+    @property
+    def beyond_noise(self) -> bool:
+        (low_a, high_a), (low_b, high_b) = self.intervals
+        return high_a < low_b or high_b < low_a
+
+    @property
+    def gap(self) -> float:
+        return self.values[1] - self.values[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"quantity": self.quantity, "tasks": list(self.tasks), "values": list(self.values),
+                "intervals": [list(i) for i in self.intervals], "beyond_noise": self.beyond_noise}
+
+
+def compute_differences(results: list[TaskResults]) -> list[Difference]:
+    """Every figure with an interval in two tasks, pair by pair (task order as given, quantities in
+    :data:`INTERVAL_QUANTITIES` order, then heads by name). Figures in the metric's own units (the mean
+    logit difference, DLA) are compared only between tasks with the same metric; normalised ones
+    (patching, faithfulness) between any two."""
+    differences = []
+    for i, a in enumerate(results):
+        for b in results[i + 1:]:
+            shared = [q for q in a.intervals if q in b.intervals and (_normalised(q) or a.metric == b.metric)]
+            ordered = sorted(shared, key=lambda q: (q not in INTERVAL_QUANTITIES,
+                                                    list(INTERVAL_QUANTITIES).index(q) if q in INTERVAL_QUANTITIES else 0, q))
+            for q in ordered:
+                differences.append(Difference(q, (a.task, b.task), (a.intervals[q][0], b.intervals[q][0]),
+                                              (a.intervals[q][1], b.intervals[q][1])))
+    return differences
+
+
+def describe_differences(differences: list[Difference]) -> str:
+    """One line: how many of the compared figures differ beyond prompt noise, and the largest."""
+    if not differences:
+        return "no figure has an interval in two tasks (intervals need 2 or more prompts)"
+    beyond = [d for d in differences if d.beyond_noise]
+    line = f"{len(beyond)} of {len(differences)} figures compared between tasks differ beyond prompt noise"
+    if beyond:
+        top = max(beyond, key=lambda d: abs(d.gap))
+        line += (f"; the largest: {top.quantity}, {top.tasks[0]} {top.values[0]:.3f} vs "
+                 f"{top.tasks[1]} {top.values[1]:.3f}")
+    return line
 
 
 def model_warning(results: list[TaskResults]) -> str | None:

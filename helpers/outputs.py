@@ -117,13 +117,14 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
          log: Any = print) -> dict[str, Any]:
     """Move a successful run's notebooks, pages and results from ``staging`` into ``output_dir`` (see the
     module docstring); returns the ``results.json`` written there."""
-    from helpers.results import write_json
+    from helpers.results import FORMAT_VERSION, results_file, write_json
 
     previous_path = output_dir / "results.json"
     previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else None
     run_of = {name: {"finished_at": results["provenance"]["finished_at"],
                      "suite_commit": results["provenance"].get("suite_commit")} for name in names}
-    if previous is not None and settings_of(previous) == settings_of(results):
+    if (previous is not None and settings_of(previous) == settings_of(results)
+            and previous.get("format_version") == FORMAT_VERSION):
         earlier_runs = previous.get("provenance", {}).get("template_runs", {})
         kept = {name: data for name, data in previous.get("templates", {}).items() if name not in names}
         results = {**results, "templates": {**kept, **results["templates"]}}
@@ -138,6 +139,7 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
     for name in names:
         os.replace(staging / f"{name}.ipynb", output_dir / f"{name}.ipynb")
         os.replace(staging / f"{name}.html", output_dir / f"{name}.html")
+    results = results_file(results["task"], results["templates"], results["provenance"])
     write_json(output_dir / "results.json", results)
     shutil.rmtree(output_dir / "failed", ignore_errors=True)
     return results

@@ -26,7 +26,7 @@ from helpers.attribution import (
     TopPredictions,
 )
 from helpers.circuit import Circuit, CircuitFaithfulness, FaithfulnessCurve, Minimality, RandomBaseline
-from helpers.compare import MEASURE_NAMES, SharedHeads, TaskResults
+from helpers.compare import INTERVAL_QUANTITIES, MEASURE_NAMES, Difference, SharedHeads, TaskResults
 from helpers.copy_scores import AttentionProjection, CopyPredictions, CopyScores
 from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
 from helpers.heads import HeadScore, head_name
@@ -608,6 +608,38 @@ def shared_heads_table(shared: SharedHeads) -> pd.DataFrame:
         "in how many tasks' top heads": [len(ts) for ts in shared.in_tasks.values()],
         "tasks": [", ".join(ts) for ts in shared.in_tasks.values()],
     }).set_index("head")
+
+
+def plot_task_intervals(results: Sequence[TaskResults]) -> go.Figure:
+    """The headline figures with intervals (:data:`helpers.compare.INTERVAL_QUANTITIES`), one panel each:
+    every task's value with its 95% interval over its prompts."""
+    quantities = [q for q in INTERVAL_QUANTITIES if any(q in r.intervals for r in results)]
+    fig = make_subplots(rows=1, cols=max(len(quantities), 1), subplot_titles=quantities or ["no intervals"])
+    for col, quantity in enumerate(quantities, start=1):
+        having = [r for r in results if quantity in r.intervals]
+        values = [r.intervals[quantity][0] for r in having]
+        lows, highs = zip(*(r.intervals[quantity][1] for r in having))
+        fig.add_trace(go.Scatter(
+            x=[r.task for r in having], y=values, mode="markers", marker=dict(size=10, color="#2166ac"),
+            error_y=dict(type="data", symmetric=False, array=[h - v for h, v in zip(highs, values)],
+                         arrayminus=[v - lo for v, lo in zip(values, lows)]),
+            hovertemplate="%{x}: %{y:.3f}<extra></extra>", showlegend=False), row=1, col=col)
+        fig.update_xaxes(title_text="task", row=1, col=col)
+        fig.update_yaxes(title_text=quantity, row=1, col=col)
+    fig.update_layout(title="Headline figures by task, with 95% intervals over each task's prompts")
+    return fig
+
+
+def differences_table(differences: Sequence[Difference]) -> pd.DataFrame:
+    """Every figure compared between two tasks, those beyond prompt noise first (largest gap first)."""
+    ordered = sorted(differences, key=lambda d: (not d.beyond_noise, -abs(d.gap)))
+    return pd.DataFrame({
+        "figure": [d.quantity for d in ordered],
+        "tasks": [f"{d.tasks[0]} vs {d.tasks[1]}" for d in ordered],
+        "values": [f"{d.values[0]:+.3f} vs {d.values[1]:+.3f}" for d in ordered],
+        "95% intervals": [" vs ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in d.intervals) for d in ordered],
+        "beyond noise": ["yes" if d.beyond_noise else "no" for d in ordered],
+    })
 
 
 def head_function_table(scores: dict[str, dict[str, dict[str, float]]]) -> pd.DataFrame:

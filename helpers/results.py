@@ -1,7 +1,16 @@
-"""The numbers a template produces, written to JSON for the runner to gather into ``results.json``."""
+"""The owner of ``results.json``: its format, and every write and read of it.
+
+The format is the JSON Schema ``helpers/results.schema.json`` (documented key by key, with a
+``format_version``). A template saves its section through :func:`save_template_results`, which
+refuses a key the schema does not list, so a template cannot invent a key that no reader knows of; a
+reader reads through :func:`read`, which refuses a path the schema does not list, so a renamed key
+fails where it is read, not three notebooks later. The runner writes the whole file with
+:func:`results_file` and :func:`write_json`; :func:`load` reads one back and checks its version.
+"""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -9,6 +18,116 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
+FORMAT_VERSION = 1
+
+
+class ResultsFormatError(ValueError):
+    """A results section or file does not follow helpers/results.schema.json; the message names the key."""
+
+
+@functools.cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _validator(part: dict[str, Any]) -> Any:
+    import jsonschema
+
+    # a sub-schema keeps its $refs into the whole document
+    return jsonschema.Draft202012Validator({**part, "$defs": schema()["$defs"]})
+
+
+def _problems(part: dict[str, Any], data: Any) -> list[str]:
+    def where(error: Any) -> str:
+        return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+    def message(error: Any) -> str:
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            listed = error.schema.get("properties", {})
+            unknown = [k for k in error.instance if k not in listed and not k.endswith(NULL_REASON_SUFFIX)]
+            return f"unknown key(s) {', '.join(map(repr, unknown))} (the schema lists {', '.join(listed)})"
+        return error.message
+
+    return [f"{where(e)}: {message(e)}" for e in sorted(_validator(part).iter_errors(data), key=str)]
+
+
+def check_section(template: str, section: dict[str, Any]) -> None:
+    """Raise :class:`ResultsFormatError` unless ``section`` (as JSON) is a valid ``template`` section."""
+    if template not in schema()["$defs"] or template not in schema()["properties"]["templates"]["properties"]:
+        raise ResultsFormatError(f"results.json has no section for a template named {template!r}. Fix: add its "
+                                 f"section to {SCHEMA_PATH.name} (under $defs and templates), describing each key")
+    problems = _problems(schema()["$defs"][template], to_jsonable(section))
+    if problems:
+        raise ResultsFormatError(
+            f"template '{template}' saved results that {SCHEMA_PATH.name} does not describe: " + "; ".join(problems[:5])
+            + f". Fix: save only the keys its '{template}' section lists, or add the key there with a description "
+            "(and teach its readers, through helpers.results.read)")
+
+
+def check_file(data: dict[str, Any]) -> None:
+    """Raise :class:`ResultsFormatError` unless ``data`` is a valid results.json."""
+    problems = _problems(schema(), to_jsonable(data))
+    if problems:
+        raise ResultsFormatError(f"results.json does not follow {SCHEMA_PATH.name}: " + "; ".join(problems[:5]))
+
+
+def results_file(task: str, templates: dict[str, Any], provenance: dict[str, Any]) -> dict[str, Any]:
+    """A whole results.json, checked: every template's section and the provenance."""
+    data = {"format_version": FORMAT_VERSION, "task": task, "templates": templates, "provenance": provenance}
+    check_file(data)
+    return data
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a results.json strictly (no NaN) and check that this suite knows its format version.
+
+    A file without ``format_version`` was written before the version existed, in version 1's layout.
+    """
+    def refuse(constant: str) -> None:
+        raise ResultsFormatError(f"{path} holds {constant}, which strict JSON has not")
+
+    data = json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=refuse)
+    version = data.get("format_version", 1) if isinstance(data, dict) else None
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise ResultsFormatError(f"{path} has format_version {version!r}; this suite reads versions up to "
+                                 f"{FORMAT_VERSION}. Fix: update the suite (git pull), or run the task again")
+    return data
+
+
+def read(results: dict[str, Any], template: str, *path: str) -> Any:
+    """``results["templates"][template][path...]`` of a whole results.json, or None where the file lacks it.
+
+    Raises:
+        ResultsFormatError: the schema does not list that path (a reader asking for a key that no
+            template writes, e.g. after a rename).
+    """
+    _schema_node(template, path)
+    value: Any = results.get("templates", {}).get(template)
+    for key in path:
+        value = value.get(key) if isinstance(value, dict) else None
+    return value
+
+
+def read_section(section: dict[str, Any], template: str, *path: str) -> Any:
+    """Like :func:`read`, on one template's section (as :func:`load_earlier_results` gives them)."""
+    return read({"templates": {template: section}}, template, *path)
+
+
+def _schema_node(template: str, path: tuple[str, ...]) -> dict[str, Any]:
+    defs = schema()["$defs"]
+    node = defs.get(template)
+    if node is None:
+        raise ResultsFormatError(f"results.json has no section {template!r} (see {SCHEMA_PATH.name})")
+    for depth, key in enumerate(path):
+        while "$ref" in node:
+            node = defs[node["$ref"].rsplit("/", 1)[-1]]
+        if key not in node.get("properties", {}):
+            raise ResultsFormatError(f"{SCHEMA_PATH.name} lists no {'.'.join((template,) + path[:depth + 1])}: "
+                                     "a reader asked for a key no template writes. Fix: read a listed key, or list it")
+        node = node["properties"][key]
+    return node
 
 # Beside a key whose value was not a finite number (JSON has none), ``<key>_null`` says why it is null.
 NULL_REASON_SUFFIX = "_null"
@@ -79,17 +198,24 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def save_template_results(results_path: str | None, results: dict[str, Any], summary: list[str]) -> None:
-    """Called at the end of a template. ``results_path`` is None when the notebook runs by hand.
+def save_template_results(results_path: str | None, template: str, results: dict[str, Any], summary: list[str]) -> None:
+    """Called at the end of a template. ``results_path`` is None when the notebook runs by hand (the
+    section is still checked, so a key the schema lacks fails there too).
 
     Args:
         results_path: where the runner wants this template's numbers.
+        template: the template's name, whose section of helpers/results.schema.json they follow.
         results: the template's key figures (result dataclasses are converted with ``to_dict``).
         summary: a few lines the runner prints when the run ends.
+
+    Raises:
+        ResultsFormatError: a key the schema does not list, or a listed key missing or of the wrong type.
     """
+    section = to_jsonable({"summary": summary, **results})
+    check_section(template, section)
     if results_path is None:
         return
-    write_json(results_path, {"summary": summary, **results})
+    write_json(results_path, section)
 
 
 def load_earlier_results(results_path: str | None, names: list[str], *, task: Any = None) -> dict[str, Any]:
@@ -107,7 +233,7 @@ def load_earlier_results(results_path: str | None, names: list[str], *, task: An
         last = NOTEBOOKS_DIR / task.name / "results.json"
         if not last.is_file():
             return {}
-        data = json.loads(last.read_text(encoding="utf-8"))
+        data = load(last)
         if data.get("provenance", {}).get("task") != to_jsonable(task.to_dict()):
             return {}
         return {name: data["templates"][name] for name in names if name in data.get("templates", {})}

@@ -18,6 +18,7 @@ from torch import Tensor
 from helpers.attribution import FinalPositionCache, compute_head_attribution, run_final_position_cache
 from helpers.heads import HeadScore, head_name, rank_heads, rank_heads_by_magnitude
 from helpers.patching import PatchingEngine
+from helpers.results import read_section
 from helpers.tasks import PromptSet
 
 DEPTH_GROUPS = ("early", "middle", "late")
@@ -56,8 +57,9 @@ def compute_head_importance(
     """DLA and head-output patching per head: from the earlier notebooks' results when there are some,
     else computed now (DLA from ``clean``, the clean run, when the notebook already has it)."""
     if "dla" in earlier and "patching" in earlier:
-        return HeadImportance(torch.tensor(earlier["dla"]["heads"]["mean"]),
-                              torch.tensor(earlier["patching"]["head_out"]["values"]), "earlier notebooks of this run")
+        return HeadImportance(torch.tensor(read_section(earlier["dla"], "dla", "heads", "mean")),
+                              torch.tensor(read_section(earlier["patching"], "patching", "head_out", "values")),
+                              "earlier notebooks of this run")
     dla = compute_head_attribution(model, clean if clean is not None else run_final_position_cache(model, prompts)).mean
     patching = PatchingEngine(model, prompts).patch("head_out").values
     return HeadImportance(dla, patching, "computed here (no earlier results in this run)")

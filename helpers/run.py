@@ -40,6 +40,7 @@ from helpers.errors import ModelLoadError, RunLockedError
 from helpers.kernel import TemplateKernel, execute_template
 from helpers.outputs import RunLock, land, output_name
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
+from helpers.results import results_file, write_json
 from helpers.taskfile import TaskError, TaskSpec, available_tasks, load_task, resolve_task_path
 
 # Templates run in this order (later ones read the earlier ones' results); others follow by name.
@@ -197,6 +198,10 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
         names = [t.stem for t in plan.templates]
         log(f"Exporting {len(names)} offline HTML pages ...")
         _finish_notebooks(staging, names)
+        heavy = over_size_budget(staging, names)
+        if heavy:
+            log(f"Warning: {', '.join(heavy)} weigh more than {SIZE_BUDGET_BYTES // 2**20} MB: GitHub may not show "
+                "them. Fix: fewer prompts in the attention views (the templates' parameters), or fewer layers shown")
         land(staging, plan.output_dir, names, {"task": plan.spec.name, "templates": results,
                                                "provenance": _provenance(plan)}, log=log)
         from helpers.export import write_index
@@ -247,6 +252,21 @@ def _run_template(template: Path, notebook: Path, parameters: dict[str, Any],
     except json.JSONDecodeError as err:
         return TemplateFailure(f"wrote results that are not JSON ({written.name}: {err})")
     return None
+
+
+# The most a notebook or page may weigh: GitHub renders notebooks up to about 10 MB, and a page that
+# size still goes by e-mail.
+SIZE_BUDGET_BYTES = 10 * 1024 * 1024
+
+
+def over_size_budget(folder: Path, names: list[str]) -> list[str]:
+    """The notebooks and pages in ``folder`` heavier than :data:`SIZE_BUDGET_BYTES`, with their sizes."""
+    found = []
+    for name in names:
+        for path in (folder / f"{name}.ipynb", folder / f"{name}.html"):
+            if path.is_file() and path.stat().st_size > SIZE_BUDGET_BYTES:
+                found.append(f"{path.name} ({path.stat().st_size / 2**20:.1f} MB)")
+    return found
 
 
 def _finish_notebooks(folder: Path, names: list[str]) -> None:
@@ -397,13 +417,16 @@ def _compare_locked(tasks: list[str], output_dir: Path, notebooks_dir: Path, log
             "results_path": "compare.results.json"})
         if failure is not None:
             return _report_failure(output_dir, "compare", staging / "compare.ipynb", failure, log)
-        results = json.loads((staging / "compare.results.json").read_text())
-        os.replace(staging / "compare.results.json", staging / "results.json")
+        section = json.loads((staging / "compare.results.json").read_text())
+        results = results_file("compare", {"compare": section}, {
+            "tasks": list(tasks), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "suite_commit": _git_commit()})
+        write_json(staging / "results.json", results)
         _finish_notebooks(staging, ["compare"])
         _publish(staging, output_dir, ["compare"])
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for line in results.get("summary", []):
+    for line in section.get("summary", []):
         log(f"  {line}")
     log(f"The comparison is in {_shown(output_dir)}/: compare.ipynb, compare.html (offline page), results.json")
     return 0

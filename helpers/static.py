@@ -206,17 +206,22 @@ def _bar(ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
         raise UnsupportedFigure("horizontal bars are not drawn as static images")
     xs = cx.positions(list(trace.x) if trace.x is not None else list(range(len(trace.y))))
     ys = [0.0 if v is None else float(v) for v in trace.y]
-    error = None
-    if trace.error_y is not None and trace.error_y.array is not None:
-        upper = list(trace.error_y.array)
-        lower = list(trace.error_y.arrayminus) if trace.error_y.arrayminus is not None else upper
-        error = [lower, upper]
+    error = _error_y(trace)
     ax.bar(xs, ys, width=0.7, color=_colors(trace.marker, len(ys)), yerr=error, capsize=3 if error else 0,
            ecolor="#444444", label=_label(trace))
     if trace.text is not None and not isinstance(trace.text, str):
         for x, y, label in zip(xs, ys, trace.text):
             ax.annotate(_text(label), (x, y), textcoords="offset points", xytext=(0, 3 if y >= 0 else -10),
                         ha="center", fontsize=8)
+
+
+def _error_y(trace: Any) -> list[list[float]] | None:
+    """Matplotlib's ``yerr`` (below, above) from a trace's plotly error bars, or None."""
+    if trace.error_y is None or trace.error_y.array is None:
+        return None
+    upper = [float(v) for v in trace.error_y.array]
+    lower = [float(v) for v in trace.error_y.arrayminus] if trace.error_y.arrayminus is not None else upper
+    return [lower, upper]
 
 
 def _label(trace: Any) -> str | None:
@@ -241,6 +246,9 @@ def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
         symbol = "D" if trace.marker is not None and trace.marker.symbol == "diamond" else "o"
         ax.scatter(xs, ys, c=_colors(trace.marker, len(xs)), s=size**2 * 0.8, marker=symbol, zorder=3,
                    label=_label(trace))
+    error = _error_y(trace)
+    if error is not None:
+        ax.errorbar(xs, ys, yerr=error, fmt="none", ecolor="#444444", capsize=3, zorder=2)
     if "text" in mode and trace.text is not None and not isinstance(trace.text, str):
         for x, y, label in zip(xs, ys, trace.text):
             ax.annotate(_text(label), (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)

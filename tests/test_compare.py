@@ -13,14 +13,25 @@ from checks import FLOAT32_REORDERED, assert_matches
 from helpers import compare
 
 
-def write_results(folder: Path, task: str, patching: list[list[float]], *, model: str = "toy") -> None:
-    """A results.json holding what the comparison reads; DLA is the patching map negated."""
+def write_results(folder: Path, task: str, patching: list[list[float]], *, model: str = "toy",
+                  metric: str = "logit difference", intervals: dict[str, Any] | None = None) -> None:
+    """A results.json holding what the comparison reads; DLA is the patching map negated. ``intervals``:
+    ``{"logit_diff": (mean, [low, high]), "faithfulness": ..., "L0H0": ...}`` (a head's is its patching's)."""
+    intervals = intervals or {}
     templates: dict[str, Any] = {
         "patching": {"head_out": {"values": patching}, "metric": {"task_metric": "logit difference"}},
         "dla": {"heads": {"mean": [[-v for v in row] for row in patching]}},
         "head_functions": {"role_scores": {"induction": {"values": [[0.1 * (i + j) for j in range(3)] for i in range(2)]}}},
         "copy_scores": {"copy_scores": {"copy": {"values": [[0.5] * 3, [0.25] * 3]}}},
     }
+    templates["patching"]["metric"]["task_metric"] = metric
+    if "logit_diff" in intervals:
+        templates["dla"]["logit_diff"] = {"mean": intervals["logit_diff"][0], "ci95": intervals["logit_diff"][1]}
+    if "faithfulness" in intervals:
+        templates["circuit"] = {"candidate": {"faithfulness": intervals["faithfulness"][0],
+                                              "ci95": intervals["faithfulness"][1]}}
+    templates["patching"]["head_out"]["top_positive"] = [
+        {"head": name, "value": value, "ci95": ci95} for name, (value, ci95) in intervals.items() if name.startswith("L")]
     (folder / task).mkdir(parents=True)
     (folder / task / "results.json").write_text(json.dumps(
         {"task": task, "templates": templates, "provenance": {"model": model, "n_prompts": 8}}))
@@ -80,3 +91,28 @@ def test_tasks_on_differently_named_models_are_warned_about(tmp_path: Path) -> N
     write_results(tmp_path, "b", [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]], model="distilgpt2")
     results = compare.load_task_results(["a", "b"], tmp_path)
     assert "different models (distilgpt2, gpt2)" in (compare.model_warning(results) or "")
+
+
+def test_differences_beyond_noise_are_those_whose_intervals_are_apart(tmp_path: Path) -> None:
+    write_results(tmp_path, "a", [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]], intervals={
+        "logit_diff": (3.0, [2.5, 3.5]), "faithfulness": (0.9, [0.8, 1.0]), "L0H0": (0.9, [0.85, 0.95]),
+        "L1H1": (0.2, [0.1, 0.3])})
+    write_results(tmp_path, "b", [[0.7, -0.6, 0.0], [0.1, 0.0, 0.0]], intervals={
+        "logit_diff": (1.0, [0.5, 1.5]), "faithfulness": (0.85, [0.7, 0.95]), "L0H0": (0.7, [0.6, 0.8])})
+    write_results(tmp_path, "p", [[0.0, 0.0, 0.1], [0.5, 0.4, 0.0]], metric="probability difference", intervals={
+        "logit_diff": (0.3, [0.2, 0.4]), "faithfulness": (0.2, [0.1, 0.3])})
+    results = compare.load_task_results(["a", "b", "p"], tmp_path)
+    assert results[0].intervals["output patching of L0H0"] == (0.9, (0.85, 0.95))
+    found = {(d.quantity, d.tasks): d.beyond_noise for d in compare.compute_differences(results)}
+    assert found == {
+        ("mean logit difference", ("a", "b")): True,  # [2.5, 3.5] vs [0.5, 1.5]
+        ("circuit faithfulness", ("a", "b")): False,  # [0.8, 1.0] vs [0.7, 0.95] overlap
+        ("output patching of L0H0", ("a", "b")): True,  # [0.85, 0.95] vs [0.6, 0.8]
+        # p's metric is another: its logit difference is not compared, its normalised faithfulness is
+        ("circuit faithfulness", ("a", "p")): True,
+        ("circuit faithfulness", ("b", "p")): True,
+    }  # L1H1 has an interval in a only: not compared
+    line = compare.describe_differences(compare.compute_differences(results))
+    assert line.startswith("4 of 5 figures compared between tasks differ beyond prompt noise; the largest: "
+                           "mean logit difference, a 3.000 vs b 1.000")
+    assert compare.describe_differences([]).startswith("no figure has an interval in two tasks")

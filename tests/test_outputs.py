@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fake_templates import GOOD_TEMPLATE, write_templates
+from fake_templates import saving, stamps, write_templates
 
 from helpers import model as model_module
 from helpers import outputs, results, run
@@ -27,7 +27,7 @@ from helpers.errors import RunLockedError
 from helpers.paths import PARAMS_DIR, REPO_ROOT
 from helpers.tasks import TaskError
 
-STAMPED = GOOD_TEMPLATE.replace('"task_name": task["name"]', '"task_name": task["name"], "seed": task["seed"]')
+STAMPED = saving(task_name='task["name"]', seed='task["seed"]')
 
 
 def strict(path: Path) -> Any:
@@ -75,11 +75,11 @@ def test_a_run_with_other_settings_keeps_the_earlier_outputs_apart(fake: Path, t
     assert run.run_tasks(["ioi"], seed=5, templates=["dla"], log=lines.append, **options) == 0
     out = notebooks / "ioi"
     latest = strict(out / "results.json")
-    assert set(latest["templates"]) == {"dla"} and latest["templates"]["dla"]["seed"] == 5
+    assert set(latest["templates"]) == {"dla"} and stamps(latest["templates"]["dla"])["seed"] == "5"
     assert sorted(p.name for p in out.glob("*.ipynb")) == ["dla.ipynb"]  # nothing stale listed beside it
     [earlier] = list((out / "earlier").iterdir())
     assert sorted(p.name for p in earlier.glob("*.ipynb")) == ["dla.ipynb", "patching.ipynb"]
-    assert strict(earlier / "results.json")["templates"]["dla"]["seed"] == 0
+    assert stamps(strict(earlier / "results.json")["templates"]["dla"])["seed"] == "0"
     assert any("came from other settings; they are kept in" in line for line in lines)
 
 
@@ -201,7 +201,7 @@ def test_a_task_path_with_spaces_is_one_task(fake: Path, toy_model_dir: Path, tm
     assert run._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
     assert run.main(["--task", str(folder / "x.yaml"), "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
                      "--templates", "dla", "--notebooks-dir", str(tmp_path / "out")]) == 0
-    assert strict(tmp_path / "out" / "ioi" / "results.json")["templates"]["dla"]["task_name"] == "ioi"
+    assert stamps(strict(tmp_path / "out" / "ioi" / "results.json")["templates"]["dla"])["task_name"] == "ioi"
 
 
 def test_a_bad_task_file_is_reported_before_anything_heavy_is_imported(tmp_path: Path) -> None:
@@ -251,3 +251,13 @@ def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_kernel_running(toy_model
     assert not [k for k in kernels if k.is_running() and k.status() != psutil.STATUS_ZOMBIE]
     assert json.loads((previous / "results.json").read_text()) == {"previous": True}
     assert sorted(p.name for p in previous.iterdir()) == ["results.json"]  # no staging, no lock left
+
+
+def test_a_notebook_or_page_over_the_size_budget_is_named(tmp_path: Path) -> None:
+    (tmp_path / "dla.ipynb").write_text("{}")
+    with open(tmp_path / "dla.html", "wb") as page:
+        page.truncate(run.SIZE_BUDGET_BYTES + 1)
+    assert run.over_size_budget(tmp_path, ["dla", "patching"]) == ["dla.html (10.0 MB)"]
+    with open(tmp_path / "dla.html", "wb") as page:
+        page.truncate(run.SIZE_BUDGET_BYTES)
+    assert run.over_size_budget(tmp_path, ["dla"]) == []

@@ -59,7 +59,9 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
     scores = copy_scores.compute_copy_scores(toy_model, ioi_prompts)
     heads = [HeadScore(1, 0, 0.5), HeadScore(0, 3, -0.2)]
     task_results = [compare.TaskResults(name, "m", 12, "logit difference", {"patching": head_out.values * sign,
-                                                                              "dla": head_v.values})
+                                                                              "dla": head_v.values},
+                                        {"mean logit difference": (2.0 * sign, (2.0 * sign - 0.5, 2.0 * sign + 0.25)),
+                                         "output patching of L1H0": (0.4, (0.3, 0.5))})
                     for name, sign in (("a", 1.0), ("b", -1.0))]
     return {
         "cache": cache, "prompts": ioi_prompts, "anchors": engine.anchors(),
@@ -295,6 +297,15 @@ def check_task_matrix(r: dict[str, Any]) -> go.Figure:
     return fig
 
 
+def check_task_intervals(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_task_intervals(r["tasks"])
+    [trace] = fig.data  # only the mean logit difference has intervals here (head intervals are in the table)
+    assert list(trace.x) == ["a", "b"] and list(trace.y) == [2.0, -2.0]
+    assert list(trace.error_y.array) == [0.25, 0.25] and list(trace.error_y.arrayminus) == [0.5, 0.5]
+    assert [a.text for a in fig.layout.annotations] == ["mean logit difference"]
+    return fig
+
+
 CHECKS: dict[str, Callable[[dict[str, Any]], go.Figure]] = {
     name.replace("check_", "plot_"): function for name, function in globals().items() if name.startswith("check_")
 }
@@ -326,6 +337,10 @@ def test_tables_hold_the_results_numbers(results: dict[str, Any]) -> None:
     comparison = plotting.circuit_comparison_table(results["comparison"], results["baseline"])
     assert list(comparison["faithfulness"]) == [c.faithfulness for c in results["comparison"]] + [results["baseline"].mean]
     assert list(comparison["95% interval"])[:2] == [str(c.ci95) for c in results["comparison"]]
+    differences = plotting.differences_table(compare.compute_differences(results["tasks"]))
+    assert list(differences["figure"]) == ["mean logit difference", "output patching of L1H0"]  # beyond noise first
+    assert list(differences["beyond noise"]) == ["yes", "no"]
+    assert list(differences["95% intervals"])[0] == "[+1.500, +2.250] vs [-2.500, -1.750]"
     agreement = plotting.agreement_table([results["agreement"]])
     assert list(agreement["Pearson r"]) == [results["agreement"].pearson]
 

@@ -17,11 +17,12 @@ import nbformat
 import pytest
 import torch
 from checks import FLOAT32_PATCHING, assert_matches
-from fake_templates import GOOD_TEMPLATE, write_templates
+from fake_templates import GOOD_TEMPLATE, saving, stamps, write_templates
 from nbformat.sign import NotebookNotary
 from reference import hook_neuron_patching, hook_update_vector_top_share, normalised_task_metric
 
 from helpers import export, run, viz
+from helpers import results as results_format
 from helpers.model import load_tokenizer
 from helpers.paths import REPO_ROOT, TEMPLATES_DIR
 from helpers.tasks import TaskError, build_prompts, load_task
@@ -57,9 +58,12 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert sorted(p.name for p in out.iterdir()) == sorted(notebooks + pages + ["results.json", "index.html", "README.md"])
     for name in notebooks:
         assert error_outputs(out / name) == [], name
+    assert run.over_size_budget(out, [n.removesuffix(".ipynb") for n in notebooks]) == []  # each within 10 MB
+    assert not [line for line in lines if "weigh more than" in line]
     results = json.loads((out / "results.json").read_text())
     for path in sorted(out.parent.rglob("results.json")):  # every results file, as a strict parser reads it
-        json.loads(path.read_text(), parse_constant=lambda constant, path=path: pytest.fail(f"{path} holds {constant}"))
+        data = json.loads(path.read_text(), parse_constant=lambda constant, path=path: pytest.fail(f"{path} holds {constant}"))
+        results_format.check_file(data)  # and follows helpers/results.schema.json
     dla = results["templates"]["dla"]
     assert dla["additivity"]["ok"] is True
     assert len(dla["logit_diff"]["per_prompt"]) == 8
@@ -335,7 +339,10 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
     out = notebooks / "compare"
     assert sorted(p.name for p in out.iterdir()) == ["compare.html", "compare.ipynb", "results.json"]
     assert error_outputs(out / "compare.ipynb") == []
-    compared = json.loads((out / "results.json").read_text())
+    written = json.loads((out / "results.json").read_text())
+    results_format.check_file(written)
+    assert written["provenance"]["tasks"] == ["ioi", "greater_than"]
+    compared = written["templates"]["compare"]
     # recompute from the tasks' own results.json: top 10 of 8 heads = every head, so the sets are equal
     maps = [json.loads((notebooks / t / "results.json").read_text())["templates"]["patching"]["head_out"]["values"]
             for t in ("ioi", "greater_than")]
@@ -344,6 +351,13 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
     assert abs(compared["patching_correlations"][0][1] - float(r)) < 1e-5
     heads = compared["shared_head_scores"]
     assert set(heads) == set(compared["shared_heads"]["shared"]) and set(heads["L0H0"]) == {"ioi", "greater_than"}
+    # the mean logit difference is compared only between tasks of one metric (logit vs probability difference);
+    # normalised figures (output patching of a head in both tasks' top lists) between any two
+    quantities = {d["quantity"] for d in compared["differences"]}
+    assert "mean logit difference" not in quantities and any(q.startswith("output patching of") for q in quantities)
+    for difference in compared["differences"]:
+        (low_a, high_a), (low_b, high_b) = difference["intervals"]
+        assert difference["beyond_noise"] == (high_a < low_b or high_b < low_a)
     shown = json.dumps(outputs_of(out / "compare.ipynb"))
     assert shown.count("application/vnd.plotly.v1+json") >= 5
 
@@ -452,7 +466,7 @@ def test_failed_notebooks_are_cleared_by_a_later_success(toy_model_dir: Path, tm
     assert run.execute(run.prepare_run("ioi", **options), log=lambda line: None) == 0
     assert not (notebooks / "ioi" / "failed").exists()
     results = json.loads((notebooks / "ioi" / "results.json").read_text())
-    assert results["templates"]["dla"] == {"summary": ["it ran"], "task_name": "ioi"}
+    assert results["templates"]["dla"]["summary"] == ["it ran", "task_name=ioi"]
 
 
 def test_all_runs_every_task_in_params(toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -468,7 +482,7 @@ def test_all_runs_every_task_in_params(toy_model_dir: Path, tmp_path: Path, monk
                      "--notebooks-dir", str(tmp_path / "notebooks")]) == 0
     for name in ("ioi", "numseq"):
         results = json.loads((tmp_path / "notebooks" / name / "results.json").read_text())
-        assert results["templates"]["dla"]["task_name"] == name and results["provenance"]["n_prompts"] == 2
+        assert stamps(results["templates"]["dla"])["task_name"] == name and results["provenance"]["n_prompts"] == 2
 
 
 def test_a_failing_comparison_keeps_its_notebook_and_the_previous_comparison(
@@ -524,15 +538,15 @@ def test_templates_share_a_kernel_but_never_a_namespace(toy_model_dir: Path, tmp
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """One kernel runs a task's templates (imports and the converted model are paid for once); each
     template still starts from an empty namespace, its cells numbered from 1."""
-    marker = ('import os\nleftover = 1\n' + GOOD_TEMPLATE.replace('"task_name": task["name"]', '"pid": os.getpid()'))
+    marker = 'import os\nleftover = 1\n' + saving(pid="os.getpid()")
     check = ('import os\nassert "leftover" not in globals(), "the previous template\'s variable is still here"\n'
-             + GOOD_TEMPLATE.replace('"task_name": task["name"]', '"pid": os.getpid()'))
+             + saving(pid="os.getpid()"))
     monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=marker, patching=check))
     plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
     lines: list[str] = []
     assert run.execute(plan, log=lines.append) == 0, "\n".join(lines)
     results = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]
-    assert results["dla"]["pid"] == results["patching"]["pid"]  # the same kernel process
+    assert stamps(results["dla"])["pid"] == stamps(results["patching"])["pid"]  # the same kernel process
     counts = [c.execution_count for c in nbformat.read(tmp_path / "out" / "ioi" / "patching.ipynb", as_version=4).cells
               if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))
