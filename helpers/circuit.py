@@ -295,36 +295,48 @@ class MeanAblation:
 
 
 def compute_mean_ablation(model: Any, prompts: PromptSet, reference: ReferencePrompts) -> MeanAblation:
-    """Each head's mean ``z`` over ``reference``, per template and position, laid out like ``prompts``.
+    """Each head's mean ``z`` over ``reference``, per template and position, laid out like ``prompts``
+    (:func:`template_position_means`)."""
+    n_layers = model.cfg.n_layers
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    _, acts = cache_activations(model, reference.tokens.to(model.cfg.device), names)
+    z = torch.stack([acts[name].float().cpu() for name in names], dim=2)  # [ref_batch, ref_pos, layer, head, d_head]
+    means = template_position_means(z, reference, prompts)  # [batch, pos, layer, head, d_head]
+    return MeanAblation(means.permute(2, 0, 1, 3, 4).contiguous(), reference.name)
+
+
+def template_position_means(values: Float[Tensor, "ref_batch ref_pos *rest"], reference: ReferencePrompts,
+                            prompts: PromptSet) -> Float[Tensor, "batch pos *rest"]:
+    """Means of ``values`` (one row per reference prompt) per template and position, laid out like
+    ``prompts``: each prompt gets the mean over the reference prompts of its template, position by position.
 
     A position that no reference prompt of the template reaches takes the mean over all reference
     prompts there (and zero if none reaches it).
     """
-    n_layers = model.cfg.n_layers
-    names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
-    _, acts = cache_activations(model, reference.tokens.to(model.cfg.device), names)
-    z = torch.stack([acts[name].float().cpu() for name in names])  # [layer, ref_batch, ref_pos, head, d_head]
-    ref_width = z.shape[2]
-    valid = (torch.arange(ref_width)[None] <= reference.final_pos[:, None]).float()  # [ref_batch, ref_pos]
+    ref_width = values.shape[1]
+    final_pos = reference.final_pos.to(values.device)
+    valid = (torch.arange(ref_width, device=values.device)[None] <= final_pos[:, None]).to(values.dtype)
 
     def mean_over(rows: list[int]) -> tuple[Tensor, Tensor]:
         weights = valid[rows]  # [rows, ref_pos]
-        total = torch.einsum("lbphd,bp->lphd", z[:, rows], weights)
+        total = torch.einsum("bp...,bp->p...", values[rows], weights)
         count = weights.sum(dim=0)  # [ref_pos]
-        return total / count.clamp(min=1)[None, :, None, None], count
+        shape = (-1,) + (1,) * (values.ndim - 2)
+        return total / count.clamp(min=1).view(shape), count
 
     everything, _ = mean_over(list(range(len(reference.template_index))))
     by_template: dict[int, Tensor] = {}
     for template in set(prompts.template_index):
         rows = [i for i, t in enumerate(reference.template_index) if t == template]
-        mean, count = mean_over(rows) if rows else (everything, torch.zeros(ref_width))
-        by_template[template] = torch.where((count > 0)[None, :, None, None], mean, everything)
+        mean, count = mean_over(rows) if rows else (everything, torch.zeros(ref_width, device=values.device))
+        reached = (count > 0).view((-1,) + (1,) * (values.ndim - 2))
+        by_template[template] = torch.where(reached, mean, everything)
     width = prompts.clean_tokens.shape[1]
-    means = torch.zeros(n_layers, len(prompts), width, *z.shape[3:])
+    means = values.new_zeros(len(prompts), width, *values.shape[2:])
     shared = min(width, ref_width)
     for b, template in enumerate(prompts.template_index):
-        means[:, b, :shared] = by_template[template][:, :shared]
-    return MeanAblation(means, reference.name)
+        means[b, :shared] = by_template[template][:shared]
+    return means
 
 
 # ---------------------------------------------------------------------------------------------------

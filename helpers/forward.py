@@ -144,10 +144,13 @@ class ForwardPass:
             q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         return q, k, v
 
-    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, query_pos: Tensor) -> tuple[Tensor, Tensor]:
+    def attend(self, layer: int, q: Tensor, k: Tensor, v: Tensor, query_pos: Tensor, *,
+               per_query_head: bool = False) -> tuple[Tensor, Tensor]:
         """(pattern, z) for queries at absolute positions ``query_pos`` (``[q]`` or ``[rows, q]``) over all
-        keys (positions 0 onwards)."""
-        k, v = self.by_query_head(k), self.by_query_head(v)
+        keys (positions 0 onwards). With ``per_query_head``, ``k`` and ``v`` already hold one head per
+        head of ``q`` (any number of heads, e.g. one)."""
+        if not per_query_head:
+            k, v = self.by_query_head(k), self.by_query_head(v)
         scores = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * self.arch.attn_scales[layer]
         if self.arch.attn_softcap:
             scores = self.arch.attn_softcap * torch.tanh(scores / self.arch.attn_softcap)
@@ -200,6 +203,46 @@ class ForwardPass:
     def cap_logits(self, logits: Tensor) -> Tensor:
         cap = self.arch.final_softcap
         return logits if not cap else cap * torch.tanh(logits / cap)
+
+    def run_to_end(self, x: Tensor, layer: int, *, from_mlp: bool, start: int, prefix_k: Tensor, prefix_v: Tensor,
+                   final_pos: Int[Tensor, " rows"], repeat: int = 1) -> Float[Tensor, "rows d_model"]:
+        """Run streams to the end of the model and return each row's stream at its final position.
+
+        ``x`` ``[rows, pos, d_model]`` holds positions ``start`` onwards, entering ``layer`` (or, with
+        ``from_mlp``, entering its MLP). The positions before ``start`` are those of a run whose keys and
+        values are ``prefix_k[layer]`` and ``prefix_v[layer]`` (``[layer, batch, >= start, kv_head, d_head]``,
+        each batch repeated ``repeat`` times to make the rows): a causal model never changes them. In the
+        last layer only each row's final position is computed.
+        Rows whose final position is before ``start`` are the caller's to handle (they are garbage here).
+        """
+        rows = torch.arange(x.shape[0], device=x.device)
+        within = (final_pos - start).clamp(min=0)
+        suffix_pos = torch.arange(start, start + x.shape[1], device=x.device)
+        at_final = False
+        for current in range(layer, self.n_layers):
+            last = current == self.n_layers - 1
+            if from_mlp and current == layer:
+                mlp_in = x
+            else:
+                q, k, v = self.qkv(current, x, suffix_pos)
+                before_k = prefix_k[current][:, :start].repeat(repeat, 1, 1, 1)
+                before_v = prefix_v[current][:, :start].repeat(repeat, 1, 1, 1)
+                k, v = torch.cat([before_k, k], dim=1), torch.cat([before_v, v], dim=1)
+                if last:  # only the final position's query matters now
+                    x, q = x[rows, within][:, None], q[rows, within][:, None]
+                    _, z = self.attend(current, q, k, v, final_pos[:, None])
+                    at_final = True
+                else:
+                    _, z = self.attend(current, q, k, v, suffix_pos)
+                attn_out = self.attn_out(current, z)
+                if self.arch.parallel:
+                    mlp_in, x = x, x + attn_out
+                else:
+                    x = mlp_in = x + attn_out
+            if last and not at_final:
+                x, mlp_in, at_final = x[rows, within][:, None], mlp_in[rows, within][:, None], True
+            x = x + self.mlp_out_from_hidden(current, self.mlp_hidden(current, mlp_in))
+        return x[:, 0] if at_final else x[rows, within]
 
     # -- rotary ----------------------------------------------------------------------------------------
 

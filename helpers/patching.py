@@ -374,41 +374,14 @@ class PatchingEngine:
 
         ``x`` holds positions ``start`` onwards of ``n_configs * batch`` sequences, entering ``layer``
         (or, with ``from_mlp``, entering its MLP). Positions before ``start`` are identical to the
-        corrupted run (the model is causal), so their keys and values come from the corrupted cache. In
-        the last layer only each prompt's final position is computed.
+        corrupted run (the model is causal), so their keys and values come from the corrupted cache
+        (:meth:`helpers.forward.ForwardPass.run_to_end`).
         """
-        fw = self.fw
         batch = self.final_pos.shape[0]
         n_configs = x.shape[0] // batch
         final = self.final_pos.repeat(n_configs)
-        within = (final - start).clamp(min=0)
-        rows = torch.arange(x.shape[0], device=x.device)
-        suffix_pos = torch.arange(start, start + x.shape[1], device=x.device)
-        at_final = False
-        for current in range(layer, self.n_layers):
-            last = current == self.n_layers - 1
-            if from_mlp and current == layer:
-                mlp_in = x
-            else:
-                q, k, v = fw.qkv(current, x, suffix_pos)
-                prefix_k = self.corrupted.k[current][:, :start].repeat(n_configs, 1, 1, 1)
-                prefix_v = self.corrupted.v[current][:, :start].repeat(n_configs, 1, 1, 1)
-                k, v = torch.cat([prefix_k, k], dim=1), torch.cat([prefix_v, v], dim=1)
-                if last:  # only the final position's query matters now
-                    x, q = x[rows, within][:, None], q[rows, within][:, None]
-                    _, z = fw.attend(current, q, k, v, final[:, None])
-                    at_final = True
-                else:
-                    _, z = fw.attend(current, q, k, v, suffix_pos)
-                attn_out = fw.attn_out(current, z)
-                if self.arch.parallel:
-                    mlp_in, x = x, x + attn_out
-                else:
-                    x = mlp_in = x + attn_out
-            if last and not at_final:
-                x, mlp_in, at_final = x[rows, within][:, None], mlp_in[rows, within][:, None], True
-            x = x + fw.mlp_out_from_hidden(current, fw.mlp_hidden(current, mlp_in))
-        result = x[:, 0] if at_final else x[rows, within]
+        result = self.fw.run_to_end(x, layer, from_mlp=from_mlp, start=start, prefix_k=self.corrupted.k,
+                                    prefix_v=self.corrupted.v, final_pos=final, repeat=n_configs)
         # a prompt that ends before ``start`` never sees the patch: its final state is the corrupted one
         untouched = final < start
         if bool(untouched.any()):

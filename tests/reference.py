@@ -141,6 +141,247 @@ def hook_update_vector_top_share(model: Any, prompts: PromptSet, *, component: s
 
 
 # ---------------------------------------------------------------------------------------------------
+# Edges, through the model's hooks: the IOI paper's path patching and EAP's gradients
+# ---------------------------------------------------------------------------------------------------
+
+
+def _node(name: str) -> tuple[str, int, int]:
+    """'input' -> ('input', 0, 0); 'L1H2' -> ('head', 1, 2); 'MLP0' -> ('mlp', 0, 0)."""
+    if name == "input":
+        return "input", 0, 0
+    if name.startswith("MLP"):
+        return "mlp", int(name[3:]), 0
+    layer, head = name[1:].split("H")
+    return "head", int(layer), int(head)
+
+
+def _metric_of(prompts: PromptSet, logits: Tensor) -> Tensor:
+    return prompts.metric(at_final_pos(logits, prompts.final_pos)).float()
+
+
+def hook_path_patching(model: Any, prompts: PromptSet, sender: str, receiver: str) -> float:
+    """The IOI paper's path patching (Wang et al. 2022, appendix B), step by step through the model's
+    hooks, with TransformerLens's per-head query/key/value inputs.
+
+    1. Cache every head's ``z`` and every MLP's output on the clean and the corrupted prompts.
+    2. Run the clean prompts with every head's ``z`` and every MLP's output frozen to their clean values,
+       except the sender's, set to its corrupted value (the input: the corrupted embeddings); record what
+       the receiver reads (its ``hook_{q,k,v}_input`` slice, what the MLP's norm reads, or the logits).
+    3. Run the clean prompts again with only the receiver's input replaced by that record.
+
+    Returns the effect ``(clean - patched) / (clean - corrupted)`` of the task metric's mean. Heads are
+    indexed as the hooks lay them out (key/value heads for grouped-query attention).
+    """
+    n_layers = model.cfg.n_layers
+    names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    names += [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)] + ["blocks.0.hook_resid_pre"]
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        with torch.no_grad():
+            clean_logits, clean = model.run_with_cache(prompts.clean_tokens, names_filter=names)
+            corrupted_logits, corrupted = model.run_with_cache(prompts.corrupted_tokens, names_filter=names)
+            kind, s_layer, s_head = _node(sender)
+
+            def frozen(name: str) -> Any:
+                def hook(act: Tensor, hook: Any) -> Tensor:
+                    out = clean[name].clone()
+                    if kind == "head" and name == f"blocks.{s_layer}.attn.hook_z":
+                        out[:, :, s_head] = corrupted[name][:, :, s_head]
+                    if kind == "mlp" and name == f"blocks.{s_layer}.hook_mlp_out":
+                        out = corrupted[name].clone()
+                    return out
+                return hook
+
+            hooks = [(name, frozen(name)) for name in names[:-1]]
+            if kind == "input":
+                hooks.append(("blocks.0.hook_resid_pre", lambda act, hook: corrupted["blocks.0.hook_resid_pre"].clone()))
+            if receiver == "logits":
+                patched_logits = model.run_with_hooks(prompts.clean_tokens, fwd_hooks=hooks)
+            else:
+                r_kind, r_layer, r_head = _node(receiver.split("<")[0])
+                read = (f"blocks.{r_layer}.hook_{receiver[-2]}_input" if r_kind == "head"
+                        else f"blocks.{r_layer}.ln2.hook_in")  # the MLP's own read of the stream
+                record: dict[str, Tensor] = {}
+
+                def keep(act: Tensor, hook: Any) -> Tensor:
+                    record["read"] = act.clone()
+                    return act
+
+                model.run_with_hooks(prompts.clean_tokens, fwd_hooks=[*hooks, (read, keep)])
+
+                def replace(act: Tensor, hook: Any) -> Tensor:
+                    act = act.clone()
+                    if r_kind == "head":
+                        act[:, :, r_head] = record["read"][:, :, r_head]
+                    else:
+                        act = record["read"]
+                    return act
+
+                patched_logits = model.run_with_hooks(prompts.clean_tokens, fwd_hooks=[(read, replace)])
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.set_use_hook_mlp_in(False)
+    clean_value = float(_metric_of(prompts, clean_logits).mean())
+    corrupted_value = float(_metric_of(prompts, corrupted_logits).mean())
+    return (clean_value - float(_metric_of(prompts, patched_logits).mean())) / (clean_value - corrupted_value)
+
+
+def hook_circuit_metric(model: Any, prompts: PromptSet, dropped: set[str], *, zero: bool = False) -> Tensor:
+    """The task metric per prompt of the clean run in which each edge in ``dropped`` (names such as
+    ``"L0H1->L1H2<k>"``) carries the sender's corrupted-run output (or, with ``zero``, nothing) instead
+    of its output in this run, through the model's hooks: as the run proceeds, every sender's output is
+    recorded (``blocks.0.hook_resid_pre``, ``hook_z @ W_O`` per head, ``hook_mlp_out``), and each reader's
+    own copy of the stream (``hook_{q,k,v}_input`` per head, the MLP norm's and the final norm's input)
+    has ``output - ablated output`` of its dropped senders subtracted. Heads are indexed as the hooks lay
+    them out (key/value heads for grouped-query attention)."""
+    n_layers = model.cfg.n_layers
+    w_o = model.W_O.detach()
+    with torch.no_grad():
+        _, corrupted = model.run_with_cache(prompts.corrupted_tokens, names_filter=lambda n: n.endswith(
+            ("hook_z", "hook_mlp_out")) or n == "blocks.0.hook_resid_pre")
+
+    def ablated(sender: str) -> Tensor:
+        kind, layer, head = _node(sender)
+        if zero:
+            return torch.zeros(())
+        if kind == "input":
+            return corrupted["blocks.0.hook_resid_pre"]
+        if kind == "mlp":
+            return corrupted[f"blocks.{layer}.hook_mlp_out"]
+        return corrupted[f"blocks.{layer}.attn.hook_z"][:, :, head] @ w_o[layer, head]
+
+    by_reader: dict[str, list[tuple[str, int | None]]] = {}
+    for edge in dropped:
+        sender, receiver = edge.split("->")
+        if receiver == "logits":
+            by_reader.setdefault("ln_final.hook_in", []).append((sender, None))
+        elif receiver.startswith("MLP"):
+            by_reader.setdefault(f"blocks.{receiver[3:]}.ln2.hook_in", []).append((sender, None))
+        else:
+            _, layer, head = _node(receiver.split("<")[0])
+            by_reader.setdefault(f"blocks.{layer}.hook_{receiver[-2]}_input", []).append((sender, head))
+    now: dict[str, Tensor] = {}
+
+    def record_input(act: Tensor, hook: Any) -> Tensor:
+        now["input"] = act.clone()
+        return act
+
+    def record_z(layer: int) -> Any:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            for head in range(act.shape[2]):
+                now[f"L{layer}H{head}"] = act[:, :, head] @ w_o[layer, head]
+            return act
+        return hook
+
+    def record_mlp(layer: int) -> Any:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            now[f"MLP{layer}"] = act.clone()
+            return act
+        return hook
+
+    def rebuild(name: str) -> Any:
+        def hook(act: Tensor, hook: Any) -> Tensor:
+            act = act.clone()
+            for sender, head in by_reader[name]:
+                change = now[sender] - ablated(sender)
+                if head is None:
+                    act = act - change
+                else:
+                    act[:, :, head] = act[:, :, head] - change
+            return act
+        return hook
+
+    hooks = [("blocks.0.hook_resid_pre", record_input)]
+    hooks += [(f"blocks.{layer}.attn.hook_z", record_z(layer)) for layer in range(n_layers)]
+    hooks += [(f"blocks.{layer}.hook_mlp_out", record_mlp(layer)) for layer in range(n_layers)]
+    hooks += [(name, rebuild(name)) for name in by_reader]
+    model.set_use_split_qkv_input(True)
+    try:
+        with torch.no_grad():
+            logits = model.run_with_hooks(prompts.clean_tokens, fwd_hooks=hooks)
+    finally:
+        model.set_use_split_qkv_input(False)
+    return _metric_of(prompts, logits)
+
+
+def hook_eap_scores(model: Any, prompts: PromptSet) -> dict[str, float]:
+    """EAP's score of every edge, from gradients taken through the model's hooks: ``(clean - corrupted
+    output of the sender) . d(normalised metric)/d(receiver's input)`` at the clean run, summed over
+    positions. Outputs: ``blocks.0.hook_resid_pre`` (the input), ``hook_z @ W_O`` per head,
+    ``hook_mlp_out``. Inputs: ``hook_{q,k,v}_input`` per head, what the MLP's norm reads
+    (``ln2.hook_in``) and what the final norm reads (``ln_final.hook_in``), each cloned so that its
+    gradient is its reader's alone. Keyed by edge name (``"L0H1->L1H2<k>"``; for grouped keys and values,
+    ``L1H0<k>`` is key/value head 0's input)."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    z_names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
+    mlp_names = [f"blocks.{layer}.hook_mlp_out" for layer in range(n_layers)]
+    names = ["blocks.0.hook_resid_pre", *z_names, *mlp_names]
+    w_o = model.W_O.detach()  # [layer, head, d_head, d_model]
+    parallel = bool(getattr(model.cfg, "parallel_attn_mlp", False))
+
+    def outputs(tokens: Tensor) -> dict[str, Tensor]:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens, names_filter=names)
+        out = {"input": cache["blocks.0.hook_resid_pre"]}
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                out[f"L{layer}H{head}"] = cache[z_names[layer]][:, :, head] @ w_o[layer, head]
+            out[f"MLP{layer}"] = cache[mlp_names[layer]]
+        return out
+
+    clean_out, corrupted_out = outputs(prompts.clean_tokens), outputs(prompts.corrupted_tokens)
+    with torch.no_grad():
+        clean_value = float(_metric_of(prompts, model(prompts.clean_tokens)).mean())
+        corrupted_value = float(_metric_of(prompts, model(prompts.corrupted_tokens)).mean())
+    reads = [f"blocks.{layer}.hook_{kind}_input" for layer in range(n_layers) for kind in "qkv"]
+    reads += [f"blocks.{layer}.ln2.hook_in" for layer in range(n_layers)] + ["ln_final.hook_in"]
+    kept: dict[str, Tensor] = {}
+
+    def start(act: Tensor, hook: Any) -> Tensor:
+        return act.detach().requires_grad_(True)
+
+    def keeper(name: str) -> Any:  # keyed by the name asked for (the bridge may report an alias's)
+        def keep(act: Tensor, hook: Any) -> Tensor:
+            act = act.clone()  # a tensor of the reader's own: its gradient is that reader's alone
+            act.retain_grad()
+            kept[name] = act
+            return act
+        return keep
+
+    model.set_use_split_qkv_input(True)
+    model.set_use_hook_mlp_in(True)
+    try:
+        logits = model.run_with_hooks(prompts.clean_tokens, fwd_hooks=[("blocks.0.hook_resid_pre", start),
+                                                                       *[(name, keeper(name)) for name in reads]])
+        ((_metric_of(prompts, logits).mean() - corrupted_value) / (clean_value - corrupted_value)).backward()
+    finally:
+        model.set_use_split_qkv_input(False)
+        model.set_use_hook_mlp_in(False)
+
+    def score(sender: str, gradient: Tensor) -> float:
+        return float(((clean_out[sender] - corrupted_out[sender]) * gradient).sum())
+
+    senders = ["input"]
+    scores = {}
+    for layer in range(n_layers):
+        for kind in "qkv":
+            grad = kept[f"blocks.{layer}.hook_{kind}_input"].grad
+            for head in range(grad.shape[2]):  # key/value heads for a grouped key or value input
+                for sender in senders:
+                    scores[f"{sender}->L{layer}H{head}<{kind}>"] = score(sender, grad[:, :, head])
+        heads = [f"L{layer}H{head}" for head in range(n_heads)]
+        mlp_senders = senders if parallel else senders + heads
+        for sender in mlp_senders:
+            scores[f"{sender}->MLP{layer}"] = score(sender, kept[f"blocks.{layer}.ln2.hook_in"].grad)
+        senders = senders + heads + [f"MLP{layer}"]
+    final = kept["ln_final.hook_in"].grad
+    for sender in senders:
+        scores[f"{sender}->logits"] = score(sender, final)
+    return scores
+
+
+# ---------------------------------------------------------------------------------------------------
 # Plain transformers, any architecture of the toy models
 # ---------------------------------------------------------------------------------------------------
 

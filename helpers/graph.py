@@ -1,0 +1,835 @@
+"""Circuits as graphs of edges: the model's computational graph, edge attribution (EAP, EAP-IG), exact
+edge and path patching, and circuits run edge by edge under three ablations.
+
+The graph (as in EAP-IG and the MIB benchmark). Senders, in the order they compute: ``input`` (the
+embeddings), then per layer every head's output (``L{layer}H{head}``, ``z @ W_O`` without the bias) and
+the MLP's output (``MLP{layer}``). Receivers: each head's query, key and value inputs (``L1H2<q>`` ...),
+each MLP's input, and ``logits`` (the final stream the unembedding reads). An edge joins a sender to a
+receiver that reads the residual stream after it: a head's inputs read every sender of earlier layers,
+an MLP also reads its own layer's heads (not in parallel blocks, whose MLP reads the layer's input), the
+logits read everything. Biases (``b_O``) are constants every receiver reads. Heads with grouped keys
+and values get their own key and value inputs, like every other head.
+
+What a run of a circuit means. The model runs on the clean prompts; every receiver builds its own input
+as the sum of its senders' outputs, where an edge in the circuit carries the sender's output in this run
+and an edge outside carries the sender's *ablated* output instead: the corrupted run's
+(``resample``), its mean over reference prompts per template and position (``mean``), or nothing
+(``zero``). Everything downstream is recomputed. With every edge kept, this is the clean run exactly;
+with none under ``resample``, the corrupted run.
+
+Numbers (normalised like activation patching, but the other way round: how much is lost). The *effect*
+of an edge is ``(m(clean) - m(edge ablated)) / (m(clean) - m(corrupted))`` with ``m`` the task metric's
+mean over prompts: 1 when that edge alone carries the clean-corrupted difference, 0 when it carries
+nothing, negative when ablating it helps. Exact patching and path patching measure it by running the
+model; EAP estimates it for every edge at once from one backward pass, ``(clean - corrupted sender
+output) . d metric / d receiver input`` at the clean run; EAP-IG averages that gradient over inputs on the
+straight line from the corrupted to the clean embeddings (``steps`` points, ``k / steps`` for k = 0 ..
+steps - 1, as EAP-IG's reference implementation does).
+
+Path patching (the IOI paper's, exact): the path from a sender to a receiver's input, everything else
+frozen, is the edge between them: only that receiver sees the sender's corrupted output, every other
+receiver sees the clean one, and what the receiver then writes flows on through the recomputed model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from helpers.forward import ForwardPass, UnsupportedArchitecture
+from helpers.metrics import at_final_pos
+from helpers.tasks import PromptSet
+
+InputKind = Literal["q", "k", "v"]
+INPUT_KINDS: tuple[InputKind, ...] = ("q", "k", "v")
+AblationKind = Literal["resample", "mean", "zero"]
+ABLATION_KINDS: tuple[AblationKind, ...] = ("resample", "mean", "zero")
+ABLATION_NAMES = {"resample": "resample (the corrupted run's outputs)", "mean": "mean (over reference prompts)",
+                  "zero": "zero"}
+# The MIB benchmark's circuit sizes, as fractions of the graph's edges.
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+class GraphError(ValueError):
+    """A graph, edge or circuit that does not fit the model; the message names it and the fix."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# The graph
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Graph:
+    """The computational graph of a model with ``n_layers`` layers of ``n_heads`` heads.
+
+    Indices follow EAP-IG's layout: sender ``input`` is 0, head (l, h) is ``1 + l * (n_heads + 1) + h``,
+    MLP l is ``1 + l * (n_heads + 1) + n_heads``; receiver (l, h, kind) is ``l * (3 * n_heads + 1) +
+    kind * n_heads + h``, MLP l's input ``l * (3 * n_heads + 1) + 3 * n_heads``, the logits last.
+    """
+
+    n_layers: int
+    n_heads: int
+    parallel: bool = False
+
+    @cached_property
+    def senders(self) -> tuple[str, ...]:
+        names = ["input"]
+        for layer in range(self.n_layers):
+            names += [f"L{layer}H{h}" for h in range(self.n_heads)] + [f"MLP{layer}"]
+        return tuple(names)
+
+    @cached_property
+    def receivers(self) -> tuple[str, ...]:
+        names = []
+        for layer in range(self.n_layers):
+            names += [f"L{layer}H{h}<{kind}>" for kind in INPUT_KINDS for h in range(self.n_heads)] + [f"MLP{layer}"]
+        return tuple(names + ["logits"])
+
+    @property
+    def n_senders(self) -> int:
+        return 1 + self.n_layers * (self.n_heads + 1)
+
+    @property
+    def n_receivers(self) -> int:
+        return self.n_layers * (3 * self.n_heads + 1) + 1
+
+    def head_sender(self, layer: int, head: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + head
+
+    def mlp_sender(self, layer: int) -> int:
+        return 1 + layer * (self.n_heads + 1) + self.n_heads
+
+    def head_receiver(self, layer: int, head: int, kind: InputKind) -> int:
+        return layer * (3 * self.n_heads + 1) + INPUT_KINDS.index(kind) * self.n_heads + head
+
+    def mlp_receiver(self, layer: int) -> int:
+        return layer * (3 * self.n_heads + 1) + 3 * self.n_heads
+
+    @property
+    def logits_receiver(self) -> int:
+        return self.n_receivers - 1
+
+    @cached_property
+    def prefix(self) -> tuple[int, ...]:
+        """For each receiver, how many senders (the first ones) feed it."""
+        out = []
+        for layer in range(self.n_layers):
+            heads = 1 + layer * (self.n_heads + 1)
+            out += [heads] * (3 * self.n_heads) + [heads + (0 if self.parallel else self.n_heads)]
+        return tuple(out + [self.n_senders])
+
+    @cached_property
+    def real(self) -> Tensor:
+        """``[sender, receiver]``: True where the edge exists."""
+        prefix = torch.tensor(self.prefix)
+        return torch.arange(self.n_senders)[:, None] < prefix[None, :]
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.real.sum())
+
+    def edge_name(self, sender: int, receiver: int) -> str:
+        return f"{self.senders[sender]}->{self.receivers[receiver]}"
+
+    def sender_index(self, name: str) -> int:
+        try:
+            return self.senders.index(name)
+        except ValueError:
+            raise GraphError(f"{name!r} is not a node of this graph ({self.n_layers} layers x {self.n_heads} heads). "
+                             "Fix: name heads L{layer}H{head}, MLPs MLP{layer}, or 'input'") from None
+
+    def receiver_index(self, name: str) -> int:
+        try:
+            return self.receivers.index(name)
+        except ValueError:
+            raise GraphError(f"{name!r} is not an input of this graph. Fix: name a head's input L{{layer}}H{{head}}<q>, "
+                             "<k> or <v>, an MLP MLP{layer}, or 'logits'") from None
+
+    def parse_edge(self, name: str) -> tuple[int, int]:
+        """``"L0H1->L1H2<k>"`` -> (sender index, receiver index), checked."""
+        if "->" not in name:
+            raise GraphError(f"edge {name!r}: write it sender->receiver, e.g. 'L0H1->L1H2<k>'")
+        sender, receiver = (part.strip() for part in name.split("->", 1))
+        s, r = self.sender_index(sender), self.receiver_index(receiver)
+        if not bool(self.real[s, r]):
+            raise GraphError(f"edge {name!r} does not exist: {receiver} reads only what is computed before it")
+        return s, r
+
+    def receiver_parts(self, receiver: int) -> tuple[str, InputKind | None]:
+        """The node a receiver belongs to and its input kind: ('L1H2', 'k'), ('MLP0', None), ('logits', None)."""
+        name = self.receivers[receiver]
+        if name.endswith(">"):
+            node, kind = name[:-1].split("<")
+            return node, kind  # type: ignore[return-value]
+        return name, None
+
+    def to_mib_name(self, node: str) -> str:
+        """Our node names in the MIB / EAP-IG spelling: L1H2 -> a1.h2, MLP0 -> m0."""
+        if node.startswith("MLP"):
+            return f"m{node[3:]}"
+        if node.startswith("L") and "H" in node:
+            layer, head = node[1:].split("H")
+            return f"a{layer}.h{head}"
+        return node
+
+    def from_mib_name(self, node: str) -> str:
+        if node.startswith("a") and ".h" in node:
+            layer, head = node[1:].split(".h")
+            return f"L{layer}H{head}"
+        if node.startswith("m") and node[1:].isdigit():
+            return f"MLP{node[1:]}"
+        return node
+
+
+# ---------------------------------------------------------------------------------------------------
+# Edges and circuits
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edge:
+    sender: str
+    receiver: str  # the node: L2H0, MLP1, logits
+    input: InputKind | None  # q / k / v for a head, None for an MLP or the logits
+    score: float
+    method: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.sender}->{self.receiver}" + (f"<{self.input}>" if self.input else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sender": self.sender, "receiver": self.receiver, "input": self.input, "score": self.score,
+                "method": self.method}
+
+
+@dataclass(frozen=True)
+class EdgeScores:
+    """A score for every edge of ``graph`` (``scores[sender, receiver]``, NaN where no edge is), by ``method``."""
+
+    graph: Graph
+    scores: Float[Tensor, "sender receiver"]
+    method: str
+
+    def ranked(self) -> list[tuple[int, int]]:
+        """Every edge, largest absolute score first (ties in index order)."""
+        size = torch.nan_to_num(self.scores.abs().float().cpu(), nan=-1.0)
+        flat = torch.where(self.graph.real, size, torch.full_like(size, -1.0))
+        order = torch.sort(flat.flatten(), descending=True, stable=True).indices[: self.graph.n_edges]
+        n_receivers = self.graph.n_receivers
+        return [(int(i) // n_receivers, int(i) % n_receivers) for i in order]
+
+    def edge(self, sender: int, receiver: int) -> Edge:
+        node, kind = self.graph.receiver_parts(receiver)
+        return Edge(self.graph.senders[sender], node, kind, float(self.scores[sender, receiver]), self.method)
+
+    def top(self, n: int) -> list[Edge]:
+        return [self.edge(s, r) for s, r in self.ranked()[:n]]
+
+    def circuit(self, n: int, *, name: str | None = None) -> EdgeCircuit:
+        """The circuit of the top ``n`` edges by absolute score."""
+        return EdgeCircuit(self.graph, frozenset(self.ranked()[:n]), name or f"top {n} edges by {self.method}",
+                           self.method)
+
+    def rank_of(self, sender: int, receiver: int) -> int:
+        """1 for the edge with the largest absolute score."""
+        return self.ranked().index((sender, receiver)) + 1
+
+
+@dataclass(frozen=True)
+class EdgeCircuit:
+    """A set of edges of ``graph`` (by (sender, receiver) index)."""
+
+    graph: Graph
+    edges: frozenset[tuple[int, int]]
+    name: str
+    method: str = "by hand"
+
+    def __len__(self) -> int:
+        return len(self.edges)
+
+    def keep(self, *, device: Any = None) -> Float[Tensor, "sender receiver"]:
+        mask = torch.zeros(self.graph.n_senders, self.graph.n_receivers, device=device)
+        for s, r in self.edges:
+            mask[s, r] = 1.0
+        return mask
+
+    def pruned(self) -> EdgeCircuit:
+        """Without the edges that cannot matter (as MIB prunes before it evaluates): an edge from a head or
+        MLP that no kept edge feeds, or into a node whose output no kept edge carries on to the logits."""
+        g = self.graph
+        edges = set(self.edges)
+        while True:
+            fed = {"input"} | {g.receiver_parts(r)[0] for _, r in edges}
+            used = {"logits"} | {g.senders[s] for s, _ in edges}
+            kept = {(s, r) for s, r in edges if g.senders[s] in fed and g.receiver_parts(r)[0] in used}
+            if kept == edges:
+                return EdgeCircuit(g, frozenset(kept), self.name, self.method)
+            edges = kept
+
+    @property
+    def nodes(self) -> list[str]:
+        """The heads and MLPs the circuit's edges touch, in graph order."""
+        touched = {self.graph.senders[s] for s, _ in self.edges} | {self.graph.receiver_parts(r)[0] for _, r in self.edges}
+        return [n for n in self.graph.senders[1:] if n in touched]
+
+    @classmethod
+    def from_heads(cls, graph: Graph, heads: Sequence[str], *, name: str) -> EdgeCircuit:
+        """The node circuit of today's circuit notebook: every edge except those out of a head not in
+        ``heads`` (the input, every MLP and the kept heads pass everything on)."""
+        ablated = {graph.head_sender(layer, head) for layer in range(graph.n_layers) for head in range(graph.n_heads)
+                   if f"L{layer}H{head}" not in set(heads)}
+        edges = {(s, r) for s, r in zip(*torch.nonzero(graph.real, as_tuple=True)) if int(s) not in ablated}
+        return cls(graph, frozenset((int(s), int(r)) for s, r in edges), name, "heads")
+
+    # -- files ---------------------------------------------------------------------------------------
+
+    def to_mib(self, scores: EdgeScores | None = None) -> dict[str, Any]:
+        """The MIB circuit-track / EAP-IG graph format: ``cfg``, ``nodes`` (in_graph) and ``edges`` (score,
+        in_graph) under MIB's names (``a1.h2``, ``m0``, ``input->a0.h1<q>``)."""
+        g = self.graph
+        nodes_in = {"input", "logits", *self.nodes}
+        edges = {}
+        for s, r in zip(*torch.nonzero(g.real, as_tuple=True)):
+            s, r = int(s), int(r)
+            node, kind = g.receiver_parts(r)
+            name = f"{g.to_mib_name(g.senders[s])}->{g.to_mib_name(node)}" + (f"<{kind}>" if kind else "")
+            score = float(scores.scores[s, r]) if scores is not None else (1.0 if (s, r) in self.edges else 0.0)
+            edges[name] = {"score": score if math.isfinite(score) else 0.0, "in_graph": (s, r) in self.edges}
+        return {"cfg": {"n_layers": g.n_layers, "n_heads": g.n_heads, "parallel_attn_mlp": g.parallel},
+                "nodes": {g.to_mib_name(n): {"in_graph": n in nodes_in} for n in ("input", *g.senders[1:], "logits")},
+                "edges": edges, "name": self.name, "method": self.method}
+
+    @classmethod
+    def from_mib(cls, data: dict[str, Any], graph: Graph, *, name: str | None = None) -> EdgeCircuit:
+        """A circuit from an MIB-format dict (ours, MIB's or one written by hand: ``edges`` may also be a
+        list of names ``"L0H1->L1H2<k>"`` in either spelling), checked against ``graph``."""
+        cfg = data.get("cfg", {})
+        for key, want in (("n_layers", graph.n_layers), ("n_heads", graph.n_heads)):
+            if key in cfg and cfg[key] != want:
+                raise GraphError(f"the circuit's cfg.{key} is {cfg[key]} but the model has {want}. Fix: use a circuit "
+                                 "found on this model")
+        raw = data.get("edges")
+        if isinstance(raw, dict):
+            names = [n for n, e in raw.items() if e.get("in_graph", True)]
+        elif isinstance(raw, list):
+            names = list(raw)
+        else:
+            raise GraphError("a circuit file needs 'edges': a dict of name -> {in_graph, score} (MIB) or a list of "
+                             "edge names such as 'L0H1->L1H2<k>'")
+        edges = set()
+        for entry in names:
+            sender, receiver = entry.split("->", 1) if "->" in entry else (entry, "")
+            kind = ""
+            if receiver.endswith(">") and "<" in receiver:
+                receiver, kind = receiver[:-1].split("<")
+            ours = f"{graph.from_mib_name(sender)}->{graph.from_mib_name(receiver)}" + (f"<{kind}>" if kind else "")
+            edges.add(graph.parse_edge(ours))
+        return cls(graph, frozenset(edges), name or str(data.get("name", "circuit from a file")),
+                   str(data.get("method", "from a file")))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Running the graph
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """One unablated run: every sender's output and what the edge patches restart from."""
+
+    outputs: Float[Tensor, "batch pos sender d_model"]
+    resid_pre: Float[Tensor, "layer batch pos d_model"]
+    mlp_in: Float[Tensor, "layer batch pos d_model"]
+    q: Float[Tensor, "layer batch pos head_index d_head"]  # rotated, per query head
+    k: Float[Tensor, "layer batch pos head_index d_head"]
+    v: Float[Tensor, "layer batch pos head_index d_head"]
+    final: Float[Tensor, "batch d_model"]
+    per_prompt: Float[Tensor, " scored"]  # one per prompt (none for prompts without a metric)
+
+
+@dataclass(frozen=True)
+class Faithfulness:
+    """A circuit's metric (mean over prompts) beside the full and empty graphs' under one ablation."""
+
+    circuit: str
+    n_edges: int
+    ablation: AblationKind
+    metric: float
+    full_metric: float
+    empty_metric: float
+
+    @property
+    def faithfulness(self) -> float:
+        """(circuit - empty) / (full - empty): 1 = the circuit does what the model does, 0 = no better than
+        ablating everything."""
+        return (self.metric - self.empty_metric) / (self.full_metric - self.empty_metric)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"circuit": self.circuit, "n_edges": self.n_edges, "ablation": self.ablation, "metric": self.metric,
+                "full_metric": self.full_metric, "empty_metric": self.empty_metric, "faithfulness": self.faithfulness}
+
+
+@dataclass(frozen=True)
+class FaithfulnessByEdges:
+    """Faithfulness of the top edges by one method at MIB's circuit sizes, with MIB's two areas."""
+
+    method: str
+    ablation: AblationKind
+    fractions: tuple[float, ...]
+    n_edges: tuple[int, ...]
+    faithfulness: tuple[float, ...]
+
+    @property
+    def cpr(self) -> float:
+        """Area under the curve over the fraction of edges (trapezoids): higher is better (MIB's CPR)."""
+        return _area(self.fractions, self.faithfulness)
+
+    @property
+    def cmd(self) -> float:
+        """Area between the curve and 1: lower is better (MIB's CMD)."""
+        return _area(self.fractions, [abs(1.0 - f) for f in self.faithfulness])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "ablation": self.ablation, "fractions": list(self.fractions),
+                "n_edges": list(self.n_edges), "faithfulness": list(self.faithfulness), "cpr": self.cpr, "cmd": self.cmd}
+
+
+def _area(xs: Sequence[float], ys: Sequence[float]) -> float:
+    return float(sum((x2 - x1) * (y1 + y2) / 2 for x1, x2, y1, y2 in zip(xs, xs[1:], ys, ys[1:])))
+
+
+class GraphRunner:
+    """Runs a model as its graph of edges on a task's prompts (see the module docstring).
+
+    Args:
+        model: a model loaded by :func:`helpers.model.load_model`.
+        prompts: the task's prompts (clean and corrupted of equal lengths).
+        reference_tokens / reference: what ``mean`` ablation averages over (a
+            :class:`helpers.circuit.ReferencePrompts`); the corrupted prompts when None.
+        max_rows: at most this many sequences in one forward pass.
+
+    Raises:
+        UnsupportedArchitecture: the model's heads do not each write to the residual stream on their own
+            (Gemma 2's post-attention norm), or the engine's forward pass does not reproduce the model.
+    """
+
+    def __init__(self, model: Any, prompts: PromptSet, *, reference: Any = None, max_rows: int = 64):
+        if model.training:
+            raise ValueError("the graph needs model.eval(); load the model with helpers.model.load_model")
+        self.fw = fw = ForwardPass(model)
+        if not fw.linear_heads:
+            raise UnsupportedArchitecture(
+                f"{fw.arch.model_type}: a norm after attention couples the heads' outputs, so a head has no edge of "
+                "its own to later nodes. Edge-level analysis needs heads that write to the residual stream on their own")
+        self.model, self.prompts, self.max_rows = model, prompts, max_rows
+        self.arch = fw.arch
+        self.graph = Graph(fw.n_layers, fw.n_heads, fw.arch.parallel)
+        self.device = fw.w.W_E.device
+        self.clean_tokens = prompts.clean_tokens.to(self.device)
+        self.corrupted_tokens = prompts.corrupted_tokens.to(self.device)
+        self.final_pos = prompts.final_pos.to(self.device)
+        self.answers = prompts.metric.to(self.device)
+        self.positions = torch.arange(self.clean_tokens.shape[1], device=self.device)
+        self._split_weights()
+        with torch.no_grad():
+            self.clean = self._plain(self.clean_tokens)
+            self.corrupted = self._plain(self.corrupted_tokens)
+            own = self._per_prompt(at_final_pos(model(self.clean_tokens), self.final_pos).float(), None, logits=True)
+        error = float((own - self.clean.per_prompt).abs().max())
+        scale = float(own.abs().max()) + 1.0
+        if not error <= 1e-3 * scale:
+            raise UnsupportedArchitecture(f"the graph's forward pass differs from the model's by {error:.2g} in the task "
+                                          "metric: this architecture is not run edge by edge")
+        self.clean_value = float(self.clean.per_prompt.mean())
+        self.corrupted_value = float(self.corrupted.per_prompt.mean())
+        if self.clean_value == self.corrupted_value:
+            raise GraphError("the clean and corrupted runs give the same metric: there is nothing to attribute")
+        self._reference = reference
+        self._alternatives: dict[str, Tensor] = {}
+        self._cache: dict[str, Tensor] = {}
+        differs = (self.clean_tokens != self.corrupted_tokens).any(dim=0).nonzero()
+        self.first_difference = int(differs[0]) if len(differs) else self.clean_tokens.shape[1]
+
+    # -- weights and the plain run --------------------------------------------------------------------
+
+    def _split_weights(self) -> None:
+        arch, w = self.arch, self.fw.w
+        n, kv, d_head, d_model = arch.n_heads, arch.n_kv_heads, arch.d_head, self.model.cfg.d_model
+        kv_of = torch.arange(n, device=self.device) // arch.group_size
+
+        def heads(part: Tensor, count: int) -> Tensor:  # [layer, d_model, count * d_head] -> [layer, count, d_model, d_head]
+            return part.unflatten(-1, (count, d_head)).permute(0, 2, 1, 3)
+
+        w_q, w_k, w_v = w.W_QKV.split([n * d_head, kv * d_head, kv * d_head], dim=-1)
+        b_q, b_k, b_v = w.b_QKV.split([n * d_head, kv * d_head, kv * d_head], dim=-1)
+        self.W = torch.stack([heads(w_q, n), heads(w_k, kv)[:, kv_of], heads(w_v, kv)[:, kv_of]])  # [3, L, H, D, dh]
+        self.b = torch.stack([b_q.unflatten(-1, (n, d_head)), b_k.unflatten(-1, (kv, d_head))[:, kv_of],
+                              b_v.unflatten(-1, (kv, d_head))[:, kv_of]])  # [3, L, H, dh]
+        assert self.W.shape[-2] == d_model
+
+    def _project(self, layer: int, normed: Tensor, kind: int) -> Tensor:
+        """One input kind (0 q, 1 k, 2 v) of every head from per-head normalised inputs ``[rows, pos, head, D]``
+        (or one shared input ``[rows, pos, D]``)."""
+        if normed.ndim == 3:
+            return torch.einsum("bpd,hde->bphe", normed, self.W[kind, layer]) + self.b[kind, layer]
+        return torch.einsum("bphd,hde->bphe", normed, self.W[kind, layer]) + self.b[kind, layer]
+
+    def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
+        if not self.arch.rotary_dim:
+            return x
+        cos, sin = self.fw._rotary(positions, x.dtype)
+        return self.fw._rotate(x, cos, sin)
+
+    def _heads_out(self, layer: int, z: Tensor) -> Tensor:
+        """Each head's output ``[rows, pos, head, d_model]`` (without ``b_O``)."""
+        return torch.einsum("bphe,hed->bphd", z, self.fw.w.W_O[layer])
+
+    def _per_prompt(self, final: Tensor, rows: slice | None, *, logits: bool = False) -> Tensor:
+        """The task metric per row from final streams (or, with ``logits``, final logits)."""
+        answers = self.answers if rows is None else self.answers.select(list(range(self.final_pos.shape[0]))[rows])
+        if logits:
+            return answers(final)
+        if answers.is_linear:
+            repeat = final.shape[0] // answers.tokens.shape[0]
+            tokens, weights = answers.tokens.repeat(repeat, 1), answers.weights.to(final.dtype).repeat(repeat, 1)
+            return (self.fw.answer_logits(final, tokens) * weights).sum(-1)
+        return answers(self.fw.unembed(final).float())
+
+    def _chunks(self) -> Iterator[slice]:
+        batch = self.final_pos.shape[0]
+        for start in range(0, batch, self.max_rows):
+            yield slice(start, min(batch, start + self.max_rows))
+
+    def _plain(self, tokens: Tensor, *, embed: Tensor | None = None, grads: dict[str, list[Tensor]] | None = None,
+               rows: slice | None = None, metric: bool = True) -> _Plain:
+        """The model on the task's prompts ``tokens`` (``rows`` of them; or from the embeddings ``embed``),
+        keeping every sender's output. With ``grads``, the inputs whose gradients EAP reads are recorded
+        there (retaining their gradients). With ``metric=False`` (other prompts), no metric is computed."""
+        fw, positions = self.fw, torch.arange(tokens.shape[1], device=self.device)
+        x = fw.embed(tokens) if embed is None else embed
+        if grads is not None:
+            x = x.detach().requires_grad_(True)
+        outputs, resid_pre, mlp_ins, qs, ks, vs = [x], [], [], [], [], []
+        for layer in range(fw.n_layers):
+            resid_pre.append(x)
+            normed = fw.norm(x)
+            q, k, v = (self._project(layer, normed, kind) for kind in range(3))
+            if grads is not None:
+                for name, tensor in (("q", q), ("k", k), ("v", v)):
+                    tensor.retain_grad()
+                    grads.setdefault(name, []).append(tensor)
+            q, k = self._rotate(q, positions), self._rotate(k, positions)
+            _, z = fw.attend(layer, q, k, v, positions, per_query_head=True)
+            heads = self._heads_out(layer, z)
+            attn = heads.sum(dim=2) + fw.w.b_O[layer]
+            mlp_in = x if self.arch.parallel else x + attn
+            if grads is not None:
+                read = torch.zeros_like(mlp_in, requires_grad=True)
+                grads.setdefault("mlp", []).append(read)
+                mlp_out = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in + read))
+            else:
+                mlp_out = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
+            x = x + attn + mlp_out
+            outputs += [*heads.unbind(dim=2), mlp_out]
+            mlp_ins.append(mlp_in)
+            qs.append(q)
+            ks.append(k)
+            vs.append(v)
+        if grads is not None:
+            x.retain_grad()
+            grads["logits"] = [x]
+        final = at_final_pos(x, self.final_pos[rows] if rows is not None else self.final_pos) if metric else x[:, -1]
+        return _Plain(torch.stack(outputs, dim=2), torch.stack(resid_pre), torch.stack(mlp_ins), torch.stack(qs),
+                      torch.stack(ks), torch.stack(vs), final,
+                      self._per_prompt(final, rows) if metric else final.new_zeros(0))
+
+    # -- the metric -----------------------------------------------------------------------------------
+
+    def normalised(self, per_prompt: Float[Tensor, "*config batch"]) -> Float[Tensor, "*config"]:
+        """Mean over prompts, 0 = corrupted run, 1 = clean run."""
+        return (per_prompt.mean(dim=-1) - self.corrupted_value) / (self.clean_value - self.corrupted_value)
+
+    def effect(self, per_prompt: Float[Tensor, "*config batch"]) -> Float[Tensor, "*config"]:
+        """How much of the clean-corrupted difference is lost: 1 - normalised."""
+        return 1.0 - self.normalised(per_prompt)
+
+    # -- ablations ------------------------------------------------------------------------------------
+
+    def alternative(self, kind: AblationKind) -> Float[Tensor, "batch pos sender d_model"]:
+        """What an ablated edge carries instead of its sender's output, per prompt and position."""
+        if kind not in ABLATION_KINDS:
+            raise GraphError(f"ablation = {kind!r}. Fix: use one of {', '.join(ABLATION_KINDS)}")
+        if kind not in self._alternatives:
+            if kind == "resample":
+                value = self.corrupted.outputs
+            elif kind == "zero":
+                value = torch.zeros_like(self.clean.outputs)
+            else:
+                from helpers.circuit import ReferencePrompts, template_position_means
+
+                reference = self._reference or ReferencePrompts(
+                    "the task's corrupted prompts", self.prompts.corrupted_tokens, self.prompts.final_pos,
+                    self.prompts.template_index)
+                with torch.no_grad():
+                    tokens = reference.tokens.to(self.device)
+                    outputs = torch.cat([self._plain(tokens[rows], metric=False).outputs
+                                         for rows in _slices(tokens.shape[0], self.max_rows)])
+                shifted = ReferencePrompts(reference.name, reference.tokens, reference.final_pos.to(self.device),
+                                           reference.template_index)
+                value = template_position_means(outputs, shifted, self.prompts)
+            self._alternatives[kind] = value
+        return self._alternatives[kind]
+
+    # -- running circuits -----------------------------------------------------------------------------
+
+    def run(self, keep: Float[Tensor, "sender receiver"], ablation: AblationKind = "resample") -> Float[Tensor, " batch"]:
+        """The task metric per prompt when only the edges where ``keep`` is 1 carry their sender's output and
+        the others carry ``ablation``'s (see the module docstring)."""
+        keep = keep.to(self.device, self.clean.outputs.dtype)
+        alt_all = self.alternative(ablation)
+        with torch.no_grad():
+            return torch.cat([self._masked(self.clean_tokens[rows], keep, alt_all[rows], rows) for rows in self._chunks()])
+
+    def _masked(self, tokens: Tensor, keep: Tensor, alt: Tensor, rows: slice) -> Tensor:
+        fw, g, positions = self.fw, self.graph, self.positions
+        outputs = [fw.embed(tokens)]
+        x = outputs[0]  # the stream with every edge kept: the sum of the senders' outputs and the biases
+        bias = torch.zeros_like(x[0, 0])  # the biases (b_O) in it
+
+        def inputs(stream: Tensor, bias: Tensor, receivers: slice | int, prefix: int) -> Tensor:
+            """Each receiver's input, summed from what its edges carry (so a receiver whose every edge
+            carries zero reads exactly zero, not the rounding left by subtracting the stream from itself)."""
+            if bool((keep[:prefix, receivers] == 1).all()):
+                return stream  # one stream every receiver shares
+            carried = torch.stack(outputs[:prefix], dim=2)
+            mask = keep[:prefix, receivers]
+            if mask.ndim == 1:
+                return bias + torch.einsum("bpsd,s->bpd", carried, mask) + torch.einsum(
+                    "bpsd,s->bpd", alt[:, :, :prefix], 1.0 - mask)
+            return bias + torch.einsum("bpsd,sr->bprd", carried, mask) + torch.einsum(
+                "bpsd,sr->bprd", alt[:, :, :prefix], 1.0 - mask)
+
+        n = g.n_heads
+        for layer in range(g.n_layers):
+            first = g.head_receiver(layer, 0, "q")
+            normed = fw.norm(inputs(x, bias, slice(first, first + 3 * n), g.prefix[first]))
+            if normed.ndim == 3:
+                q, k, v = (self._project(layer, normed, kind) for kind in range(3))
+            else:
+                q, k, v = (self._project(layer, normed[:, :, kind * n:(kind + 1) * n], kind) for kind in range(3))
+            q, k = self._rotate(q, positions), self._rotate(k, positions)
+            _, z = fw.attend(layer, q, k, v, positions, per_query_head=True)
+            heads = self._heads_out(layer, z)
+            attn = heads.sum(dim=2) + fw.w.b_O[layer]
+            outputs += heads.unbind(dim=2)
+            mlp = g.mlp_receiver(layer)
+            if self.arch.parallel:
+                mlp_in = inputs(x, bias, mlp, g.prefix[mlp])
+            else:
+                mlp_in = inputs(x + attn, bias + fw.w.b_O[layer], mlp, g.prefix[mlp])
+            mlp_out = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
+            outputs.append(mlp_out)
+            x = x + attn + mlp_out
+            bias = bias + fw.w.b_O[layer]
+        final_stream = inputs(x, bias, g.logits_receiver, g.n_senders)
+        return self._per_prompt(at_final_pos(final_stream, self.final_pos[rows]), rows)
+
+    def evaluate(self, circuit: EdgeCircuit, ablation: AblationKind = "resample", *,
+                 prune: bool = True) -> Faithfulness:
+        """The circuit's faithfulness under ``ablation``, by running it (pruned first, as MIB does)."""
+        full, empty = self._anchors(ablation)
+        used = circuit.pruned() if prune else circuit
+        metric = float(self.run(used.keep(), ablation).mean())
+        return Faithfulness(circuit.name, len(circuit), ablation, metric, full, empty)
+
+    def _anchors(self, ablation: AblationKind) -> tuple[float, float]:
+        key = f"anchors:{ablation}"
+        if key not in self._cache:
+            full = float(self.run(self.graph.real.float(), ablation).mean())
+            empty = float(self.run(torch.zeros(self.graph.n_senders, self.graph.n_receivers), ablation).mean())
+            self._cache[key] = torch.tensor([full, empty])
+        full, empty = self._cache[key].tolist()
+        return full, empty
+
+    def faithfulness_by_edges(self, scores: EdgeScores, ablation: AblationKind = "resample", *,
+                              fractions: Sequence[float] = MIB_FRACTIONS) -> FaithfulnessByEdges:
+        """Faithfulness of the top ``int(fraction * n_edges)`` edges by ``scores``, by running each circuit."""
+        counts = tuple(int(f * self.graph.n_edges) for f in fractions)
+        values = tuple(self.evaluate(scores.circuit(n), ablation).faithfulness for n in counts)
+        return FaithfulnessByEdges(scores.method, ablation, tuple(fractions), counts, values)
+
+    # -- attribution ----------------------------------------------------------------------------------
+
+    def eap(self) -> EdgeScores:
+        """Edge attribution patching: one backward pass at the clean run."""
+        return EdgeScores(self.graph, self._attribute([1.0]), "EAP")
+
+    def eap_ig(self, steps: int = 5) -> EdgeScores:
+        """EAP with integrated gradients over ``steps`` inputs from the corrupted to the clean embeddings."""
+        if steps < 1:
+            raise GraphError(f"steps = {steps}: EAP-IG needs at least 1 integration step. Fix: e.g. steps = 5")
+        return EdgeScores(self.graph, self._attribute([k / steps for k in range(steps)]), f"EAP-IG ({steps} steps)")
+
+    def _attribute(self, alphas: Sequence[float]) -> Tensor:
+        g, fw = self.graph, self.fw
+        delta = self.clean.outputs - self.corrupted.outputs  # [batch, pos, sender, d_model]
+        scores = torch.zeros(g.n_senders, g.n_receivers, device=self.device, dtype=torch.float32)
+        gap = self.clean_value - self.corrupted_value
+        batch = self.final_pos.shape[0]
+        for rows in self._chunks():
+            clean_embed = self.clean.outputs[rows, :, 0]
+            corrupted_embed = self.corrupted.outputs[rows, :, 0]
+            d = delta[rows]
+            for alpha in alphas:
+                embed = (corrupted_embed + alpha * (clean_embed - corrupted_embed)).detach()
+                grads: dict[str, list[Tensor]] = {}
+                with torch.enable_grad():
+                    run = self._plain(self.clean_tokens[rows], embed=embed, grads=grads, rows=rows)
+                    (run.per_prompt.sum() / (batch * gap)).backward()
+                for layer in range(g.n_layers):
+                    x = run.resid_pre[layer].detach()
+                    read = torch.stack([torch.einsum("bphe,hde->bphd", grads[name][layer].grad, self.W[i, layer])
+                                        for i, name in enumerate("qkv")], dim=2).flatten(2, 3)  # [b, p, 3H, D]
+                    into = _through_norm(fw, x, read)
+                    first = g.head_receiver(layer, 0, "q")
+                    prefix = g.prefix[first]
+                    scores[:prefix, first: first + 3 * g.n_heads] += torch.einsum(
+                        "bpsd,bprd->sr", d[:, :, :prefix].float(), into.float()) / len(alphas)
+                    mlp = g.mlp_receiver(layer)
+                    scores[: g.prefix[mlp], mlp] += torch.einsum(
+                        "bpsd,bpd->s", d[:, :, : g.prefix[mlp]].float(), grads["mlp"][layer].grad.float()) / len(alphas)
+                scores[:, g.logits_receiver] += torch.einsum(
+                    "bpsd,bpd->s", d.float(), grads["logits"][0].grad.float()) / len(alphas)
+        return torch.where(g.real.to(self.device), scores, torch.full_like(scores, float("nan")))
+
+    # -- exact edges and path patching ----------------------------------------------------------------
+
+    def edge_effects(self, receiver: int, senders: Sequence[int] | None = None) -> Float[Tensor, " sender"]:
+        """The exact effect (module docstring) of each edge into ``receiver``: that one edge ablated to the
+        corrupted run's output, everything else as in the clean run and recomputed downstream. Senders
+        not asked for (or not feeding it) are NaN."""
+        g = self.graph
+        prefix = g.prefix[receiver]
+        chosen = list(range(prefix)) if senders is None else [s for s in senders if s < prefix]
+        out = torch.full((g.n_senders,), float("nan"), device=self.device)
+        if not chosen:
+            return out
+        per_chunk = max(1, self.max_rows // self.final_pos.shape[0])
+        with torch.no_grad():
+            for start in range(0, len(chosen), per_chunk):
+                group = chosen[start: start + per_chunk]
+                per_prompt = self._one_edge_each(receiver, group)
+                out[group] = self.effect(per_prompt.view(len(group), -1))
+        return out
+
+    def _one_edge_each(self, receiver: int, senders: list[int]) -> Float[Tensor, " rows"]:
+        """Per prompt, for each sender in turn (rows: sender-major), the metric with the one edge from it
+        into ``receiver`` ablated (resample)."""
+        g, fw, clean = self.graph, self.fw, self.clean
+        n_cfg = len(senders)
+        start = min(self.first_difference, int(self.final_pos.min()))
+        delta = (clean.outputs[:, start:, senders] - self.corrupted.outputs[:, start:, senders])  # [b, p', c, D]
+        delta = delta.permute(2, 0, 1, 3).flatten(0, 1)  # [c * b, p', D]
+        final = self.final_pos.repeat(n_cfg)
+        node, kind = g.receiver_parts(receiver)
+        if node == "logits":
+            within = (final - start).clamp(min=0)
+            rows = torch.arange(final.shape[0], device=self.device)
+            stream = clean.final.repeat(n_cfg, 1) - delta[rows, within]
+            return self._per_prompt(stream, None)
+        if node.startswith("MLP"):
+            layer = int(node[3:])
+            mlp_in = clean.mlp_in[layer][:, start:].repeat(n_cfg, 1, 1) - delta
+            mlp_clean = clean.outputs[:, start:, g.mlp_sender(layer)].repeat(n_cfg, 1, 1)
+            mlp_new = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
+            x = clean.resid_pre[layer + 1][:, start:] if layer + 1 < g.n_layers else None
+            x = (x.repeat(n_cfg, 1, 1) if x is not None else self._resid_final_clean()[:, start:].repeat(n_cfg, 1, 1))
+            x = x + mlp_new - mlp_clean
+            return self._finish(x, layer + 1, start, n_cfg)
+        layer, head = (int(p) for p in node[1:].split("H"))
+        index = INPUT_KINDS.index(kind)  # type: ignore[arg-type]
+        x_in = clean.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1) - delta
+        suffix = self.positions[start:]
+        new = self._project(layer, fw.norm(x_in), index)[:, :, head: head + 1]  # [rows, p', 1, dh]
+        parts = [clean.q[layer], clean.k[layer], clean.v[layer]]
+        qkv = [p[:, :, head: head + 1].repeat(n_cfg, 1, 1, 1) for p in parts]  # full positions, clean
+        if index < 2:
+            new = self._rotate(new, suffix)
+        qkv[index] = torch.cat([qkv[index][:, :start], new], dim=1)
+        q, k, v = qkv
+        _, z = fw.attend(layer, q[:, start:], k, v, suffix, per_query_head=True)
+        out_new = torch.einsum("bpe,ed->bpd", z[:, :, 0], fw.w.W_O[layer, head])
+        out_clean = clean.outputs[:, start:, g.head_sender(layer, head)].repeat(n_cfg, 1, 1)
+        change = out_new - out_clean
+        stream = clean.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1)
+        attn = self._attn_clean(layer)[:, start:].repeat(n_cfg, 1, 1) + change
+        if self.arch.parallel:
+            mlp_in = stream
+        else:
+            mlp_in = stream + attn
+        x = stream + attn + fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
+        return self._finish(x, layer + 1, start, n_cfg)
+
+    def _attn_clean(self, layer: int) -> Tensor:
+        g = self.graph
+        heads = self.clean.outputs[:, :, g.head_sender(layer, 0): g.head_sender(layer, 0) + g.n_heads]
+        return heads.sum(dim=2) + self.fw.w.b_O[layer]
+
+    def _resid_final_clean(self) -> Tensor:
+        return self.clean.outputs.sum(dim=2) + self.fw.w.b_O.sum(dim=0)
+
+    def _finish(self, x: Tensor, layer: int, start: int, n_cfg: int) -> Tensor:
+        """Streams entering ``layer`` (positions ``start`` on) run to the end; the metric per row."""
+        final = self.final_pos.repeat(n_cfg)
+        if layer >= self.graph.n_layers:
+            rows = torch.arange(x.shape[0], device=self.device)
+            return self._per_prompt(x[rows, (final - start).clamp(min=0)], None)
+        k_heads, v_heads = self._clean_kv_heads()
+        end = self.fw.run_to_end(x, layer, from_mlp=False, start=start, prefix_k=k_heads, prefix_v=v_heads,
+                                 final_pos=final, repeat=n_cfg)
+        return self._per_prompt(end, None)
+
+    def _clean_kv_heads(self) -> tuple[Tensor, Tensor]:
+        """The clean run's rotated keys and values per key/value head (what ForwardPass.qkv produces)."""
+        if "kv" not in self._cache:
+            group = self.arch.group_size
+            k, v = self.clean.k[:, :, :, ::group], self.clean.v[:, :, :, ::group]
+            self._cache["kv"] = torch.stack([k, v])
+        k, v = self._cache["kv"]
+        return k, v
+
+    def path_patching(self, receiver: str, senders: Sequence[str] | None = None) -> dict[str, float]:
+        """Exact path patching into ``receiver`` (e.g. ``"L2H0<q>"``, ``"MLP1"``, ``"logits"``): the effect of each
+        sender's path (its edge), by sender name."""
+        r = self.graph.receiver_index(receiver)
+        chosen = None if senders is None else [self.graph.sender_index(s) for s in senders]
+        effects = self.edge_effects(r, chosen)
+        return {self.graph.senders[s]: float(effects[s]) for s in range(self.graph.n_senders) if not math.isnan(effects[s])}
+
+    def exact_scores(self) -> EdgeScores:
+        """The exact effect of every edge (one run per edge, batched): for small graphs."""
+        scores = torch.stack([self.edge_effects(r) for r in range(self.graph.n_receivers)], dim=1)
+        return EdgeScores(self.graph, scores, "exact patching")
+
+
+def _through_norm(fw: ForwardPass, x: Tensor, read: Float[Tensor, "batch pos receiver d_model"]) -> Tensor:
+    """Gradients with respect to the stream ``x`` a pre-norm reads, one per receiver, from the gradients
+    ``read`` with respect to each receiver's normalised input (the norm's vector-Jacobian product)."""
+    _, vjp = torch.func.vjp(fw.norm, x)
+    return torch.func.vmap(lambda cotangent: vjp(cotangent)[0], in_dims=2, out_dims=2)(read)
+
+
+def _slices(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+

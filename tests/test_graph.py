@@ -1,0 +1,328 @@
+"""Circuits as graphs of edges (helpers/graph.py), against independent computations through the model's
+hooks and against a model whose circuit is known.
+
+- The graph's own forward pass with every edge kept is the model's clean run, with none (resample) the
+  corrupted run; a node circuit under each ablation equals today's hook-based circuit evaluation.
+- Exact path patching equals the IOI paper's algorithm run step by step through the model's hooks;
+  EAP equals gradients taken through the model's hooks; a run with edges ablated equals the same
+  ablation done by hooks, for random sets of edges.
+- On the demo model (a hand-set IOI circuit: duplicate-token L0H1 -> S-inhibition L1H2 through its key
+  -> name mover L2H0 through its query) with the ABC corruption: path patching finds exactly the planted
+  paths and input kinds, and EAP-IG ranks the planted edges first.
+
+The hook references need TransformerLens's per-head query/key/value inputs, which the bridge offers for
+GPT-2, GPT-NeoX, Llama, Mistral, Qwen2 and Gemma; GPT-Neo, GPT-J and OPT (whose attention the bridge
+delegates to transformers) are checked by the runs against the model and against the circuit notebook's
+hook-based evaluation. Heads with grouped keys and values have one key and value input each in the
+graph but share one in the hooks: there the references are compared with the group's edges together.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, assert_matches
+from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
+
+from helpers import circuit
+from helpers.architectures import describe
+from helpers.forward import UnsupportedArchitecture
+from helpers.graph import (
+    ABLATION_KINDS,
+    MIB_FRACTIONS,
+    EdgeCircuit,
+    FaithfulnessByEdges,
+    Graph,
+    GraphError,
+    GraphRunner,
+)
+from helpers.metrics import at_final_pos
+from helpers.model import load_model
+from helpers.tasks import PromptSet, build_prompts, load_task
+from helpers.toy_models import PLANTED_IOI, TOY_ARCHITECTURES, build_toy_model, ensure_demo_model
+
+SEEDS = {"gpt2": 0, "gpt_neo": 3, "gpt_neox": 1, "gptj": 2, "llama": 1, "mistral": 2, "qwen2": 1, "gemma": 3,
+         "gemma2": 2, "opt": 0}
+NO_SPLIT_INPUTS = {"gpt_neo", "gptj", "opt"}  # the bridge has no per-head query/key/value inputs for these
+EDGE_ARCHITECTURES = [a for a in TOY_ARCHITECTURES if a != "gemma2"]
+
+
+@dataclass(frozen=True)
+class Toy:
+    architecture: str
+    model: Any
+    prompts: PromptSet
+    runner: GraphRunner
+
+    @property
+    def group(self) -> int:
+        return describe(self.model).group_size
+
+
+@pytest.fixture(scope="module", params=EDGE_ARCHITECTURES)
+def toy(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: Any) -> Toy:
+    architecture = request.param
+    directory = build_toy_model(tmp_path_factory.mktemp(architecture), architecture=architecture,
+                                tokenizer=gpt2_tokenizer, weight_std=0.3, seed=SEEDS[architecture])
+    model = load_model(str(directory), device="cpu")
+    prompts = build_prompts(load_task("ioi").with_overrides(n_prompts=8), model.tokenizer,
+                            prepend_bos=bool(model.cfg.default_prepend_bos))
+    return Toy(architecture, model, prompts, GraphRunner(model, prompts))
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: Any) -> tuple[Any, PromptSet, GraphRunner]:
+    model = load_model(str(ensure_demo_model(tmp_path_factory.mktemp("demo") / "demo")), device="cpu")
+    prompts = build_prompts(load_task("ioi_abc").with_overrides(n_prompts=16), model.tokenizer,
+                            prepend_bos=bool(model.cfg.default_prepend_bos))
+    return model, prompts, GraphRunner(model, prompts)
+
+
+def model_metric(toy: Toy, tokens: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return toy.prompts.metric(at_final_pos(toy.model(tokens), toy.prompts.final_pos)).float()
+
+
+# -- the graph -----------------------------------------------------------------------------------------
+
+
+def test_the_graph_has_the_edges_eap_ig_and_mib_count() -> None:
+    # GPT-2 small's graph in the MIB circuit track's files (circuits/ioi-eap-ig.json) has 32491 edges
+    assert Graph(12, 12).n_edges == 32491
+    small = Graph(2, 2)
+    assert small.senders == ("input", "L0H0", "L0H1", "MLP0", "L1H0", "L1H1", "MLP1")
+    assert small.receivers[:7] == ("L0H0<q>", "L0H1<q>", "L0H0<k>", "L0H1<k>", "L0H0<v>", "L0H1<v>", "MLP0")
+    # a head reads the layers before its own, a sequential MLP also its own layer's heads, a parallel one not
+    assert small.parse_edge("L0H1->L1H0<v>") == (2, small.head_receiver(1, 0, "v"))
+    assert small.parse_edge("L0H1->MLP0") == (2, small.mlp_receiver(0))
+    with pytest.raises(GraphError, match="does not exist: MLP0 reads only what is computed before it"):
+        Graph(2, 2, parallel=True).parse_edge("L0H1->MLP0")
+    with pytest.raises(GraphError, match="does not exist"):
+        small.parse_edge("L1H0->L0H0<q>")
+    with pytest.raises(GraphError, match="'L5H0' is not a node.*Fix"):
+        small.parse_edge("L5H0->logits")
+    # layer 0: 6 head inputs read 1 sender, MLP0 reads 3; layer 1: 6 head inputs read 4, MLP1 reads 6;
+    # the logits read all 7. A parallel MLP reads its layer's input only: 2 fewer senders each.
+    assert small.n_edges == 6 * 1 + 3 + 6 * 4 + 6 + 7
+    assert Graph(2, 2, parallel=True).n_edges == small.n_edges - 2 - 2
+
+
+def test_a_circuit_round_trips_through_the_mib_format_and_reads_hand_written_names() -> None:
+    graph = Graph(2, 2)
+    edges = ["input->L0H1<q>", "L0H1->L1H0<k>", "L1H0->logits", "MLP0->L1H1<v>"]
+    circuit_ = EdgeCircuit(graph, frozenset(graph.parse_edge(e) for e in edges), "hand")
+    data = json.loads(json.dumps(circuit_.to_mib()))
+    assert data["cfg"] == {"n_layers": 2, "n_heads": 2, "parallel_attn_mlp": False}
+    assert data["edges"]["a0.h1->a1.h0<k>"] == {"score": 1.0, "in_graph": True}
+    assert data["edges"]["input->m0"]["in_graph"] is False and len(data["edges"]) == graph.n_edges
+    assert data["nodes"]["a0.h1"]["in_graph"] and not data["nodes"]["a0.h0"]["in_graph"]
+    assert EdgeCircuit.from_mib(data, graph).edges == circuit_.edges
+    # a list of names, ours or MIB's
+    listed = EdgeCircuit.from_mib({"edges": ["a0.h1->a1.h0<k>", "L1H0->logits"]}, graph)
+    assert listed.edges == {graph.parse_edge("L0H1->L1H0<k>"), graph.parse_edge("L1H0->logits")}
+    with pytest.raises(GraphError, match="cfg.n_heads is 12 but the model has 2"):
+        EdgeCircuit.from_mib({"cfg": {"n_heads": 12}, "edges": []}, graph)
+    with pytest.raises(GraphError, match="needs 'edges'"):
+        EdgeCircuit.from_mib({"nodes": {}}, graph)
+
+
+def test_pruning_drops_edges_that_cannot_reach_the_logits_or_carry_nothing() -> None:
+    graph = Graph(2, 2)
+    names = ["input->L0H0<q>", "L0H0->L1H0<v>", "L1H0->logits",  # a path
+             "input->L0H1<k>",  # into a head whose output goes nowhere
+             "L0H1->L1H1<q>", "L1H1->logits"]  # out of that head (it is not fed... it is: input->L0H1<k>)
+    pruned = EdgeCircuit(graph, frozenset(graph.parse_edge(n) for n in names), "c").pruned()
+    assert {graph.edge_name(s, r) for s, r in pruned.edges} == set(names)  # L0H1 is fed and used: all stay
+    dangling = EdgeCircuit(graph, frozenset(graph.parse_edge(n) for n in ["input->L0H1<k>", "L0H0->L1H0<v>",
+                                                                          "L1H0->logits"]), "d").pruned()
+    # L0H1 reaches nothing; L0H0 is fed by nothing, so L1H0's value input carries nothing either
+    assert dangling.edges == frozenset()
+
+
+def test_areas_are_mibs_trapezoids() -> None:
+    curve = FaithfulnessByEdges("m", "resample", (0.0, 0.5, 1.0), (0, 5, 10), (0.0, 0.5, 1.0))
+    assert curve.cpr == pytest.approx(0.5) and curve.cmd == pytest.approx(0.5)
+    flat = FaithfulnessByEdges("m", "resample", (0.1, 1.0), (1, 10), (1.2, 1.0))
+    assert flat.cpr == pytest.approx(0.9 * 1.1) and flat.cmd == pytest.approx(0.9 * 0.1)
+
+
+# -- runs against the model ---------------------------------------------------------------------------------
+
+
+def test_every_edge_kept_is_the_clean_run_and_none_the_corrupted_run(toy: Toy) -> None:
+    graph = toy.runner.graph
+    full = toy.runner.run(graph.real.float())
+    empty = toy.runner.run(torch.zeros(graph.n_senders, graph.n_receivers), "resample")
+    assert_matches(full, model_metric(toy, toy.prompts.clean_tokens), FLOAT32_FORWARD, what=f"{toy.architecture} full")
+    assert_matches(empty, model_metric(toy, toy.prompts.corrupted_tokens), FLOAT32_FORWARD,
+                   what=f"{toy.architecture} empty")
+
+
+def test_a_node_circuit_under_each_ablation_is_the_circuit_notebooks_hook_evaluation(toy: Toy) -> None:
+    """EdgeCircuit.from_heads ablates a head's output for every reader, as the circuit notebook's hooks on
+    hook_z do: mean (per template and position over the corrupted prompts), resample (each prompt's
+    corrupted z) and zero. Two prompts per template, so that a template's mean is not one prompt's run."""
+    model = toy.model
+    prompts = build_prompts(load_task("ioi").with_overrides(n_prompts=16), model.tokenizer,
+                            prepend_bos=bool(model.cfg.default_prepend_bos))
+    runner = GraphRunner(model, prompts)
+    heads = ["L0H1", "L1H0", "L1H3"]
+    graph = runner.graph
+    reference = circuit.reference_prompts("corrupted", prompts)
+    mean = circuit.compute_mean_ablation(model, prompts, reference)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(prompts.corrupted_tokens, names_filter=lambda n: n.endswith("hook_z"))
+    resample = torch.stack([cache[f"blocks.{layer}.attn.hook_z"] for layer in range(graph.n_layers)])
+    means = {"mean": mean.means, "resample": resample, "zero": torch.zeros_like(mean.means)}
+    kept = circuit.parse_circuit(heads, name="c", n_layers=graph.n_layers, n_heads=graph.n_heads)
+    for kind in ABLATION_KINDS:
+        hooks = circuit.CircuitEvaluator(model, prompts, circuit.MeanAblation(means[kind], kind)).evaluate(kept)
+        ours = runner.evaluate(EdgeCircuit.from_heads(graph, heads, name="c"), kind, prune=False)
+        assert abs(ours.metric - hooks.metric) <= FLOAT32_PATCHING.factor * (1 + abs(hooks.metric)), (
+            f"{toy.architecture} {kind}: {ours.metric} vs {hooks.metric}")
+        # the notebook's empty circuit ablates every head (the input and MLPs stay): our node circuit of no head
+        no_head = runner.evaluate(EdgeCircuit.from_heads(graph, [], name="none"), kind, prune=False)
+        assert abs(no_head.metric - hooks.empty_metric) <= FLOAT32_PATCHING.factor * (1 + abs(hooks.empty_metric))
+    assert len({round(runner.evaluate(EdgeCircuit.from_heads(graph, heads, name="c"), k, prune=False).metric, 4)
+                for k in ABLATION_KINDS}) == 3, "the three ablations give three different figures"
+
+
+def receivers(toy: Toy) -> list[str]:
+    """Receivers whose every incoming path is compared: heads indexed as the hooks lay them out (a key or
+    value input of a grouped model is its key/value head's, read by every head of the group)."""
+    kv_head = min(1, describe(toy.model).n_kv_heads - 1)
+    return ["L1H1<q>", f"L1H{kv_head}<k>", "L1H0<v>", "MLP0", "MLP1", "logits"]
+
+
+def ours_like_the_hooks(toy: Toy, sender: str, receiver: str) -> float:
+    """Our effect of the path as the hooks see it: a grouped key/value input is every head of its group's."""
+    runner, graph = toy.runner, toy.runner.graph
+    if receiver.endswith(("<k>", "<v>")) and toy.group > 1:
+        layer, kv_head = (int(p) for p in receiver.split("<")[0][1:].split("H"))
+        keep = graph.real.float().clone()
+        for head in range(kv_head * toy.group, (kv_head + 1) * toy.group):
+            keep[graph.sender_index(sender), graph.receiver_index(f"L{layer}H{head}{receiver[-3:]}")] = 0.0
+        return float(runner.effect(runner.run(keep, "resample")))
+    return runner.path_patching(receiver, [sender])[sender]
+
+
+def test_exact_path_patching_is_the_ioi_papers_algorithm_through_the_models_hooks(toy: Toy) -> None:
+    if toy.architecture in NO_SPLIT_INPUTS:
+        pytest.skip(f"the bridge has no per-head query/key/value inputs for {toy.architecture}")
+    graph = toy.runner.graph
+    ours, hooks, names = [], [], []
+    for receiver in receivers(toy):
+        for sender in graph.senders[: graph.prefix[graph.receiver_index(receiver)]]:
+            ours.append(ours_like_the_hooks(toy, sender, receiver))
+            hooks.append(hook_path_patching(toy.model, toy.prompts, sender, receiver))
+            names.append(f"{sender}->{receiver}")
+    assert_matches(torch.tensor(ours), torch.tensor(hooks), FLOAT32_PATCHING, what=f"{toy.architecture} path patching")
+
+
+def test_eap_is_the_gradient_through_the_models_hooks(toy: Toy) -> None:
+    if toy.architecture in NO_SPLIT_INPUTS:
+        pytest.skip(f"the bridge has no per-head query/key/value inputs for {toy.architecture}")
+    graph, eap = toy.runner.graph, toy.runner.eap()
+    reference = hook_eap_scores(toy.model, toy.prompts)
+    ours, hooks = [], []
+    for name, value in reference.items():
+        sender, receiver = name.split("->")
+        if receiver.endswith(("<k>", "<v>")) and toy.group > 1:  # the group's heads together
+            layer, kv_head = (int(p) for p in receiver.split("<")[0][1:].split("H"))
+            heads = range(kv_head * toy.group, (kv_head + 1) * toy.group)
+            ours.append(sum(float(eap.scores[graph.parse_edge(f"{sender}->L{layer}H{h}{receiver[-3:]}")]) for h in heads))
+        else:
+            ours.append(float(eap.scores[graph.parse_edge(name)]))
+        hooks.append(value)
+    assert_matches(torch.tensor(ours), torch.tensor(hooks), FLOAT32_GRADIENT, what=f"{toy.architecture} EAP")
+
+
+def test_a_run_with_random_edges_ablated_is_the_same_ablation_through_hooks(toy: Toy) -> None:
+    if toy.architecture in NO_SPLIT_INPUTS:
+        pytest.skip(f"the bridge has no per-head query/key/value inputs for {toy.architecture}")
+    runner, graph = toy.runner, toy.runner.graph
+    rng = random.Random(0)
+    edges = [(int(s), int(r)) for s, r in zip(*torch.nonzero(graph.real, as_tuple=True))]
+    for zero in (False, True):
+        # Zeroing every edge into a receiver leaves it 0 / 0 for its norm: exactly 0 in our sums, but the
+        # rounding of "stream - stream" through the hooks, which RMSNorm magnifies. So under zero
+        # ablation the layer-0 heads (whose one sender is the input) keep their edges.
+        candidates = [(s, r) for s, r in edges if not (zero and graph.prefix[r] == 1)]
+        names = {graph.edge_name(s, r) for s, r in rng.sample(candidates, len(edges) // 3)}
+        keep = graph.real.float().clone()
+        for name in names:
+            sender, receiver = name.split("->")
+            if receiver.endswith(("<k>", "<v>")) and toy.group > 1:  # hooks: kv head of that index, whole group
+                layer, kv_head = (int(p) for p in receiver.split("<")[0][1:].split("H"))
+                if kv_head * toy.group >= graph.n_heads:
+                    continue
+                for head in range(kv_head * toy.group, (kv_head + 1) * toy.group):
+                    keep[graph.parse_edge(f"{sender}->L{layer}H{head}{receiver[-3:]}")] = 0.0
+            else:
+                keep[graph.parse_edge(name)] = 0.0
+        names = {n for n in names if not (n.endswith(("<k>", "<v>")) and toy.group > 1 and int(
+            n.split("->")[1].split("<")[0].split("H")[1]) * toy.group >= graph.n_heads)}
+        assert not zero or bool(keep[:, graph.real.any(dim=0)].sum(dim=0).min() > 0), "a receiver with every edge zeroed"
+        ours = runner.run(keep, "zero" if zero else "resample")
+        assert_matches(ours, hook_circuit_metric(toy.model, toy.prompts, names, zero=zero), FLOAT32_FORWARD,
+                       what=f"{toy.architecture} {'zero' if zero else 'resample'} circuit")
+
+
+def test_a_model_whose_heads_share_a_norm_after_attention_is_refused(tmp_path: Path, gpt2_tokenizer: Any) -> None:
+    directory = build_toy_model(tmp_path / "gemma2", architecture="gemma2", tokenizer=gpt2_tokenizer, seed=2)
+    model = load_model(str(directory), device="cpu")
+    prompts = build_prompts(load_task("ioi").with_overrides(n_prompts=2), model.tokenizer,
+                            prepend_bos=bool(model.cfg.default_prepend_bos))
+    with pytest.raises(UnsupportedArchitecture, match="norm after attention couples the heads"):
+        GraphRunner(model, prompts)
+
+
+# -- ground truth: the demo's planted IOI circuit ---------------------------------------------------------------
+
+
+def test_path_patching_finds_exactly_the_planted_paths_and_input_kinds(demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    _, _, runner = demo
+    graph = runner.graph
+    heads = [n for n in graph.senders if n.startswith("L")]
+    dup, s_inhibition, mover = (f"L{layer}H{head}" for layer, head in (
+        PLANTED_IOI.duplicate_token, PLANTED_IOI.s_inhibition, PLANTED_IOI.name_mover))
+
+    def carrying(receiver: str) -> set[str]:
+        effects = runner.path_patching(receiver, [h for h in heads if h in graph.senders[: graph.prefix[
+            graph.receiver_index(receiver)]]])
+        return {h for h, v in effects.items() if abs(v) > 0.1}
+
+    assert carrying(f"{mover}<q>") == {s_inhibition}  # the name mover's query reads the S-inhibition head
+    assert carrying(f"{mover}<k>") == set() and carrying(f"{mover}<v>") == set()  # its keys and values: names
+    assert carrying(f"{s_inhibition}<k>") == {dup}  # the S-inhibition head's key reads the duplicate-token head
+    assert carrying(f"{s_inhibition}<q>") == set() and carrying(f"{s_inhibition}<v>") == set()
+    direct = runner.path_patching("logits", heads)
+    assert max(direct, key=direct.get) == mover and direct[f"L{PLANTED_IOI.negative_name_mover[0]}H"
+                                                           f"{PLANTED_IOI.negative_name_mover[1]}"] < -0.05
+
+
+def test_eap_ig_ranks_the_planted_edges_first(demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    _, _, runner = demo
+    dup, s_inhibition, mover = (f"L{layer}H{head}" for layer, head in (
+        PLANTED_IOI.duplicate_token, PLANTED_IOI.s_inhibition, PLANTED_IOI.name_mover))
+    top = {e.name for e in runner.eap_ig(steps=5).top(3)}
+    assert top == {f"{mover}->logits", f"{s_inhibition}->{mover}<q>", f"{dup}->{s_inhibition}<k>"}
+
+
+def test_faithfulness_by_edges_at_mibs_sizes(demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    _, _, runner = demo
+    scores = runner.eap_ig(steps=5)
+    for kind in ABLATION_KINDS:
+        curve = runner.faithfulness_by_edges(scores, kind)
+        assert curve.fractions == MIB_FRACTIONS and curve.n_edges[-1] == runner.graph.n_edges
+        assert curve.faithfulness[-1] == pytest.approx(1.0, abs=1e-5)  # every edge: the full model
+        assert curve.faithfulness[0] == pytest.approx(0.0, abs=1e-5)  # no edge (0.1% of 262 is 0)
+    resample = runner.faithfulness_by_edges(scores, "resample")
+    # the planted circuit's dozen edges already do the task: faithful from 5% of the edges on
+    assert min(resample.faithfulness[5:]) > 0.95 and resample.cpr > 0.9 and resample.cmd < 0.1
