@@ -65,9 +65,10 @@ test: setup ## run the test suite, offline
 check: setup ## lint helpers/ and tests/ with ruff
 	$(VENV)/bin/ruff check helpers tests
 
-bench: setup ## time the patching engine and the copy scores against straightforward versions (about 8 minutes)
+bench: setup ## time the patching engine and the copy scores against straightforward versions, and circuit discovery against its budgets
 	$(PY) tests/bench_patching.py
 	$(PY) tests/bench_copy_scores.py
+	$(PY) tests/bench_graph.py
 
 lab: setup ## open JupyterLab at TASK's executed notebooks (notebooks/<task>/)
 	$(PY) -m helpers.run --lab "$(TASK)"

@@ -135,7 +135,8 @@ class Architecture:
                           "rotated by position" + part + ", so nothing positional is added to the residual stream "
                           "and direct logit attribution has no position-embedding component."))
         if self.parallel:
-            notes.append((("dla", "patching", "mlp_neurons", "vector_arithmetic", "circuit"), "Attention and MLP "
+            notes.append((("dla", "patching", "mlp_neurons", "vector_arithmetic", "circuit", "circuit_discovery"),
+                          "Attention and MLP "
                           "run in parallel: both read the same residual stream at each layer and both add to it "
                           "(there is no stream between them, and the logit lens has one point per layer). "
                           "Attributions and patching still add up; patching a layer's attention output leaves its "
@@ -165,6 +166,9 @@ class Architecture:
                           f"{self.n_kv_heads} key/value head(s), {self.group_size} per group. A head here is a query "
                           "head. Value patching of a head gives that query head the clean values it reads, without "
                           "changing the other heads of its group; its OV circuit uses its group's W_V."))
+            notes.append((("circuit_discovery",), "In the graph of edges each query head has a key and a value "
+                          "input of its own (its group's key/value projection applied to what that head reads), so "
+                          "a path into one head's key does not reach the other heads of its group."))
         default_scale = self.d_head ** -0.5
         if any(not math.isclose(s, default_scale, rel_tol=1e-6) for s in self.attn_scales):
             notes.append((everywhere, "Attention scores are multiplied by "

@@ -55,6 +55,9 @@ class TaskResults:
     # figures with a 95% bootstrap interval over the task's prompts: quantity -> (value, (low, high));
     # see INTERVAL_QUANTITIES. Absent where the task's results have no interval for it.
     intervals: dict[str, tuple[float, tuple[float, float]]] = field(default_factory=dict)
+    # from the circuit-discovery notebook, when the task ran it: each head's role, and the path-patching edges
+    roles: dict[str, str] = field(default_factory=dict)
+    edges: frozenset[str] = frozenset()
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -86,7 +89,7 @@ def load_task_results(tasks: list[str], notebooks_dir: str | Path) -> list[TaskR
         provenance = data.get("provenance", {})
         loaded.append(TaskResults(task, str(provenance.get("model")), int(provenance.get("n_prompts", 0)),
                                   str(results_format.read(data, "patching", "metric", "task_metric") or ""), heads,
-                                  _intervals_of(data)))
+                                  _intervals_of(data), *_circuit_of(data)))
     first = loaded[0]
     for other in loaded[1:]:
         if other.shape != first.shape:
@@ -108,6 +111,59 @@ HEAD_INTERVAL_QUANTITIES: dict[str, tuple[str, tuple[str, ...], bool]] = {
     "DLA": ("dla", ("heads",), False),
     "output patching": ("patching", ("head_out",), True),
 }
+
+
+def _circuit_of(data: dict[str, Any]) -> tuple[dict[str, str], frozenset[str]]:
+    roles = results_format.read(data, "circuit_discovery", "roles") or {}
+    edges = results_format.read(data, "circuit_discovery", "edges") or []
+    names = {f"{e['sender']}->{e['receiver']}" + (f"<{e['input']}>" if e.get("input") else "") for e in edges}
+    return {head: str(r["role"]) for head, r in roles.items()}, frozenset(names)
+
+
+@dataclass(frozen=True)
+class CircuitComparison:
+    """The tasks' head roles side by side and how much their path-patching edges overlap."""
+
+    tasks: tuple[str, ...]
+    roles: dict[str, dict[str, str]]  # head -> task -> role, for heads with a role (not unknown) in some task
+    edges: tuple[frozenset[str], ...]
+    jaccard: Float[Tensor, "task task"]  # edges in both / in either (NaN where neither task has edges)
+
+    @property
+    def shared_edges(self) -> list[str]:
+        """Edges every task's circuit has."""
+        return sorted(frozenset.intersection(*self.edges)) if self.edges and all(self.edges) else []
+
+    @property
+    def same_role(self) -> list[str]:
+        """Heads with one role, not unknown, in every task."""
+        return [h for h, by_task in self.roles.items()
+                if len(set(by_task.values())) == 1 and len(by_task) == len(self.tasks) and "unknown" not in by_task.values()]
+
+    @property
+    def missing(self) -> list[str]:
+        """Tasks whose results have no circuit-discovery section."""
+        return [t for t, e in zip(self.tasks, self.edges) if not e]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"tasks": list(self.tasks), "roles": self.roles, "shared_edges": self.shared_edges,
+                "same_role": self.same_role, "edge_jaccard": self.jaccard.tolist(),
+                "edges": {t: sorted(e) for t, e in zip(self.tasks, self.edges)}}
+
+
+def compare_circuits(results: list[TaskResults]) -> CircuitComparison:
+    """Roles by head and task, and the Jaccard index of every pair of tasks' path-patching edges."""
+    heads = sorted({h for r in results for h, role in r.roles.items() if role != "unknown"},
+                   key=lambda h: tuple(int(p) for p in h[1:].split("H")))
+    roles = {h: {r.task: r.roles.get(h, "unknown") for r in results} for h in heads}
+    n = len(results)
+    jaccard = torch.full((n, n), float("nan"))
+    for i in range(n):
+        for j in range(n):
+            either = results[i].edges | results[j].edges
+            if either:
+                jaccard[i, j] = len(results[i].edges & results[j].edges) / len(either)
+    return CircuitComparison(tuple(r.task for r in results), roles, tuple(r.edges for r in results), jaccard)
 
 
 def _intervals_of(data: dict[str, Any]) -> dict[str, tuple[float, tuple[float, float]]]:

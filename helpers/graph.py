@@ -456,6 +456,12 @@ class GraphRunner:
         self._reference = reference
         self._alternatives: dict[str, Tensor] = {}
         self._cache: dict[str, Tensor] = {}
+        prefix = torch.tensor(self.graph.prefix)
+        # for each sender, the first receiver it feeds (receivers are in graph order, their prefixes rise)
+        self._first_fed = torch.tensor([int((prefix > s).nonzero()[0]) for s in range(self.graph.n_senders)],
+                                       device=self.device)
+        # [batch, pos, sender]: the last attribution's share per position (see _attribute); zero before one
+        self.position_attribution = torch.zeros(*self.clean_tokens.shape, self.graph.n_senders, device=self.device)
         differs = (self.clean_tokens != self.corrupted_tokens).any(dim=0).nonzero()
         self.first_difference = int(differs[0]) if len(differs) else self.clean_tokens.shape[1]
 
@@ -599,24 +605,55 @@ class GraphRunner:
         with torch.no_grad():
             return torch.cat([self._masked(self.clean_tokens[rows], keep, alt_all[rows], rows) for rows in self._chunks()])
 
-    def _masked(self, tokens: Tensor, keep: Tensor, alt: Tensor, rows: slice) -> Tensor:
+    def direct_effects(self, keep: Float[Tensor, "sender receiver"] | None = None,
+                       ablation: AblationKind = "mean") -> Float[Tensor, " sender"]:
+        """Each sender's direct effect on the metric (the effect of ablating its edge to the logits alone,
+        to the corrupted run's output) in the run where ``keep`` holds (every edge by default) and the
+        other edges carry ``ablation``'s outputs: e.g. the heads' direct effects once the name movers are
+        ablated, which is how backup name movers show themselves."""
+        g = self.graph
+        keep = (g.real.float() if keep is None else keep).to(self.device, self.clean.outputs.dtype)
+        alt_all = self.alternative(ablation)
+        corrupted_final = at_final_pos(self.corrupted.outputs, self.final_pos)  # [batch, sender, d_model]
+        with torch.no_grad():
+            per_prompt, finals, outs = [], [], []
+            for rows in self._chunks():
+                record: dict[str, Tensor] = {}
+                per_prompt.append(self._masked(self.clean_tokens[rows], keep, alt_all[rows], rows, record=record))
+                finals.append(record["final"])
+                outs.append(record["outputs"])
+            base, final, outputs = torch.cat(per_prompt), torch.cat(finals), torch.cat(outs)
+            # the stream the logits read changes by (ablated - carried) of the one sender's edge, if kept
+            carried = torch.where(keep[:, g.logits_receiver].bool()[None, :, None], outputs,
+                                  at_final_pos(alt_all, self.final_pos))
+            change = corrupted_final - carried  # [batch, sender, d_model]
+            stream = (final[:, None] + change).transpose(0, 1).flatten(0, 1)  # [sender * batch, d_model]
+            batch = self.final_pos.shape[0]
+            without = self._per_prompt(stream, None).view(g.n_senders, batch)
+        return self.normalised(base) - self.normalised(without)
+
+    def _masked(self, tokens: Tensor, keep: Tensor, alt: Tensor, rows: slice,
+                record: dict[str, Tensor] | None = None) -> Tensor:
         fw, g, positions = self.fw, self.graph, self.positions
-        outputs = [fw.embed(tokens)]
-        x = outputs[0]  # the stream with every edge kept: the sum of the senders' outputs and the biases
-        bias = torch.zeros_like(x[0, 0])  # the biases (b_O) in it
+        embed = fw.embed(tokens)
+        batch, width, d_model = embed.shape
+        # each sender's output in this run minus its ablated output, sender-major (a prefix is a slice)
+        diffs = embed.new_empty(g.n_senders, batch, width, d_model)
+        diffs[0] = embed - alt[:, :, 0]
+        x = embed  # the stream with every edge kept: the sum of the senders' outputs and the biases
+        bias = torch.zeros_like(embed[0, 0])  # the biases (b_O) in it
 
         def inputs(stream: Tensor, bias: Tensor, receivers: slice | int, prefix: int) -> Tensor:
-            """Each receiver's input, summed from what its edges carry (so a receiver whose every edge
-            carries zero reads exactly zero, not the rounding left by subtracting the stream from itself)."""
-            if bool((keep[:prefix, receivers] == 1).all()):
-                return stream  # one stream every receiver shares
-            carried = torch.stack(outputs[:prefix], dim=2)
+            """Each receiver's input: the biases, every sender's ablated output, and for each kept edge
+            (output - ablated output); a receiver whose every edge carries zero reads exactly zero."""
             mask = keep[:prefix, receivers]
+            if bool((mask == 1).all()):
+                return stream  # one stream every receiver shares
+            base = bias + alt[:, :, :prefix].sum(dim=2)
             if mask.ndim == 1:
-                return bias + torch.einsum("bpsd,s->bpd", carried, mask) + torch.einsum(
-                    "bpsd,s->bpd", alt[:, :, :prefix], 1.0 - mask)
-            return bias + torch.einsum("bpsd,sr->bprd", carried, mask) + torch.einsum(
-                "bpsd,sr->bprd", alt[:, :, :prefix], 1.0 - mask)
+                return base + torch.tensordot(mask, diffs[:prefix], dims=1)
+            kept = (mask.T @ diffs[:prefix].flatten(1)).view(-1, batch, width, d_model)
+            return base[:, :, None] + kept.permute(1, 2, 0, 3)
 
         n = g.n_heads
         for layer in range(g.n_layers):
@@ -630,18 +667,23 @@ class GraphRunner:
             _, z = fw.attend(layer, q, k, v, positions, per_query_head=True)
             heads = self._heads_out(layer, z)
             attn = heads.sum(dim=2) + fw.w.b_O[layer]
-            outputs += heads.unbind(dim=2)
+            head_0 = g.head_sender(layer, 0)
+            diffs[head_0: head_0 + n] = (heads - alt[:, :, head_0: head_0 + n]).permute(2, 0, 1, 3)
             mlp = g.mlp_receiver(layer)
             if self.arch.parallel:
                 mlp_in = inputs(x, bias, mlp, g.prefix[mlp])
             else:
                 mlp_in = inputs(x + attn, bias + fw.w.b_O[layer], mlp, g.prefix[mlp])
             mlp_out = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
-            outputs.append(mlp_out)
+            diffs[g.mlp_sender(layer)] = mlp_out - alt[:, :, g.mlp_sender(layer)]
             x = x + attn + mlp_out
             bias = bias + fw.w.b_O[layer]
-        final_stream = inputs(x, bias, g.logits_receiver, g.n_senders)
-        return self._per_prompt(at_final_pos(final_stream, self.final_pos[rows]), rows)
+        final_stream = at_final_pos(inputs(x, bias, g.logits_receiver, g.n_senders), self.final_pos[rows])
+        if record is not None:
+            record["final"] = final_stream
+            outputs = diffs.permute(1, 2, 0, 3) + alt  # each sender's output in this run
+            record["outputs"] = at_final_pos(outputs, self.final_pos[rows])
+        return self._per_prompt(final_stream, rows)
 
     def evaluate(self, circuit: EdgeCircuit, ablation: AblationKind = "resample", *,
                  prune: bool = True) -> Faithfulness:
@@ -680,15 +722,19 @@ class GraphRunner:
         return EdgeScores(self.graph, self._attribute([k / steps for k in range(steps)]), f"EAP-IG ({steps} steps)")
 
     def _attribute(self, alphas: Sequence[float]) -> Tensor:
+        """``(clean - corrupted output of each sender) . mean over alphas of d metric / d receiver input``,
+        summed over positions: per chunk of prompts, the gradients with respect to every receiver's input
+        are summed over the integration points first, then multiplied with the senders' differences in
+        one matrix product (edges that do not exist are computed too, and set to NaN)."""
         g, fw = self.graph, self.fw
-        delta = self.clean.outputs - self.corrupted.outputs  # [batch, pos, sender, d_model]
-        scores = torch.zeros(g.n_senders, g.n_receivers, device=self.device, dtype=torch.float32)
+        scores = torch.zeros(g.n_senders, g.n_receivers, device=self.device, dtype=self.clean.outputs.dtype)
         gap = self.clean_value - self.corrupted_value
         batch = self.final_pos.shape[0]
+        n = 3 * g.n_heads
         for rows in self._chunks():
             clean_embed = self.clean.outputs[rows, :, 0]
             corrupted_embed = self.corrupted.outputs[rows, :, 0]
-            d = delta[rows]
+            summed = clean_embed.new_zeros(g.n_receivers, *clean_embed.shape)  # [receiver, batch, pos, d_model]
             for alpha in alphas:
                 embed = (corrupted_embed + alpha * (clean_embed - corrupted_embed)).detach()
                 grads: dict[str, list[Tensor]] = {}
@@ -696,19 +742,18 @@ class GraphRunner:
                     run = self._plain(self.clean_tokens[rows], embed=embed, grads=grads, rows=rows)
                     (run.per_prompt.sum() / (batch * gap)).backward()
                 for layer in range(g.n_layers):
-                    x = run.resid_pre[layer].detach()
-                    read = torch.stack([torch.einsum("bphe,hde->bphd", grads[name][layer].grad, self.W[i, layer])
-                                        for i, name in enumerate("qkv")], dim=2).flatten(2, 3)  # [b, p, 3H, D]
-                    into = _through_norm(fw, x, read)
+                    read = torch.cat([torch.einsum("bphe,hde->bphd", grads[name][layer].grad, self.W[i, layer])
+                                      for i, name in enumerate("qkv")], dim=2)  # [batch, pos, 3 * heads, d_model]
                     first = g.head_receiver(layer, 0, "q")
-                    prefix = g.prefix[first]
-                    scores[:prefix, first: first + 3 * g.n_heads] += torch.einsum(
-                        "bpsd,bprd->sr", d[:, :, :prefix].float(), into.float()) / len(alphas)
-                    mlp = g.mlp_receiver(layer)
-                    scores[: g.prefix[mlp], mlp] += torch.einsum(
-                        "bpsd,bpd->s", d[:, :, : g.prefix[mlp]].float(), grads["mlp"][layer].grad.float()) / len(alphas)
-                scores[:, g.logits_receiver] += torch.einsum(
-                    "bpsd,bpd->s", d.float(), grads["logits"][0].grad.float()) / len(alphas)
+                    summed[first: first + n] += _through_norm(fw, run.resid_pre[layer].detach(), read).permute(2, 0, 1, 3)
+                    summed[g.mlp_receiver(layer)] += grads["mlp"][layer].grad
+                summed[g.logits_receiver] += grads["logits"][0].grad
+            delta = (self.clean.outputs[rows] - self.corrupted.outputs[rows]).permute(2, 0, 1, 3)  # [s, b, p, d]
+            scores += (delta.flatten(1) @ summed.flatten(1).T) / len(alphas)
+            # per position, each sender's attribution through all its edges: its difference times the sum of
+            # the gradients of every receiver it feeds (a suffix of the receivers, in graph order)
+            through_all = summed.flip(0).cumsum(0).flip(0)[self._first_fed]  # [sender, batch, pos, d_model]
+            self.position_attribution[rows] = ((delta * through_all).sum(-1) / len(alphas)).permute(1, 2, 0)
         return torch.where(g.real.to(self.device), scores, torch.full_like(scores, float("nan")))
 
     # -- exact edges and path patching ----------------------------------------------------------------
@@ -766,17 +811,27 @@ class GraphRunner:
             new = self._rotate(new, suffix)
         qkv[index] = torch.cat([qkv[index][:, :start], new], dim=1)
         q, k, v = qkv
-        _, z = fw.attend(layer, q[:, start:], k, v, suffix, per_query_head=True)
-        out_new = torch.einsum("bpe,ed->bpd", z[:, :, 0], fw.w.W_O[layer, head])
-        out_clean = clean.outputs[:, start:, g.head_sender(layer, head)].repeat(n_cfg, 1, 1)
-        change = out_new - out_clean
         stream = clean.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1)
-        attn = self._attn_clean(layer)[:, start:].repeat(n_cfg, 1, 1) + change
+        out_clean = clean.outputs[:, start:, g.head_sender(layer, head)].repeat(n_cfg, 1, 1)
+        attn_clean = self._attn_clean(layer)[:, start:].repeat(n_cfg, 1, 1)
+        if layer == g.n_layers - 1:  # only the final position matters from here: one query per row
+            rows = torch.arange(final.shape[0], device=self.device)
+            within = (final - start).clamp(min=0)
+            _, z = fw.attend(layer, q[rows, final][:, None], k, v, final[:, None], per_query_head=True)
+            stream, out_clean, attn_clean = (t[rows, within][:, None] for t in (stream, out_clean, attn_clean))
+            start = 0  # the rows now hold their final positions only
+            final = torch.zeros_like(final)
+        else:
+            _, z = fw.attend(layer, q[:, start:], k, v, suffix, per_query_head=True)
+        out_new = torch.einsum("bpe,ed->bpd", z[:, :, 0], fw.w.W_O[layer, head])
+        attn = attn_clean + out_new - out_clean
         if self.arch.parallel:
             mlp_in = stream
         else:
             mlp_in = stream + attn
         x = stream + attn + fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
+        if layer == g.n_layers - 1:
+            return self._per_prompt(x[:, 0], None)
         return self._finish(x, layer + 1, start, n_cfg)
 
     def _attn_clean(self, layer: int) -> Tensor:
@@ -823,9 +878,16 @@ class GraphRunner:
 
 def _through_norm(fw: ForwardPass, x: Tensor, read: Float[Tensor, "batch pos receiver d_model"]) -> Tensor:
     """Gradients with respect to the stream ``x`` a pre-norm reads, one per receiver, from the gradients
-    ``read`` with respect to each receiver's normalised input (the norm's vector-Jacobian product)."""
-    _, vjp = torch.func.vjp(fw.norm, x)
-    return torch.func.vmap(lambda cotangent: vjp(cotangent)[0], in_dims=2, out_dims=2)(read)
+    ``read`` with respect to each receiver's normalised input: the norm's vector-Jacobian product, in
+    closed form. With ``y = norm(x)`` and ``s`` the root mean square it divided by: RMSNorm gives
+    ``(g - y * mean(g * y)) / s``; LayerNorm (which centres first) also subtracts ``mean(g)``."""
+    centred = x - x.mean(dim=-1, keepdim=True) if fw.arch.normalization == "LN" else x
+    scale = (centred.pow(2).mean(dim=-1, keepdim=True) + fw.arch.eps).sqrt()  # [batch, pos, 1]
+    y = (centred / scale)[:, :, None]  # [batch, pos, 1, d_model]
+    g = read - y * (read * y).mean(dim=-1, keepdim=True)
+    if fw.arch.normalization == "LN":
+        g = g - read.mean(dim=-1, keepdim=True)
+    return g / scale[:, :, None]
 
 
 def _slices(n: int, size: int) -> Iterator[slice]:

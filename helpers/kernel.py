@@ -88,7 +88,11 @@ class TemplateKernel:
 
         self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
         # the kernel app logs errors only: its warning about TCP on localhost is not for a researcher
-        run_sync(self.km.start_kernel)(cwd=str(cwd), env=kernel_environment(), extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        run_sync(self.km.start_kernel)(cwd=str(cwd), env=kernel_environment(), extra_arguments=[
+            "--IPKernelApp.log_level=ERROR",
+            # no input history: a kernel that runs several notebooks would otherwise print "Session/line
+            # number was not unique in database" into one of them, and nothing reads the history
+            "--HistoryManager.enabled=False"])
 
     def run(self, template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
         """Empty the namespace, then execute ``template`` (see :func:`execute_template`)."""

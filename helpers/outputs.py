@@ -117,7 +117,7 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
          log: Any = print) -> dict[str, Any]:
     """Move a successful run's notebooks, pages and results from ``staging`` into ``output_dir`` (see the
     module docstring); returns the ``results.json`` written there."""
-    from helpers.results import FORMAT_VERSION, results_file, write_json
+    from helpers.results import CIRCUIT_FILE, FORMAT_VERSION, results_file, write_json
 
     previous_path = output_dir / "results.json"
     previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else None
@@ -139,6 +139,8 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
     for name in names:
         os.replace(staging / f"{name}.ipynb", output_dir / f"{name}.ipynb")
         os.replace(staging / f"{name}.html", output_dir / f"{name}.html")
+    if (staging / CIRCUIT_FILE).is_file():  # written by circuit_discovery (a partial run without it keeps the old)
+        os.replace(staging / CIRCUIT_FILE, output_dir / CIRCUIT_FILE)
     results = results_file(results["task"], results["templates"], results["provenance"])
     write_json(output_dir / "results.json", results)
     shutil.rmtree(output_dir / "failed", ignore_errors=True)

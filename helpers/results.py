@@ -218,6 +218,23 @@ def save_template_results(results_path: str | None, template: str, results: dict
     write_json(results_path, section)
 
 
+CIRCUIT_FILE = "circuit.json"
+
+
+def circuit_file_path(results_path: str | None, *, task: Any = None) -> Path | None:
+    """Where this run's circuit file is (:func:`helpers.discovery.write_circuit_file`): beside the
+    template's results in a run; by hand (``results_path`` None), ``notebooks/<task>/circuit.json`` of
+    the last run when ``task`` is given and it exists; else None."""
+    if results_path is not None:
+        return Path(results_path).with_name(CIRCUIT_FILE)
+    if task is None:
+        return None
+    from helpers.paths import NOTEBOOKS_DIR
+
+    last = NOTEBOOKS_DIR / task.name / CIRCUIT_FILE
+    return last if last.is_file() else None
+
+
 def load_earlier_results(results_path: str | None, names: list[str], *, task: Any = None) -> dict[str, Any]:
     """Results of earlier templates, by template name.
 

@@ -44,7 +44,8 @@ from helpers.results import results_file, write_json
 from helpers.taskfile import TaskError, TaskSpec, available_tasks, load_task, resolve_task_path
 
 # Templates run in this order (later ones read the earlier ones' results); others follow by name.
-TEMPLATE_ORDER = ("dla", "patching", "head_functions", "copy_scores", "circuit", "mlp_neurons", "vector_arithmetic")
+TEMPLATE_ORDER = ("dla", "patching", "head_functions", "copy_scores", "circuit_discovery", "circuit", "mlp_neurons",
+                  "vector_arithmetic")
 # Templates that read several tasks' results instead of running on one task.
 CROSS_TASK_TEMPLATES = ("compare",)
 # What the comparison reads from each task's results.json.

@@ -239,7 +239,8 @@ def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
     if trace.line is not None and trace.line.dash in ("dash", "dot"):
         style["linestyle"] = "--" if trace.line.dash == "dash" else ":"
     if "lines" in mode:
-        ax.plot(xs, ys, marker="o" if "markers" in mode else None, markersize=4, linewidth=1.5, label=_label(trace),
+        width = float(trace.line.width) if trace.line is not None and trace.line.width else 1.5
+        ax.plot(xs, ys, marker="o" if "markers" in mode else None, markersize=4, linewidth=width, label=_label(trace),
                 **style)
     elif "markers" in mode:
         size = trace.marker.size if trace.marker is not None and isinstance(trace.marker.size, (int, float)) else 7

@@ -116,3 +116,28 @@ def test_differences_beyond_noise_are_those_whose_intervals_are_apart(tmp_path: 
     assert line.startswith("4 of 5 figures compared between tasks differ beyond prompt noise; the largest: "
                            "mean logit difference, a 3.000 vs b 1.000")
     assert compare.describe_differences([]).startswith("no figure has an interval in two tasks")
+
+
+def test_roles_and_edges_are_compared_task_by_task(tmp_path: Path) -> None:
+    def circuit_section(roles: dict[str, str], edges: list[tuple[str, str, str | None]]) -> dict[str, Any]:
+        return {"roles": {h: {"role": r, "confidence": 1.0, "evidence": ["by hand"]} for h, r in roles.items()},
+                "edges": [{"sender": s, "receiver": r, "input": i, "score": 0.5, "method": "path_patching"}
+                          for s, r, i in edges]}
+
+    for task, roles, edges in (
+        ("a", {"L0H0": "induction", "L1H2": "name_mover"}, [("L0H0", "L1H2", "q"), ("L1H2", "logits", None)]),
+        ("b", {"L0H0": "induction", "L1H2": "copy"}, [("L0H0", "L1H2", "q"), ("L0H1", "L1H2", "k")]),
+        ("c", {}, []),
+    ):
+        write_results(tmp_path, task, [[0.9, 0.0, 0.1], [0.0, 0.2, -0.8]])
+        data = json.loads((tmp_path / task / "results.json").read_text())
+        if roles:
+            data["templates"]["circuit_discovery"] = circuit_section(roles, edges)
+        (tmp_path / task / "results.json").write_text(json.dumps(data))
+    both = compare.compare_circuits(compare.load_task_results(["a", "b"], tmp_path))
+    assert both.roles == {"L0H0": {"a": "induction", "b": "induction"}, "L1H2": {"a": "name_mover", "b": "copy"}}
+    assert both.same_role == ["L0H0"] and both.shared_edges == ["L0H0->L1H2<q>"]
+    assert both.jaccard[0, 1] == pytest.approx(1 / 3) and both.missing == []
+    with_c = compare.compare_circuits(compare.load_task_results(["a", "b", "c"], tmp_path))
+    assert with_c.missing == ["c"] and with_c.shared_edges == [] and with_c.same_role == []
+    assert torch.isnan(with_c.jaccard[2, 2]) and with_c.jaccard[0, 2] == 0.0

@@ -30,7 +30,7 @@ import torch
 from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, assert_matches
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
-from helpers import circuit
+from helpers import circuit, discovery, head_roles
 from helpers.architectures import describe
 from helpers.forward import UnsupportedArchitecture
 from helpers.graph import (
@@ -193,11 +193,16 @@ def test_a_node_circuit_under_each_ablation_is_the_circuit_notebooks_hook_evalua
                 for k in ABLATION_KINDS}) == 3, "the three ablations give three different figures"
 
 
-def receivers(toy: Toy) -> list[str]:
-    """Receivers whose every incoming path is compared: heads indexed as the hooks lay them out (a key or
-    value input of a grouped model is its key/value head's, read by every head of the group)."""
+def paths_to_check(toy: Toy) -> list[tuple[str, str]]:
+    """(sender, receiver) pairs compared: every input kind and every kind of sender (the input, heads of
+    both layers, both MLPs). Heads are indexed as the hooks lay them out (a key or value input of a
+    grouped model is its key/value head's, read by every head of the group)."""
     kv_head = min(1, describe(toy.model).n_kv_heads - 1)
-    return ["L1H1<q>", f"L1H{kv_head}<k>", "L1H0<v>", "MLP0", "MLP1", "logits"]
+    into_layer_1 = [(s, r) for r in ("L1H1<q>", f"L1H{kv_head}<k>", "L1H0<v>") for s in ("input", "L0H2", "L0H0", "MLP0")]
+    pairs = into_layer_1 + [(s, "MLP0") for s in ("input", "L0H1", "L0H3")] + [
+        (s, "MLP1") for s in ("input", "MLP0", "L1H2")] + [(s, "logits") for s in ("input", "L0H0", "MLP0", "L1H2", "MLP1")]
+    graph = toy.runner.graph  # parallel blocks: an MLP does not read its own layer's heads
+    return [(s, r) for s, r in pairs if graph.real[graph.sender_index(s), graph.receiver_index(r)]]
 
 
 def ours_like_the_hooks(toy: Toy, sender: str, receiver: str) -> float:
@@ -215,13 +220,11 @@ def ours_like_the_hooks(toy: Toy, sender: str, receiver: str) -> float:
 def test_exact_path_patching_is_the_ioi_papers_algorithm_through_the_models_hooks(toy: Toy) -> None:
     if toy.architecture in NO_SPLIT_INPUTS:
         pytest.skip(f"the bridge has no per-head query/key/value inputs for {toy.architecture}")
-    graph = toy.runner.graph
     ours, hooks, names = [], [], []
-    for receiver in receivers(toy):
-        for sender in graph.senders[: graph.prefix[graph.receiver_index(receiver)]]:
-            ours.append(ours_like_the_hooks(toy, sender, receiver))
-            hooks.append(hook_path_patching(toy.model, toy.prompts, sender, receiver))
-            names.append(f"{sender}->{receiver}")
+    for sender, receiver in paths_to_check(toy):
+        ours.append(ours_like_the_hooks(toy, sender, receiver))
+        hooks.append(hook_path_patching(toy.model, toy.prompts, sender, receiver))
+        names.append(f"{sender}->{receiver}")
     assert_matches(torch.tensor(ours), torch.tensor(hooks), FLOAT32_PATCHING, what=f"{toy.architecture} path patching")
 
 
@@ -326,3 +329,106 @@ def test_faithfulness_by_edges_at_mibs_sizes(demo: tuple[Any, PromptSet, GraphRu
     resample = runner.faithfulness_by_edges(scores, "resample")
     # the planted circuit's dozen edges already do the task: faithful from 5% of the edges on
     assert min(resample.faithfulness[5:]) > 0.95 and resample.cpr > 0.9 and resample.cmd < 0.1
+
+
+# -- discovery on the demo: the walk, the roles, the diagram, the circuit file --------------------------------
+
+
+@pytest.fixture(scope="module")
+def discovered(demo: tuple[Any, PromptSet, GraphRunner]) -> dict[str, Any]:
+    model, prompts, runner = demo
+    walk = discovery.walk_paths(runner)
+    spec = load_task("ioi_abc").with_overrides(n_prompts=16)
+    roles = head_roles.assign_roles(head_roles.measure_evidence(model, prompts, runner, spec=spec))
+    runner.eap_ig(steps=5)  # where each node acts comes from the last attribution
+    return {"walk": walk, "roles": roles, "diagram": discovery.build_diagram(runner, walk.edges, roles)}
+
+
+def planted_names() -> dict[str, str]:
+    return {f"L{layer}H{head}": role for role, (layer, head) in (
+        ("previous_token", PLANTED_IOI.previous_token), ("duplicate_token", PLANTED_IOI.duplicate_token),
+        ("induction", PLANTED_IOI.induction), ("s_inhibition", PLANTED_IOI.s_inhibition),
+        ("name_mover", PLANTED_IOI.name_mover), ("negative_name_mover", PLANTED_IOI.negative_name_mover))}
+
+
+def test_the_role_labeller_names_every_planted_head_and_calls_the_others_unknown(discovered: dict[str, Any]) -> None:
+    roles = discovered["roles"]
+    assert len(roles) == 12 and all(r.role in head_roles.ROLE_VOCABULARY for r in roles.values())
+    assert {h: r.role for h, r in roles.items() if r.role != "unknown"} == planted_names()
+    assert all(r.evidence for r in roles.values())  # never a label without evidence
+    mover = roles[f"L{PLANTED_IOI.name_mover[0]}H{PLANTED_IOI.name_mover[1]}"]
+    assert any(e.startswith("direct effect +") for e in mover.evidence) and any("copy score" in e for e in mover.evidence)
+    s_inhibition = roles[f"L{PLANTED_IOI.s_inhibition[0]}H{PLANTED_IOI.s_inhibition[1]}"]
+    assert any("query" in e for e in s_inhibition.evidence) and s_inhibition.confidence == 1.0
+
+
+def test_the_rules_on_evidence_made_by_hand() -> None:
+    E = head_roles.HeadEvidence
+    roles = head_roles.assign_roles({
+        "mover": E(direct_effect=0.3, copy=0.9),
+        "weak": E(direct_effect=0.12, copy=0.9),  # just over the effect threshold: low confidence
+        "backup": E(direct_effect=0.02, direct_effect_without_movers=0.25, copy=0.8),
+        "inhibitor": E(direct_effect=0.0, query_paths={"mover": 0.4}),
+        "misses": E(direct_effect=0.09, copy=0.2),  # nothing passes
+        "copier": E(direct_effect=0.0, copy=0.7),
+        "both": E(direct_effect=0.0, induction=0.9, previous_token=0.5),
+    })
+    assert {h: r.role for h, r in roles.items()} == {
+        "mover": "name_mover", "weak": "name_mover", "backup": "backup_name_mover", "inhibitor": "s_inhibition",
+        "misses": "unknown", "copier": "copy", "both": "induction"}
+    # the weakest piece: copy 0.9 / (2 * 0.5) for the mover; effect 0.12 / (2 * 0.1) for the weak one
+    assert roles["mover"].confidence == pytest.approx(0.9) and roles["weak"].confidence == pytest.approx(0.6)
+    assert roles["misses"].confidence == pytest.approx(1 - 0.45) and "direct effect 0.09" in roles["misses"].evidence[0]
+    assert any("previous-token score" in e for e in roles["both"].evidence)  # every piece of evidence listed
+
+
+def test_the_walk_follows_the_planted_paths_down_from_the_logits(discovered: dict[str, Any]) -> None:
+    walk = discovered["walk"]
+    names = {e.name for e in walk.edges}
+    dup, s_inhibition, mover = (f"L{layer}H{head}" for layer, head in (
+        PLANTED_IOI.duplicate_token, PLANTED_IOI.s_inhibition, PLANTED_IOI.name_mover))
+    assert {f"{mover}->logits", f"{s_inhibition}->{mover}<q>", f"{dup}->{s_inhibition}<k>"} <= names
+    assert walk.receivers[0] == mover and {s_inhibition, dup} <= set(walk.receivers)
+    assert all(abs(e.score) >= walk.threshold for e in walk.edges)
+    heads_on_edges = {n for e in walk.edges for n in (e.sender, e.receiver) if n.startswith("L")}
+    assert heads_on_edges <= set(planted_names())  # no head without a job is on a path
+
+
+def test_the_diagram_places_nodes_by_layer_and_where_they_act(discovered: dict[str, Any]) -> None:
+    graph = discovered["diagram"].graph
+    dup, s_inhibition, mover = (f"L{layer}H{head}" for layer, head in (
+        PLANTED_IOI.duplicate_token, PLANTED_IOI.s_inhibition, PLANTED_IOI.name_mover))
+    assert graph.nodes[mover]["position"] == "end" and graph.nodes[s_inhibition]["position"] == "end"
+    assert graph.nodes[dup]["position"] == "S"  # the duplicate-token head acts at the repeated name
+    assert graph.nodes[mover]["role"] == "name_mover" and graph.nodes[mover]["layer"] == PLANTED_IOI.name_mover[0]
+    assert graph.edges[s_inhibition, mover]["inputs"] == ["q"] and graph.edges[dup, s_inhibition]["inputs"] == ["k"]
+    assert all(node == "logits" or any(True for _ in graph.successors(node)) for node in graph.nodes)
+
+
+def test_the_circuit_file_round_trips_and_circuit_ipynb_reads_it(discovered: dict[str, Any], tmp_path: Path,
+                                                              demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    model, prompts, runner = demo
+    circuit_ = discovery.circuit_of_walk(runner, discovered["walk"])
+    path = discovery.write_circuit_file(tmp_path / "circuit.json", circuit_, roles=discovered["roles"], task="ioi_abc")
+    data = json.loads(path.read_text())
+    assert data["format"].startswith("circuit-notebooks") and data["roles"]["L2H0"]["role"] == "name_mover"
+    assert discovery.read_circuit_file(path, runner).edges == circuit_.edges
+    result = discovery.evaluate_circuit_file(model, prompts, path)
+    assert set(result.by_ablation) == set(ABLATION_KINDS)
+    assert result.by_ablation["resample"][0].faithfulness == pytest.approx(
+        runner.evaluate(circuit_, "resample").faithfulness)
+    assert result.by_ablation["resample"][0].faithfulness > 0.9  # the planted paths do the task
+    hand = tmp_path / "hand.json"
+    hand.write_text(json.dumps({"edges": ["L2H0->logits", "L1H2->L2H0<q>"]}))
+    assert len(discovery.read_circuit_file(hand, runner)) == 2
+    assert "no circuit file evaluated" in discovery.evaluate_circuit_file(model, prompts, None).describe()
+    with pytest.raises(FileNotFoundError, match="circuit_file = .*no such file"):
+        discovery.read_circuit_file(tmp_path / "missing.json", runner)
+
+
+def test_direct_effects_are_path_patching_into_the_logits(demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    _, _, runner = demo
+    direct = runner.direct_effects()
+    patched = runner.path_patching("logits")
+    assert_matches(direct, torch.tensor([patched[n] for n in runner.graph.senders]), FLOAT32_PATCHING,
+                   what="direct effects against path patching into the logits")

@@ -22,6 +22,9 @@ from helpers import (
     circuit,
     compare,
     copy_scores,
+    discovery,
+    graph,
+    head_roles,
     head_scores,
     neurons,
     plotting,
@@ -63,7 +66,16 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
                                         {"mean logit difference": (2.0 * sign, (2.0 * sign - 0.5, 2.0 * sign + 0.25)),
                                          "output patching of L1H0": (0.4, (0.3, 0.5))})
                     for name, sign in (("a", 1.0), ("b", -1.0))]
+    runner = graph.GraphRunner(toy_model, ioi_prompts)
+    walk = discovery.walk_paths(runner, threshold=0.05, max_receivers=4)
+    edge_scores = runner.eap()
+    roles = {name: head_roles.HeadRole("name_mover" if name == "L1H0" else "unknown", 1.0, ("by hand",))
+             for name in runner.graph.senders if name.startswith("L")}
     return {
+        "runner": runner, "walk": walk, "edge_curves": [runner.faithfulness_by_edges(edge_scores, "resample",
+                                                                                    fractions=(0.1, 0.5, 1.0))],
+        "by_ablation": {kind: [runner.evaluate(edge_scores.circuit(10), kind)] for kind in graph.ABLATION_KINDS},
+        "diagram": discovery.build_diagram(runner, walk.edges, roles),
         "cache": cache, "prompts": ioi_prompts, "anchors": engine.anchors(),
         "logit_diff": attribution.compute_logit_diff(cache, ioi_prompts),
         "lens": attribution.compute_logit_lens(cache),
@@ -294,6 +306,47 @@ def check_task_matrix(r: dict[str, Any]) -> go.Figure:
     trace = fig.data[0]
     assert values_of(trace, "z") == values.tolist() and values_of(trace, "text") == [["1.00", "-0.50"], ["-0.50", "1.00"]]
     assert (trace.zmin, trace.zmax, trace.zmid) == (-1, 1, 0)
+    return fig
+
+
+def check_path_map(r: dict[str, Any]) -> go.Figure:
+    walk, senders = r["walk"], r["runner"].graph.senders
+    [receiver, *_] = [name for name in walk.receivers if name.startswith("L")]  # a head: three inputs
+    fig = plotting.plot_path_map(walk, receiver, senders)
+    trace = fig.data[0]
+    assert list(trace.y) == ["q", "k", "v"] and list(trace.x) == [s for s in senders if s in walk.maps[f"{receiver}<q>"]]
+    assert values_of(trace, "z")[1] == [walk.maps[f"{receiver}<k>"][s] for s in trace.x]
+    assert trace.zmid == 0 and trace.zmax == -trace.zmin
+    return fig
+
+
+def check_edge_faithfulness(r: dict[str, Any]) -> go.Figure:
+    [curve] = r["edge_curves"]
+    fig = plotting.plot_edge_faithfulness(r["edge_curves"])
+    assert list(fig.data[0].y) == list(curve.faithfulness) and list(fig.data[0].customdata) == list(curve.n_edges)
+    assert f"CPR {curve.cpr:.2f}" in fig.data[0].name and list(fig.layout.xaxis.ticktext) == ["10%", "50%", "100%"]
+    return fig
+
+
+def check_ablation_kinds(r: dict[str, Any]) -> go.Figure:
+    fig = plotting.plot_ablation_kinds(r["by_ablation"])
+    assert [t.y[0] for t in fig.data] == [rows[0].faithfulness for rows in r["by_ablation"].values()]
+    assert len({t.name for t in fig.data}) == 3
+    return fig
+
+
+def check_circuit_diagram(r: dict[str, Any]) -> go.Figure:
+    diagram = r["diagram"]
+    fig = plotting.plot_circuit_diagram(diagram)
+    *edges, nodes = fig.data
+    assert len(edges) == diagram.graph.number_of_edges() and len(nodes.x) == diagram.graph.number_of_nodes()
+    labels = dict(zip(diagram.graph.nodes, nodes.text))
+    if "L1H0" in labels:
+        assert labels["L1H0"] == "L1H0<br>name mover"
+    assert {round(x) for x in nodes.x} <= set(range(-1, 3))  # input, layers 0-1, logits
+    widths = [t.line.width for t in edges]
+    scores = [abs(d["score"]) for _, _, d in diagram.graph.edges(data=True)]
+    assert widths.index(max(widths)) == scores.index(max(scores))  # the strongest edge is the widest
     return fig
 
 

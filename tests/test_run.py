@@ -35,7 +35,8 @@ def successful_run(two_task_run: tuple[Path, list[str], int]) -> tuple[Path, lis
 
 
 # Plotly figures each executed template shows, at least (on the 2-layer toy model).
-PLOTS_AT_LEAST = {"dla": 4, "patching": 4, "head_functions": 4, "copy_scores": 4, "circuit": 4, "mlp_neurons": 5,
+PLOTS_AT_LEAST = {"dla": 4, "patching": 4, "head_functions": 4, "copy_scores": 4, "circuit_discovery": 4, "circuit": 4,
+                  "mlp_neurons": 5,
                   "vector_arithmetic": 2}
 
 
@@ -52,10 +53,11 @@ def error_outputs(path: Path) -> list[Any]:
 def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, list[str], int]) -> None:
     out, lines, code = successful_run
     assert code == 0, "\n".join(lines)
-    notebooks = ["circuit.ipynb", "copy_scores.ipynb", "dla.ipynb", "head_functions.ipynb", "mlp_neurons.ipynb",
-                 "patching.ipynb", "vector_arithmetic.ipynb"]
+    notebooks = ["circuit.ipynb", "circuit_discovery.ipynb", "copy_scores.ipynb", "dla.ipynb", "head_functions.ipynb",
+                 "mlp_neurons.ipynb", "patching.ipynb", "vector_arithmetic.ipynb"]
     pages = [name.replace(".ipynb", ".html") for name in notebooks]
-    assert sorted(p.name for p in out.iterdir()) == sorted(notebooks + pages + ["results.json", "index.html", "README.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        notebooks + pages + ["results.json", "circuit.json", "index.html", "README.md"])
     for name in notebooks:
         assert error_outputs(out / name) == [], name
     assert run.over_size_budget(out, [n.removesuffix(".ipynb") for n in notebooks]) == []  # each within 10 MB
@@ -116,6 +118,18 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     baseline = circuit["random_baseline"]
     assert baseline["size"] == size and baseline["seeds"] == [0, 1, 2, 3, 4] and len(baseline["faithfulness"]) == 5
     assert baseline["min"] <= baseline["mean"] <= baseline["max"]
+    discovery = results["templates"]["circuit_discovery"]
+    assert set(discovery["roles"]) == {f"L{layer}H{head}" for layer in range(2) for head in range(4)}  # every head
+    assert all(r["evidence"] for r in discovery["roles"].values())  # never a label without evidence
+    assert all(abs(e["score"]) >= 0.1 and e["method"] == "path_patching" for e in discovery["edges"])
+    assert [c["method"] for c in discovery["faithfulness_curves"]] == ["EAP", "EAP-IG (5 steps)", "exact patching"]
+    assert all(c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4) for c in discovery["faithfulness_curves"])
+    assert set(discovery["ablation_kinds"]) == {"resample", "mean", "zero"} and discovery["circuit_file"] == "circuit.json"
+    written = json.loads((out / "circuit.json").read_text())
+    assert written["cfg"]["n_layers"] == 2 and set(written["roles"]) == set(discovery["roles"])
+    # the file holds the walk's edges as in_graph, in MIB's spelling
+    in_graph = {name for name, edge in written["edges"].items() if edge["in_graph"]}
+    assert len(in_graph) == len({(e["sender"], e["receiver"], e["input"]) for e in discovery["edges"]})
     arithmetic = results["templates"]["vector_arithmetic"]["vector_arithmetic"]
     assert arithmetic["add_at"] == [results["templates"]["vector_arithmetic"]["layer"]] and arithmetic["scale"] == 1.0
     assert len(arithmetic["top_share"]["random"]) == 5 and arithmetic["norm"] > 0
@@ -159,8 +173,8 @@ def test_the_neuron_and_vector_figures_in_results_are_recomputed_by_hooks_on_the
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("template", ["dla", "patching", "head_functions", "copy_scores", "circuit",
-                                      "mlp_neurons", "vector_arithmetic"])
+@pytest.mark.parametrize("template", ["dla", "patching", "head_functions", "copy_scores", "circuit_discovery",
+                                      "circuit", "mlp_neurons", "vector_arithmetic"])
 def test_executed_notebook_keeps_the_questions_and_says_it_ran_on_a_toy(
     template: str, successful_run: tuple[Path, list[str], int]
 ) -> None:
@@ -294,6 +308,9 @@ def test_executed_notebooks_open_unmodified_and_hold_no_progress_bars(
                                                    "language": installed.language, "name": "python3"}, path.name
         stderr = [o.text for o in outputs_of(path) if o.output_type == "stream" and o.name == "stderr"]
         assert not [text for text in stderr if "\r" in text or "it/s" in text or "%|" in text], path.name
+        # nor the kernel's own chatter (a shared kernel's input history once printed into a notebook)
+        streams = [o.text for o in outputs_of(path) if o.output_type == "stream"]
+        assert not [text for text in streams if "History logging" in text or "not unique in database" in text], path.name
         assert NotebookNotary().check_signature(notebook), path.name  # still trusted after the metadata change
 
 
