@@ -437,7 +437,8 @@ def test_html_re_exports_without_running(two_task_run: tuple[Path, list[str], in
     lines: list[str] = []
     assert run.export_html(["greater_than"], notebooks_dir=notebooks, log=lines.append) == 0
     assert page.read_text() == before and (notebooks / "greater_than" / "index.html").is_file()
-    assert lines == [f"greater_than: 7 pages written to {notebooks / 'greater_than'}/ with index.html and README.md"]
+    assert lines == [f"greater_than: {len(run.TEMPLATE_ORDER)} pages written to {notebooks / 'greater_than'}/ "
+                     "with index.html and README.md"]
     assert run.export_html(["numseq"], notebooks_dir=notebooks) == 2
     assert "holds no executed notebooks. Fix: make run TASK=numseq" in capsys.readouterr().err
 
