@@ -177,6 +177,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
     # each executed notebook's figures get their PNGs here, while the kernel runs the next template
     images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="static-images")
     drawn = []
+    took: list[float] = []
     try:
         kernel = None if fresh_kernels else TemplateKernel(staging)
         for i, template in enumerate(plan.templates, start=1):
@@ -193,7 +194,9 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
             drawn.append(images.submit(add_static_images, notebook))
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
-            log(f"[{i}/{len(plan.templates)}] {name}: done in {time.perf_counter() - started:.1f} s")
+            took.append(time.perf_counter() - started)
+            left = remaining_estimate(took, len(plan.templates) - i)
+            log(f"[{i}/{len(plan.templates)}] {name}: done in {took[-1]:.1f} s" + (f"; {left}" if left else ""))
         for job in drawn:
             job.result()
         names = [t.stem for t in plan.templates]
@@ -268,6 +271,16 @@ def over_size_budget(folder: Path, names: list[str]) -> list[str]:
             if path.is_file() and path.stat().st_size > SIZE_BUDGET_BYTES:
                 found.append(f"{path.name} ({path.stat().st_size / 2**20:.1f} MB)")
     return found
+
+
+def remaining_estimate(took: list[float], left: int) -> str | None:
+    """What the command line says remains after a template: the mean time of the templates run so far,
+    the first left out (it also pays for loading the model), times the number left; None when nothing is
+    left or only the first has run."""
+    if left <= 0 or len(took) < 2:
+        return None
+    mean = sum(took[1:]) / len(took[1:])
+    return f"about {mean * left:.0f} s left for {left} more (at {mean:.1f} s each so far)"
 
 
 def _finish_notebooks(folder: Path, names: list[str]) -> None:

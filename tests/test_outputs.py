@@ -261,3 +261,9 @@ def test_a_notebook_or_page_over_the_size_budget_is_named(tmp_path: Path) -> Non
     with open(tmp_path / "dla.html", "wb") as page:
         page.truncate(run.SIZE_BUDGET_BYTES)
     assert run.over_size_budget(tmp_path, ["dla"]) == []
+
+
+def test_the_command_line_estimates_what_remains() -> None:
+    assert run.remaining_estimate([20.0], 5) is None  # the first template also loads the model: no basis yet
+    assert run.remaining_estimate([20.0, 4.0, 6.0], 3) == "about 15 s left for 3 more (at 5.0 s each so far)"
+    assert run.remaining_estimate([20.0, 4.0], 0) is None

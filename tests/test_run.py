@@ -142,6 +142,7 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert "name: ioi" in provenance["task_file_contents"]
     assert provenance["packages"]["transformer-lens"].startswith("4.")
     assert any("dla: done" in line for line in lines) and any("mean logit difference" in line for line in lines)
+    assert any("patching: done" in line and "s left for 6 more" in line for line in lines)  # the estimate
     assert any("patching: top heads by output patching" in line for line in lines)
     assert any("copy_scores: top copying heads" in line for line in lines)
     assert any(f"circuit: top {size} by output patching: faithfulness" in line for line in lines)
