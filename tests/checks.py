@@ -55,6 +55,13 @@ FLOAT32_REORDERED = Tolerance(1e-6, "the same float32 products summed in another
 FLOAT32_FOLDED = Tolerance(2e-5, "folded and unfolded float32 weights differ by rounding of order-10 logits")
 
 
+# A seed per architecture whose toy model (weight std 0.3) has IOI clean and corrupted runs that differ by
+# at least 0.25 in mean logit difference: effects of order 1, so the normalised metric magnifies no
+# rounding into an effect. Shared by every test that builds one toy per family.
+SEEDS = {"gpt2": 0, "gpt_neo": 3, "gpt_neox": 1, "gptj": 2, "llama": 1, "mistral": 2, "qwen2": 1, "gemma": 3,
+         "gemma2": 2, "opt": 0}
+
+
 def _close(actual: Tensor, expected: Tensor, atol: float) -> bool:
     return actual.shape == expected.shape and bool(((actual - expected).abs() <= atol).all())
 

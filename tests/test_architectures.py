@@ -23,6 +23,7 @@ from checks import (
     FLOAT32_GRADIENT,
     FLOAT32_PATCHING,
     FLOAT32_REORDERED,
+    SEEDS,
     Tolerance,
     assert_matches,
     assert_scalar_matches,
@@ -38,10 +39,6 @@ from helpers.patching import PATCH_KINDS, PatchingEngine
 from helpers.tasks import PromptSet, build_prompts, load_task
 from helpers.toy_models import TOY_ARCHITECTURES, build_toy_model
 
-# A seed per architecture whose toy model's IOI clean and corrupted runs differ by at least 0.25 in mean
-# logit difference: effects of order 1, so the normalised metric magnifies no rounding into an effect.
-SEEDS = {"gpt2": 0, "gpt_neo": 3, "gpt_neox": 1, "gptj": 2, "llama": 1, "mistral": 2, "qwen2": 1, "gemma": 3,
-         "gemma2": 2, "opt": 0}
 # The bridge hands these architectures' attention to the Hugging Face module, whose pattern is only a
 # copy once computed: a hook's edit of hook_pattern is discarded (transformer_lens.patching's pattern
 # patching changes nothing there, silently). Our hook path patches z instead.

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import torch
-from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, assert_matches
+from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, SEEDS, assert_matches
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
 from helpers import circuit, discovery, head_roles
@@ -47,8 +47,6 @@ from helpers.model import load_model
 from helpers.tasks import PromptSet, build_prompts, load_task
 from helpers.toy_models import PLANTED_IOI, TOY_ARCHITECTURES, build_toy_model, ensure_demo_model
 
-SEEDS = {"gpt2": 0, "gpt_neo": 3, "gpt_neox": 1, "gptj": 2, "llama": 1, "mistral": 2, "qwen2": 1, "gemma": 3,
-         "gemma2": 2, "opt": 0}
 NO_SPLIT_INPUTS = {"gpt_neo", "gptj", "opt"}  # the bridge has no per-head query/key/value inputs for these
 # The hook references are slow: they run on one model per kind of arithmetic (LayerNorm and learned
 # positions; parallel blocks and partial rotary; RMSNorm, gated MLPs and grouped keys and values; one
