@@ -155,18 +155,52 @@ def check_context(prompts: Any, spec: TaskSpec) -> None:
                         f"reads at most {limit}", "shorten the prompt, or use a model with a longer context")
 
 
-def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False) -> int:
+def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False, kernel: TemplateKernel | None = None) -> int:
     """Execute the plan's templates; returns the process exit code (0 on success).
 
-    The templates run one after another in one kernel (:class:`helpers.kernel.TemplateKernel`), or each
-    in a kernel of its own with ``fresh_kernels``.
+    The templates run one after another in one kernel (:class:`helpers.kernel.TemplateKernel`): ``kernel``,
+    one the caller started (and closes), or else one started and warmed up here; or each in a kernel of
+    its own with ``fresh_kernels``.
     """
     plan.output_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(plan.output_dir):
-        return _execute_locked(plan, log, fresh_kernels)
+        return _execute_locked(plan, log, fresh_kernels, kernel)
 
 
-def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
+def start_kernel(task: str, *, model: str | None = None, device: str = "auto", dtype: str = "float32",
+                 templates: list[str] | None = None, **_: Any) -> TemplateKernel | None:
+    """A kernel for ``task``'s run, already importing the helpers and converting its model while the
+    command line validates the task (:meth:`TemplateKernel.warm_up`), when one of the run's templates
+    starts a session (loads the model); None when the task file cannot even be read (validation then says
+    why)."""
+    from helpers.model import settle_hub_access
+
+    try:
+        spec = load_task(resolve_task_path(task))
+    except (TaskError, OSError, ValueError):
+        return None
+    if not loads_model(templates or available_templates()):
+        return TemplateKernel()
+    name = _model_argument(model) if model is not None else spec.model
+    settle_hub_access(name, log=lambda line: print(line, file=sys.stderr))  # before the kernel inherits the environment
+    kernel = TemplateKernel()
+    kernel.warm_up(name, device=device, dtype=dtype)
+    return kernel
+
+
+def loads_model(templates: list[str]) -> bool:
+    """Whether any of these templates (names in :data:`TEMPLATES_DIR`) starts a session, which loads the
+    model: a run of templates that do not is not worth a warm-up."""
+    for name in templates:
+        path = TEMPLATES_DIR / f"{name}.ipynb"
+        if path.is_file() and any("start_session(" in "".join(cell.get("source", ""))
+                                  for cell in json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+                                  if cell.get("cell_type") == "code"):
+            return True
+    return False
+
+
+def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: TemplateKernel | None) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
     from helpers.viz import add_static_images
@@ -174,12 +208,16 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
     results: dict[str, Any] = {}
     kernel = None
-    # each executed notebook's figures get their PNGs here, while the kernel runs the next template
-    images = ThreadPoolExecutor(max_workers=1, thread_name_prefix="static-images")
-    drawn = []
+    # each executed notebook gets its figures' PNGs and its page here, while the kernel runs the next template
+    finishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish-notebooks")
+    finished = []
     took: list[float] = []
     try:
-        kernel = None if fresh_kernels else TemplateKernel(staging)
+        kernel = given
+        if kernel is None and not fresh_kernels:
+            kernel = TemplateKernel(staging)
+            if loads_model([t.stem for t in plan.templates]):
+                kernel.warm_up(plan.spec.model, device=plan.device, dtype=plan.dtype)
         for i, template in enumerate(plan.templates, start=1):
             name = template.stem
             log(f"[{i}/{len(plan.templates)}] {name}: running on {plan.spec.model} ...")
@@ -192,16 +230,16 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
                 if notebook.is_file():
                     add_static_images(notebook)
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
-            drawn.append(images.submit(add_static_images, notebook))
+            finished.append(finishing.submit(_finish_notebooks, staging, [name]))
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             took.append(time.perf_counter() - started)
             left = remaining_estimate(took, len(plan.templates) - i)
             log(f"[{i}/{len(plan.templates)}] {name}: done in {took[-1]:.1f} s" + (f"; {left}" if left else ""))
-        for job in drawn:
-            job.result()
         names = [t.stem for t in plan.templates]
-        log(f"Exporting {len(names)} offline HTML pages ...")
-        _finish_notebooks(staging, names)
+        if not all(job.done() for job in finished):
+            log(f"Finishing the offline HTML pages ({sum(job.done() for job in finished)} of {len(names)} written) ...")
+        for job in finished:
+            job.result()
         heavy = over_size_budget(staging, names)
         if heavy:
             log(f"Warning: {', '.join(heavy)} weigh more than {SIZE_BUDGET_BYTES // 2**20} MB: GitHub may not show "
@@ -213,8 +251,8 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool) -> int:
         write_index(plan.output_dir)
     finally:
         try:
-            images.shutdown(wait=True, cancel_futures=True)
-            if kernel is not None:
+            finishing.shutdown(wait=True, cancel_futures=True)
+            if kernel is not None and kernel is not given:
                 kernel.close()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -284,19 +322,22 @@ def remaining_estimate(took: list[float], left: int) -> str | None:
 
 
 def _finish_notebooks(folder: Path, names: list[str]) -> None:
-    """Record the kernel as this environment's Jupyter names it (so JupyterLab opens the notebook
-    unmodified), trust the executed notebooks (this user's Jupyter then runs their attention views'
-    scripts, as it would for a notebook run by hand) and export each as an offline HTML page beside it."""
+    """Give the executed notebooks' figures their static PNGs, record the kernel as this environment's
+    Jupyter names it (so JupyterLab opens the notebook unmodified), trust the notebooks (this user's
+    Jupyter then runs their attention views' scripts, as it would for a notebook run by hand) and export
+    each as an offline HTML page beside it."""
     import nbformat
     from nbformat.sign import NotebookNotary
 
     from helpers.export import export_notebook
     from helpers.kernel import kernelspec_metadata
+    from helpers.viz import add_static_images
 
     notary = NotebookNotary()
     kernelspec = kernelspec_metadata()
     for name in names:
         path = folder / f"{name}.ipynb"
+        add_static_images(path)
         notebook = nbformat.read(path, as_version=4)
         if notebook.metadata.get("kernelspec") != kernelspec:
             notebook.metadata["kernelspec"] = kernelspec
@@ -319,18 +360,23 @@ def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEB
     for i, task in enumerate(tasks, start=1):
         if len(tasks) > 1:
             log(f"\n=== task {i}/{len(tasks)}: {task} ===")
+        kernel = None if fresh_kernels else start_kernel(task, **options)
         try:
-            plan = prepare_run(task, notebooks_dir=notebooks_dir, **options)
-        except (TaskError, ModelLoadError, ValueError) as err:
-            print(f"error: {err}", file=sys.stderr)
-            outcomes[task], code = "invalid: " + str(err).splitlines()[0], code or 2
-            continue
-        try:
-            ran = execute(plan, log=log, fresh_kernels=fresh_kernels)
-        except RunLockedError as err:
-            print(f"error: {err}", file=sys.stderr)
-            outcomes[task], code = "refused: another run is writing its folder", code or 2
-            continue
+            try:
+                plan = prepare_run(task, notebooks_dir=notebooks_dir, **options)
+            except (TaskError, ModelLoadError, ValueError) as err:
+                print(f"error: {err}", file=sys.stderr)
+                outcomes[task], code = "invalid: " + str(err).splitlines()[0], code or 2
+                continue
+            try:
+                ran = execute(plan, log=log, fresh_kernels=fresh_kernels, kernel=kernel)
+            except RunLockedError as err:
+                print(f"error: {err}", file=sys.stderr)
+                outcomes[task], code = "refused: another run is writing its folder", code or 2
+                continue
+        finally:
+            if kernel is not None:
+                kernel.close()
         if ran == 0:
             outcomes[task] = f"ok -> {_shown(plan.output_dir)}/"
         else:

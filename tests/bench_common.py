@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+from pathlib import Path
 from typing import Any
 
 from helpers.model import load_gpt2_tokenizer, load_model
@@ -19,18 +20,36 @@ SHAPES: dict[str, tuple[str, int, int, int, int | None]] = {
 }
 
 
-def shaped_model(shape: str = "gpt2-small") -> tuple[Any, Any]:
-    """(model, tokenizer) of one of :data:`SHAPES`, random weights, built into ``.cache/`` on first use
+def shaped_model_dir(shape: str = "gpt2-small") -> Path:
+    """The directory of one of :data:`SHAPES` with random weights, built into ``.cache/`` on first use
     (no download)."""
     architecture, n_layers, n_heads, d_model, n_kv_heads = SHAPES[shape]
-    tokenizer = load_gpt2_tokenizer()
     directory = CACHE_DIR / ("bench-gpt2-small-shape" if shape == "gpt2-small" else f"bench-{shape}-shape")
     if not (directory / "config.json").is_file():
         print(f"building a {shape}-shaped model with random weights in {directory} ...", flush=True)
         build_toy_model(directory, architecture=architecture, n_layers=n_layers, n_heads=n_heads, d_model=d_model,
-                        n_ctx=1024, n_kv_heads=n_kv_heads, tokenizer=tokenizer,
+                        n_ctx=1024, n_kv_heads=n_kv_heads, tokenizer=load_gpt2_tokenizer(),
                         description=f"random weights, {shape}'s shape, for benchmarks")
-    return load_model(str(directory), device="cpu"), tokenizer
+    return directory
+
+
+def shaped_model(shape: str = "gpt2-small") -> tuple[Any, Any]:
+    """(model, tokenizer) of one of :data:`SHAPES` (:func:`shaped_model_dir`)."""
+    return load_model(str(shaped_model_dir(shape)), device="cpu"), load_gpt2_tokenizer()
+
+
+def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's float32 matrix-multiply throughput (FLOP/s), measured now."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return repeats * 2 * n**3 / (time.perf_counter() - started)
 
 
 def gpt2_small_shaped_model() -> tuple[Any, Any]:

@@ -9,7 +9,7 @@ import argparse
 import time
 
 import torch
-from bench_common import peak_memory_mib, shaped_model
+from bench_common import matmul_flops_per_second, peak_memory_mib, shaped_model
 
 from helpers.graph import GraphRunner
 from helpers.tasks import build_prompts, load_task
@@ -31,15 +31,6 @@ def path_patching_flops(runner: GraphRunner, heads: list[str]) -> float:
         downstream = max(cfg.n_layers - 1 - layer, 0) + 2 / 3  # whole later layers (the last one: its keys, values)
         total += 3 * senders * runner.final_pos.shape[0] * positions * downstream * per_token_layer
     return total
-
-
-def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    return repeats * 2 * n**3 / (time.perf_counter() - started)
 
 
 def main() -> None:

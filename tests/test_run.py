@@ -569,3 +569,19 @@ def test_templates_share_a_kernel_but_never_a_namespace(toy_model_dir: Path, tmp
     counts = [c.execution_count for c in nbformat.read(tmp_path / "out" / "ioi" / "patching.ipynb", as_version=4).cells
               if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))
+
+
+def test_the_kernel_converts_the_model_while_the_task_is_validated(toy_model_dir: Path, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The run's kernel imports the helpers and converts the task's model while the command line validates
+    the task (the warm-up): the first template's session finds that very model. What survives the warm-up
+    and each reset is frozen out of the garbage collector's walks (helpers.kernel)."""
+    first = ("import gc\nfrom helpers import model as models\nfrom helpers.session import start_session\n"
+             "kept = list(models._KEPT.values())\nsession = start_session(task, device=device, dtype=dtype)\n"
+             + saving(warmed="len(kept) == 1 and kept[0] is session.model", frozen="gc.get_freeze_count() > 0"))
+    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=first, patching=GOOD_TEMPLATE))
+    assert run.loads_model(["dla"]) and not run.loads_model(["patching"])
+    assert run.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out",
+                         log=lambda line: None) == 0
+    section = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]["dla"]
+    assert stamps(section) == {"warmed": "True", "frozen": "True"}

@@ -1,0 +1,173 @@
+"""Benchmark of a whole run: every template on IOI, through the command line's own code (validation while
+the kernel warms up, one kernel for the templates, pages written beside it), on the demo model (3 layers,
+16 prompts) and on a GPT-2-small-shaped model (random weights, the task's default prompts).
+
+For each template it prints the time the command line waited for it, split into the time its cells ran
+(computation) and the rest (fixed cost: emptying the kernel, papermill, writing the notebook); the
+kernel's peak memory while it ran; and, from a second run under torch's FLOP counter, the multiply-adds
+its matrix products did. The run's total is printed against the budgets (issue: the demo's whole run
+<= 60 s, GPT-2 small's <= 3 min, fixed cost <= 3 s per template after the first, no template above 4 GB),
+and the FLOP total against this machine's measured matmul throughput: the least time any implementation
+doing those products could take here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bench_common import matmul_flops_per_second, shaped_model_dir
+
+from helpers import run
+from helpers.kernel import TemplateKernel
+
+BUDGETS_S = {"demo": 60.0, "gpt2-small": 180.0}
+FIXED_BUDGET_S = 3.0
+MEMORY_BUDGET_GIB = 4.0
+
+# Run in the kernel around each template when counting: torch's FLOP counter over everything the
+# template's cells compute (forward and backward matrix products, attention).
+_COUNT_START = """\
+import torch.utils.flop_counter as __fc
+__fc._suite_bench_counter = __fc.FlopCounterMode(display=False)
+__fc._suite_bench_counter.__enter__()
+del __fc
+"""
+_COUNT_STOP = """\
+import torch.utils.flop_counter as __fc
+__fc._suite_bench_counter.__exit__(None, None, None)
+print(__fc._suite_bench_counter.get_total_flops())
+del __fc._suite_bench_counter, __fc
+"""
+
+
+@dataclass
+class TemplateFigures:
+    wall: float = 0.0
+    cells: float = 0.0
+    peak_gib: float = 0.0
+    flops: float | None = None
+
+    @property
+    def fixed(self) -> float:
+        return self.wall - self.cells
+
+
+@dataclass
+class MeasuredKernel(TemplateKernel):
+    """The runner's kernel, measuring each template: the wall time of :meth:`run` (emptying included), the
+    kernel's peak resident memory during it (Linux's high-water mark, reset before each), and, when
+    ``count_flops``, the FLOPs of its cells."""
+
+    count_flops: bool = False
+    figures: dict[str, TemplateFigures] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        TemplateKernel.__init__(self)
+
+    def run(self, template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
+        figures = self.figures.setdefault(template.stem, TemplateFigures())
+        started = time.perf_counter()
+        if not self.count_flops:
+            self._reset_peak()
+            super().run(template, notebook, parameters)
+            figures.wall = time.perf_counter() - started
+            figures.peak_gib = self._peak_gib()
+            figures.cells = _cell_seconds(notebook)
+            return
+        self.empty(notebook.parent)
+        self.run_code(_COUNT_START, failure="could not start the FLOP counter")
+        from helpers.kernel import execute_template
+
+        try:
+            execute_template(template, notebook, parameters, km=self.km)
+        finally:
+            printed: list[str] = []
+            self.run_code(_COUNT_STOP, failure="could not read the FLOP counter", output=lambda message: printed.append(
+                message["content"].get("text", "")) if message.get("msg_type") == "stream" else None)
+            figures.flops = float("".join(printed).strip() or "nan")
+
+    def _reset_peak(self) -> None:
+        Path(f"/proc/{self.pid}/clear_refs").write_text("5")
+
+    def _peak_gib(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+        return float("nan")
+
+
+def _cell_seconds(notebook: Path) -> float:
+    """The time the notebook's cells ran, from papermill's per-cell start and end times."""
+    total = 0.0
+    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+        meta = cell.get("metadata", {}).get("papermill", {})
+        if meta.get("start_time") and meta.get("end_time"):
+            total += (dt.datetime.fromisoformat(meta["end_time"]) - dt.datetime.fromisoformat(meta["start_time"])).total_seconds()
+    return total
+
+
+def run_suite(model: str, n_prompts: int | None, *, count_flops: bool) -> tuple[float, dict[str, TemplateFigures]]:
+    """One run of every template on IOI into a temporary folder, as ``make run`` does it; its wall time
+    (from validation to the last page) and the figures per template."""
+    with tempfile.TemporaryDirectory(prefix="bench-suite-") as folder:
+        started = time.perf_counter()
+        kernel = MeasuredKernel(count_flops=count_flops)
+        try:
+            kernel.warm_up(model)
+            plan = run.prepare_run("ioi", model=model, n_prompts=n_prompts, notebooks_dir=Path(folder))
+            code = run.execute(plan, log=lambda line: None, kernel=kernel)
+        finally:
+            kernel.close()
+        if code != 0:
+            raise SystemExit(f"the run on {model} failed (exit code {code})")
+        return time.perf_counter() - started, kernel.figures
+
+
+def report(name: str, model: str, n_prompts: int | None, rate: float) -> None:
+    total, figures = run_suite(model, n_prompts, count_flops=False)
+    _, counted = run_suite(model, n_prompts, count_flops=True)
+    prompts = n_prompts or run.load_task(run.resolve_task_path("ioi")).n_prompts
+    print(f"\n{name}: IOI, {prompts} prompts, {len(figures)} templates")
+    print(f"  {'template':20s} {'wall':>7s} {'cells':>7s} {'fixed':>7s} {'peak':>8s} {'GFLOP':>9s} {'floor':>7s}")
+    for template, fig in figures.items():
+        flops = counted.get(template, TemplateFigures()).flops or 0.0
+        print(f"  {template:20s} {fig.wall:6.1f}s {fig.cells:6.1f}s {fig.fixed:6.1f}s {fig.peak_gib:6.2f}GiB "
+              f"{flops / 1e9:9.1f} {flops / rate:6.1f}s")
+    later = list(figures.values())[1:]
+    flops = sum((c.flops or 0.0) for c in counted.values())
+    worst_fixed = max((f.fixed for f in later), default=0.0)
+    peak = max(f.peak_gib for f in figures.values())
+    budget = BUDGETS_S[name]
+    print(f"  whole run (validation to the last page): {total:.1f} s (budget {budget:.0f} s: "
+          f"{'within' if total <= budget else 'OVER'})")
+    print(f"  of which in the templates' cells: {sum(f.cells for f in figures.values()):.1f} s; fixed cost per template "
+          f"after the first: at most {worst_fixed:.1f} s, mean {sum(f.fixed for f in later) / max(len(later), 1):.1f} s "
+          f"(budget {FIXED_BUDGET_S:.0f} s: {'within' if worst_fixed <= FIXED_BUDGET_S else 'OVER'})")
+    print(f"  FLOP floor of the cells' matrix products: {flops / 1e12:.2f} TFLOP, at least {flops / rate:.1f} s at "
+          f"{rate / 1e9:.0f} GFLOP/s")
+    print(f"  peak memory of the kernel: {peak:.2f} GiB in the worst template (budget {MEMORY_BUDGET_GIB:.0f} GiB: "
+          f"{'within' if peak <= MEMORY_BUDGET_GIB else 'OVER'})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="demo,gpt2-small", help="comma-separated: demo, gpt2-small")
+    args = parser.parse_args()
+    rate = matmul_flops_per_second()
+    print(f"this machine's float32 matmul: {rate / 1e9:.0f} GFLOP/s")
+    for name in args.models.split(","):
+        if name == "demo":
+            report("demo", "demo", 16, rate)
+        else:
+            report(name, str(shaped_model_dir(name)), None, rate)
+
+
+if __name__ == "__main__":
+    main()
