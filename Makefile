@@ -65,10 +65,11 @@ test: setup ## run the test suite, offline
 check: setup ## lint helpers/ and tests/ with ruff
 	$(VENV)/bin/ruff check helpers tests
 
-bench: setup ## time the patching engine and the copy scores against straightforward versions, and circuit discovery against its budgets
+bench: setup ## time the patching engine and the copy scores against straightforward versions, circuit discovery and a whole run against their budgets
 	$(PY) tests/bench_patching.py
 	$(PY) tests/bench_copy_scores.py
 	$(PY) tests/bench_graph.py
+	$(PY) tests/bench_suite.py
 
 lab: setup ## open JupyterLab at TASK's executed notebooks (notebooks/<task>/)
 	$(PY) -m helpers.run --lab "$(TASK)"

@@ -87,14 +87,16 @@ def walk_paths(runner: GraphRunner, *, threshold: float = EFFECT, start: int = 5
     return PathWalk(tuple(edges), tuple(explored), maps, threshold)
 
 
-def acting_positions(runner: GraphRunner, nodes: Sequence[str]) -> dict[str, str]:
+def acting_positions(runner: GraphRunner, nodes: Sequence[str], attribution: EdgeScores | None = None) -> dict[str, str]:
     """For each node (head or MLP), the word role where its output matters most: the largest mean (over
-    prompts) absolute attribution of its output at that position, through all its edges, from the
-    runner's last EAP / EAP-IG (:attr:`helpers.graph.GraphRunner.position_attribution`); before any, where
-    its output differs most between the clean and the corrupted run. ``input`` acts everywhere."""
+    prompts) absolute attribution of its output at that position, through all its edges, from
+    ``attribution`` (an EAP / EAP-IG's :attr:`helpers.graph.EdgeScores.positions`); without one, where its
+    output differs most between the clean and the corrupted run. ``input`` acts everywhere."""
     prompts = runner.prompts
-    attributed = runner.position_attribution.abs()
-    delta = attributed if bool(attributed.any()) else (runner.clean.outputs - runner.corrupted.outputs).norm(dim=-1)
+    if attribution is not None and attribution.positions is not None:
+        delta = attribution.positions.abs()
+    else:
+        delta = (runner.clean.outputs - runner.corrupted.outputs).norm(dim=-1)
     roles: dict[str, list[tuple[int, int]]] = {}
     for index, words in enumerate(prompts.word_positions):
         for word in words:
@@ -169,12 +171,12 @@ class CircuitDiagram:
 
 
 def build_diagram(runner: GraphRunner, edges: Sequence[Edge], roles: dict[str, HeadRole], *,
-                  method: str = "path_patching") -> CircuitDiagram:
-    """The diagram of ``edges`` (e.g. a :class:`PathWalk`'s), nodes labelled with ``roles``; only nodes on a
-    path to the logits are kept."""
+                  attribution: EdgeScores | None = None, method: str = "path_patching") -> CircuitDiagram:
+    """The diagram of ``edges`` (e.g. a :class:`PathWalk`'s), nodes labelled with ``roles`` and placed where
+    they act (:func:`acting_positions`, from ``attribution``); only nodes on a path to the logits are kept."""
     g = nx.DiGraph()
     names = sorted({e.sender for e in edges} | {e.receiver for e in edges}, key=_node_order)
-    acting = acting_positions(runner, [n for n in names if n not in ("input", "logits")])
+    acting = acting_positions(runner, [n for n in names if n not in ("input", "logits")], attribution)
     order = position_order(runner)
     n_layers = runner.graph.n_layers
     for name in names:

@@ -133,18 +133,20 @@ def head_table(positive: Sequence[HeadScore], negative: Sequence[HeadScore], *, 
                intervals: Mapping[str, Interval] | None = None) -> pd.DataFrame:
     """The strongest positive and negative heads side by side (each list holds only heads of its sign, so
     one may be shorter: its rows are left empty), with each head's 95% interval where ``intervals`` has it."""
-    rows = max(len(positive), len(negative))
-
-    def pad(values: list[object]) -> list[object]:
-        return values + [None] * (rows - len(values))
-
     columns: dict[str, list[object]] = {}
     for sign, heads in (("positive", positive), ("negative", negative)):
-        columns[f"{sign} head"] = pad([h.name for h in heads])
-        columns[f"{sign} {value_name}"] = pad([h.value for h in heads])
+        columns[f"{sign} head"] = [h.name for h in heads]
+        columns[f"{sign} {value_name}"] = [h.value for h in heads]
         if intervals:
-            columns[f"{sign} 95% interval"] = pad([str(intervals[h.name]) if h.name in intervals else "" for h in heads])
-    return pd.DataFrame(columns, index=pd.RangeIndex(1, rows + 1, name="rank"))
+            columns[f"{sign} 95% interval"] = [str(intervals[h.name]) if h.name in intervals else "" for h in heads]
+    return _ranked_columns(columns)
+
+
+def _ranked_columns(columns: Mapping[str, list[object]]) -> pd.DataFrame:
+    """A table ranked from 1 whose columns may differ in length: the shorter ones are left empty below."""
+    rows = max((len(values) for values in columns.values()), default=0)
+    return pd.DataFrame({name: list(values) + [None] * (rows - len(values)) for name, values in columns.items()},
+                        index=pd.RangeIndex(1, rows + 1, name="rank"))
 
 
 def top_predictions_table(result: TopPredictions) -> pd.DataFrame:
@@ -307,12 +309,13 @@ def plot_copy_scores(scores: CopyScores, *, negative: bool = False) -> go.Figure
 
 
 def copy_score_table(scores: CopyScores, k: int) -> pd.DataFrame:
-    """The top ``k`` copying and negative copying heads, side by side."""
+    """The top ``k`` copying and negative copying heads, side by side (only heads above 0% are listed, so
+    one side may be shorter: its rows are left empty)."""
     copying, negative = scores.top(k), scores.top(k, negative=True)
-    return pd.DataFrame({
+    return _ranked_columns({
         "copying head": [h.name for h in copying], "copy score": [h.value for h in copying],
         "negative head": [h.name for h in negative], "negative copy score": [h.value for h in negative],
-    }, index=pd.RangeIndex(1, len(copying) + 1, name="rank"))
+    })
 
 
 def copy_scores_by_role_table(scores: CopyScores, heads: Sequence[HeadScore], *, negative: bool = False) -> pd.DataFrame:

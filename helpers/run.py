@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,11 @@ def prepare_run(
     dtype: str = "float32",
     templates: list[str] | None = None,
     notebooks_dir: Path = NOTEBOOKS_DIR,
+    when_checked: Callable[[TaskSpec, list[str]], None] | None = None,
 ) -> RunPlan:
-    """Validate everything that can be validated without running the model.
+    """Validate everything that can be validated without running the model. ``when_checked`` is called with
+    the spec and the templates once the task file, the command line and the template list are valid,
+    before the tokenizer loads (the runner starts its kernel's warm-up there).
 
     Raises:
         TaskError, ModelLoadError, ValueError: with a message naming the problem and the fix.
@@ -110,6 +114,8 @@ def prepare_run(
     if repeated:
         raise ValueError(f"TEMPLATES={','.join(chosen)}: {', '.join(repeated)} listed more than once. "
                          "Fix: list each template once.")
+    if when_checked is not None:
+        when_checked(spec, list(chosen))
     prompts = build_prompts(spec, load_tokenizer(spec.model), prepend_bos=prepends_bos(spec.model))
     check_context(prompts, spec)
     return RunPlan(
@@ -167,25 +173,27 @@ def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False, ker
         return _execute_locked(plan, log, fresh_kernels, kernel)
 
 
-def start_kernel(task: str, *, model: str | None = None, device: str = "auto", dtype: str = "float32",
-                 templates: list[str] | None = None, **_: Any) -> TemplateKernel | None:
-    """A kernel for ``task``'s run, already importing the helpers and converting its model while the
-    command line validates the task (:meth:`TemplateKernel.warm_up`), when one of the run's templates
-    starts a session (loads the model); None when the task file cannot even be read (validation then says
-    why)."""
-    from helpers.model import settle_hub_access
+@dataclass
+class KernelWarmer:
+    """:func:`prepare_run`'s ``when_checked`` for one task's run: once the task is checked, it starts the
+    run's kernel and its warm-up (:meth:`TemplateKernel.warm_up`), so the model converts while the
+    tokenizer loads and the prompts are checked; nothing with ``fresh`` kernels, or when no template loads
+    the model. :meth:`close` stops the kernel."""
 
-    try:
-        spec = load_task(resolve_task_path(task))
-    except (TaskError, OSError, ValueError):
-        return None
-    if not loads_model(templates or available_templates()):
-        return TemplateKernel()
-    name = _model_argument(model) if model is not None else spec.model
-    settle_hub_access(name, log=lambda line: print(line, file=sys.stderr))  # before the kernel inherits the environment
-    kernel = TemplateKernel()
-    kernel.warm_up(name, device=device, dtype=dtype)
-    return kernel
+    device: str = "auto"
+    dtype: str = "float32"
+    fresh: bool = False
+    kernel: TemplateKernel | None = None
+
+    def __call__(self, spec: TaskSpec, templates: list[str]) -> None:
+        if not self.fresh and self.kernel is None and loads_model(templates):
+            self.kernel = TemplateKernel()
+            self.kernel.warm_up(spec.model, device=self.device, dtype=self.dtype)
+
+    def close(self) -> None:
+        if self.kernel is not None:
+            self.kernel.close()
+            self.kernel = None
 
 
 def loads_model(templates: list[str]) -> bool:
@@ -360,23 +368,22 @@ def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEB
     for i, task in enumerate(tasks, start=1):
         if len(tasks) > 1:
             log(f"\n=== task {i}/{len(tasks)}: {task} ===")
-        kernel = None if fresh_kernels else start_kernel(task, **options)
+        warmer = KernelWarmer(options.get("device", "auto"), options.get("dtype", "float32"), fresh=fresh_kernels)
         try:
             try:
-                plan = prepare_run(task, notebooks_dir=notebooks_dir, **options)
+                plan = prepare_run(task, notebooks_dir=notebooks_dir, when_checked=warmer, **options)
             except (TaskError, ModelLoadError, ValueError) as err:
                 print(f"error: {err}", file=sys.stderr)
                 outcomes[task], code = "invalid: " + str(err).splitlines()[0], code or 2
                 continue
             try:
-                ran = execute(plan, log=log, fresh_kernels=fresh_kernels, kernel=kernel)
+                ran = execute(plan, log=log, fresh_kernels=fresh_kernels, kernel=warmer.kernel)
             except RunLockedError as err:
                 print(f"error: {err}", file=sys.stderr)
                 outcomes[task], code = "refused: another run is writing its folder", code or 2
                 continue
         finally:
-            if kernel is not None:
-                kernel.close()
+            warmer.close()
         if ran == 0:
             outcomes[task] = f"ok -> {_shown(plan.output_dir)}/"
         else:

@@ -346,8 +346,9 @@ def discovered(demo: tuple[Any, PromptSet, GraphRunner]) -> dict[str, Any]:
     walk = discovery.walk_paths(runner)
     spec = load_task("ioi_abc").with_overrides(n_prompts=16)
     roles = head_roles.assign_roles(head_roles.measure_evidence(model, prompts, runner, spec=spec))
-    runner.eap_ig(steps=5)  # where each node acts comes from the last attribution
-    return {"walk": walk, "roles": roles, "diagram": discovery.build_diagram(runner, walk.edges, roles)}
+    attribution = runner.eap_ig(steps=5)  # where each node acts
+    return {"walk": walk, "roles": roles,
+            "diagram": discovery.build_diagram(runner, walk.edges, roles, attribution=attribution)}
 
 
 def planted_names() -> dict[str, str]:
@@ -438,3 +439,13 @@ def test_direct_effects_are_path_patching_into_the_logits(demo: tuple[Any, Promp
     patched = runner.path_patching("logits")
     assert_matches(direct, torch.tensor([patched[n] for n in runner.graph.senders]), FLOAT32_PATCHING,
                    what="direct effects against path patching into the logits")
+
+
+def test_suffix_sums_are_the_cumulative_sums_they_replace() -> None:
+    """Each sender's sum over the receivers it feeds, without copies, equals flip-cumsum-flip to the bit."""
+    torch.manual_seed(0)
+    summed = torch.randn(445, 4, 18, 32)
+    runner = GraphRunner.__new__(GraphRunner)  # only the graph's size and the senders' first receivers
+    runner._first_fed = torch.sort(torch.randint(0, 445, (157,))).values
+    runner.graph = Graph(12, 12, False)
+    assert torch.equal(runner._suffix_sums(summed), summed.flip(0).cumsum(0).flip(0)[runner._first_fed])

@@ -442,3 +442,20 @@ def test_the_runner_adds_the_static_image_a_kernel_left_out(tmp_path: Path) -> N
     [output] = nbformat.read(path, as_version=4).cells[0].outputs
     assert set(output.data) == {viz.PLOTLY_MIME, "image/png"}
     assert output.data["image/png"] == viz.StaticImageRenderer().to_mimebundle(figure.to_plotly_json())["image/png"]
+
+
+def test_copy_score_table_leaves_the_shorter_side_empty() -> None:
+    """Only heads above 0% are listed, so one side can be shorter (it raised on a GPT-2-shaped model with
+    random weights, where fewer heads copy negatively than positively)."""
+    from helpers.copy_scores import CopyInputs, CopyScores
+
+    in_top = torch.zeros(2, 2, 2, dtype=torch.bool)
+    in_top[0, 1] = True  # L0H1 copies both words, L1H0 one
+    in_top[1, 0, 0] = True
+    negative = torch.zeros(2, 2, 2, dtype=torch.bool)
+    negative[0, 0, 0] = True  # only L0H0 copies negatively
+    inputs = CopyInputs(prompt_index=torch.tensor([0, 0]), position=torch.tensor([1, 2]), token=torch.tensor([5, 6]),
+                        roles=("IO", "S"), str_tokens=(" A", " B"))
+    table = plotting.copy_score_table(CopyScores(in_top, negative, inputs, k=5), 5)
+    assert list(table["copying head"]) == ["L0H1", "L1H0"] and list(table.index) == [1, 2]
+    assert table["negative head"].tolist()[0] == "L0H0" and table["negative copy score"].isna().tolist() == [False, True]
