@@ -199,8 +199,15 @@ class TemplateKernel:
             client.stop_channels()
 
     def close(self) -> None:
+        import asyncio
+
+        from jupyter_core.utils import ensure_event_loop
         from nbclient.util import run_sync
 
+        # A run stopped in the middle of a cell (Ctrl-C) leaves nbclient's tasks pending on this thread's
+        # event loop: the shutdown below would wake them, and they would report the kernel's death.
+        for task in asyncio.all_tasks(ensure_event_loop()):
+            task.cancel()
         try:
             if self._warming is not None and self._warming.is_alive():  # stopped before its first template
                 run_sync(self.km.interrupt_kernel)()
