@@ -87,9 +87,9 @@ def run_final_position_cache(
         if arch.post_norms:
             names.append(f"blocks.{layer}.ln1_post.hook_scale")
     tokens = prompts.clean_tokens.to(model.cfg.device)
-    logits, acts = cache_activations(model, tokens, names, fwd_hooks=fwd_hooks)
+    logits, acts = cache_activations(model, tokens, names, fwd_hooks=fwd_hooks, final_pos=prompts.final_pos)
     final = {name: at_final_pos(act, prompts.final_pos).float() for name, act in acts.items()}
-    final_logits = at_final_pos(logits, prompts.final_pos).float()
+    final_logits = logits.float()
     metric = prompts.metric.to(final_logits.device)
     direction = metric.direction(stacked_weight(model, "W_U").float())
     bias = metric.bias(stacked_weight(model, "b_U").float())

@@ -37,8 +37,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from helpers.heads import HeadScore, head_name
-from helpers.hooks import cache_activations, run_with_hooks
-from helpers.metrics import at_final_pos
+from helpers.hooks import cache_activations, final_logits
 from helpers.stats import Interval, ratio_interval
 from helpers.tasks import PromptSet, TaskSpec, build_prompts
 
@@ -279,16 +278,19 @@ class MeanAblation:
     means: Float[Tensor, "layer batch pos head_index d_head"]
     reference: str
 
-    def hooks(self, keep: Bool[Tensor, "batch pos layer head_index"]) -> list[tuple[str, Callable[..., Any]]]:
-        """Forward hooks that mean-ablate every head output where ``keep`` is False."""
+    def hooks(self, keep: Bool[Tensor, "rows pos layer head_index"]) -> list[tuple[str, Callable[..., Any]]]:
+        """Forward hooks that mean-ablate every head output where ``keep`` is False. ``keep`` may cover
+        several copies of the prompts, one after another (one circuit per copy)."""
         hooks = []
+        copies = keep.shape[0] // self.means.shape[1]
         for layer in range(self.means.shape[0]):
             if bool(keep[:, :, layer].all()):
                 continue  # nothing to ablate in this layer
 
             def ablate(z: Tensor, hook: Any, layer: int = layer) -> Tensor:
                 kept = keep[:, :, layer, :, None].to(z.device)
-                return torch.where(kept, z, self.means[layer].to(z.device, z.dtype))
+                means = self.means[layer].to(z.device, z.dtype)
+                return torch.where(kept, z, means.repeat(copies, 1, 1, 1) if copies > 1 else means)
 
             hooks.append((f"blocks.{layer}.attn.hook_z", ablate))
         return hooks
@@ -313,6 +315,14 @@ def template_position_means(values: Float[Tensor, "ref_batch ref_pos *rest"], re
     A position that no reference prompt of the template reaches takes the mean over all reference
     prompts there (and zero if none reaches it).
     """
+    table, row_of = template_position_table(values, reference, prompts)
+    return table[row_of]
+
+
+def template_position_table(values: Float[Tensor, "ref_batch ref_pos *rest"], reference: ReferencePrompts,
+                            prompts: PromptSet) -> tuple[Float[Tensor, "template pos *rest"], Int[Tensor, " batch"]]:
+    """:func:`template_position_means` one row per template of ``prompts`` (the table), and each prompt's
+    row in it: ``table[row_of]`` is the means laid out like the prompts, without holding them per prompt."""
     ref_width = values.shape[1]
     final_pos = reference.final_pos.to(values.device)
     valid = (torch.arange(ref_width, device=values.device)[None] <= final_pos[:, None]).to(values.dtype)
@@ -332,11 +342,13 @@ def template_position_means(values: Float[Tensor, "ref_batch ref_pos *rest"], re
         reached = (count > 0).view((-1,) + (1,) * (values.ndim - 2))
         by_template[template] = torch.where(reached, mean, everything)
     width = prompts.clean_tokens.shape[1]
-    means = values.new_zeros(len(prompts), width, *values.shape[2:])
+    templates = sorted(by_template)
+    table = values.new_zeros(len(templates), width, *values.shape[2:])
     shared = min(width, ref_width)
-    for b, template in enumerate(prompts.template_index):
-        means[b, :shared] = by_template[template][:shared]
-    return means
+    for row, template in enumerate(templates):
+        table[row, :shared] = by_template[template][:shared]
+    row_of = torch.tensor([templates.index(t) for t in prompts.template_index], device=values.device)
+    return table, row_of
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -384,25 +396,37 @@ class CircuitEvaluator:
             (``prompts.metric``), mean over prompts.
     """
 
-    def __init__(self, model: Any, prompts: PromptSet, ablation: MeanAblation, metric: Metric | None = None):
-        self.model, self.prompts, self.ablation = model, prompts, ablation
+    def __init__(self, model: Any, prompts: PromptSet, ablation: MeanAblation, metric: Metric | None = None, *,
+                 max_rows: int = 256):
+        self.model, self.prompts, self.ablation, self.max_rows = model, prompts, ablation, max_rows
         self.given_metric = metric
         self.small_metric = _SMALL_METRIC["given" if metric is not None else prompts.metric.kind]
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
-        self.full_metric, self._full_per_prompt = self._run(None)
-        self.empty_metric, _ = self._run(Circuit("empty", ()))
+        self.full_metric, self._full_per_prompt = self._run_all([None])[0]
+        self.empty_metric, _ = self._run_all([Circuit("empty", ())])[0]
 
-    def _run(self, circuit: Circuit | None) -> tuple[float, Tensor | None]:
-        """The metric with everything outside ``circuit`` ablated (``None``: nothing ablated), and the task
-        metric per prompt (``None`` for a metric of your own)."""
-        hooks = [] if circuit is None else self.ablation.hooks(
-            keep_mask(circuit, self.prompts, self.n_layers, self.n_heads))
-        logits = run_with_hooks(self.model, self.prompts.clean_tokens.to(self.model.cfg.device), hooks)
-        final = at_final_pos(logits, self.prompts.final_pos).float()
-        if self.given_metric is not None:
-            return float(self.given_metric(final)), None
-        per_prompt = self.prompts.metric(final)
-        return float(per_prompt.mean()), per_prompt
+    def _run_all(self, circuits: Sequence[Circuit | None]) -> list[tuple[float, Tensor | None]]:
+        """For each circuit, the metric with everything outside it ablated (``None``: nothing ablated), and
+        the task metric per prompt (``None`` for a metric of your own). Several circuits share a forward
+        pass, one copy of the prompts each (at most ``max_rows`` rows): each row is computed as it is alone."""
+        batch = len(self.prompts)
+        per_run = max(1, self.max_rows // batch)
+        tokens = self.prompts.clean_tokens.to(self.model.cfg.device)
+        results: list[tuple[float, Tensor | None]] = []
+        for start in range(0, len(circuits), per_run):
+            chunk = circuits[start: start + per_run]
+            n = len(chunk)
+            keep = torch.cat([keep_mask(all_heads(self.n_layers, self.n_heads) if c is None else c, self.prompts,
+                                        self.n_layers, self.n_heads) for c in chunk])
+            hooks = self.ablation.hooks(keep)  # none where every head is kept
+            final = final_logits(self.model, tokens.repeat(n, 1), self.prompts.final_pos.repeat(n), hooks).float()
+            for copy in final.view(n, batch, -1):
+                if self.given_metric is not None:
+                    results.append((float(self.given_metric(copy)), None))
+                else:
+                    per_prompt = self.prompts.metric(copy)
+                    results.append((float(per_prompt.mean()), per_prompt))
+        return results
 
     @property
     def warning(self) -> str | None:
@@ -418,11 +442,17 @@ class CircuitEvaluator:
     def evaluate(self, circuit: Circuit) -> CircuitFaithfulness:
         """The circuit's faithfulness, with its 95% bootstrap interval over prompts (:mod:`helpers.stats`)
         for the task's metric."""
-        metric, per_prompt = self._run(circuit)
-        interval = None
-        if per_prompt is not None and self._full_per_prompt is not None:
-            interval = ratio_interval(per_prompt, self._full_per_prompt)
-        return CircuitFaithfulness(circuit, metric, self.full_metric, self.empty_metric, interval)
+        return self.evaluate_all([circuit])[0]
+
+    def evaluate_all(self, circuits: Sequence[Circuit]) -> list[CircuitFaithfulness]:
+        """:meth:`evaluate` for each circuit, several to a forward pass (the same numbers)."""
+        evaluated = []
+        for circuit, (metric, per_prompt) in zip(circuits, self._run_all(list(circuits))):
+            interval = None
+            if per_prompt is not None and self._full_per_prompt is not None:
+                interval = ratio_interval(per_prompt, self._full_per_prompt)
+            evaluated.append(CircuitFaithfulness(circuit, metric, self.full_metric, self.empty_metric, interval))
+        return evaluated
 
 
 def all_heads(n_layers: int, n_heads: int) -> Circuit:
@@ -468,7 +498,8 @@ def compute_faithfulness_curve(evaluator: CircuitEvaluator, circuit: Circuit, ma
     """Faithfulness keeping the first 0, 1, ..., ``max_k`` heads of ``circuit`` (in its order)."""
     heads = circuit.heads[:max_k]
     fractions = [evaluator.empty_metric / evaluator.full_metric]
-    fractions += [evaluator.evaluate(replace(circuit, heads=heads[:k])).faithfulness for k in range(1, len(heads) + 1)]
+    fractions += [f.faithfulness for f in evaluator.evaluate_all([replace(circuit, heads=heads[:k])
+                                                                  for k in range(1, len(heads) + 1)])]
     return FaithfulnessCurve(tuple(h.label() for h in heads), tuple(fractions))
 
 
@@ -494,7 +525,7 @@ def compute_minimality(evaluator: CircuitEvaluator, circuit: Circuit, *,
     """Faithfulness without each head of ``circuit`` (``whole``: its own evaluation, if already made)."""
     if whole is None or whole.circuit != circuit:
         whole = evaluator.evaluate(circuit)
-    without = tuple(evaluator.evaluate(circuit.without(h)).faithfulness for h in circuit.heads)
+    without = tuple(f.faithfulness for f in evaluator.evaluate_all([circuit.without(h) for h in circuit.heads]))
     return Minimality(whole, tuple(h.label() for h in circuit.heads), without)
 
 
@@ -598,7 +629,7 @@ def compute_random_baseline(evaluator: CircuitEvaluator, size: int, *, n_seeds: 
         raise CircuitError(f"random_circuits = {n_seeds}: expected at least 1. Fix: e.g. random_circuits = 5.")
     seeds = tuple(range(seed, seed + n_seeds))
     circuits = [random_circuit(evaluator.n_layers, evaluator.n_heads, size, seed=s) for s in seeds]
-    return RandomBaseline(size, seeds, tuple(evaluator.evaluate(c) for c in circuits))
+    return RandomBaseline(size, seeds, tuple(evaluator.evaluate_all(circuits)))
 
 
 def comparison_circuits(value: Mapping[str, Any] | None, model: Any, prompts: PromptSet) -> tuple[list[Circuit], list[str]]:

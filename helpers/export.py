@@ -22,8 +22,8 @@ from typing import Any
 import nbformat
 
 from helpers.colab import BADGE_TAG, SETUP_TAG
+from helpers.images import CIRCUITSVIS_METADATA
 from helpers.results import write_text
-from helpers.viz import CIRCUITSVIS_METADATA
 
 PLOTLY_MIME = "application/vnd.plotly.v1+json"
 TEMPLATE_DIR = Path(__file__).parent / "html"

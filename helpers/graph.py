@@ -44,6 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from helpers.forward import ForwardPass, UnsupportedArchitecture
+from helpers.hooks import final_logits
 from helpers.metrics import at_final_pos
 from helpers.tasks import PromptSet
 
@@ -358,11 +359,12 @@ class _Plain:
     """One unablated run: every sender's output and what the edge patches restart from."""
 
     outputs: Float[Tensor, "batch pos sender d_model"]
-    resid_pre: Float[Tensor, "layer batch pos d_model"]
-    mlp_in: Float[Tensor, "layer batch pos d_model"]
-    q: Float[Tensor, "layer batch pos head_index d_head"]  # rotated, per query head
-    k: Float[Tensor, "layer batch pos head_index d_head"]
-    v: Float[Tensor, "layer batch pos head_index d_head"]
+    # what the edge patches restart from: the clean run's and attribution's only (None elsewhere)
+    resid_pre: Float[Tensor, "layer batch pos d_model"] | None
+    mlp_in: Float[Tensor, "layer batch pos d_model"] | None
+    q: Float[Tensor, "layer batch pos head_index d_head"] | None  # rotated, per query head
+    k: Float[Tensor, "layer batch pos head_index d_head"] | None
+    v: Float[Tensor, "layer batch pos head_index d_head"] | None
     final: Float[Tensor, "batch d_model"]
     per_prompt: Float[Tensor, " scored"]  # one per prompt (none for prompts without a metric)
 
@@ -426,14 +428,18 @@ class GraphRunner:
         prompts: the task's prompts (clean and corrupted of equal lengths).
         reference_tokens / reference: what ``mean`` ablation averages over (a
             :class:`helpers.circuit.ReferencePrompts`); the corrupted prompts when None.
-        max_rows: at most this many sequences in one forward pass.
+        max_rows: at most this many prompts in one forward pass that carries every sender's output (running
+            circuits, attribution).
+        edge_rows: at most this many rows (a copy of a prompt each, one residual stream) in one run of exact
+            path patching, which patches one edge per copy.
 
     Raises:
         UnsupportedArchitecture: the model's heads do not each write to the residual stream on their own
             (Gemma 2's post-attention norm), or the engine's forward pass does not reproduce the model.
     """
 
-    def __init__(self, model: Any, prompts: PromptSet, *, reference: Any = None, max_rows: int = 64):
+    def __init__(self, model: Any, prompts: PromptSet, *, reference: Any = None, max_rows: int = 64,
+                 edge_rows: int = 256):
         if model.training:
             raise ValueError("the graph needs model.eval(); load the model with helpers.model.load_model")
         self.fw = fw = ForwardPass(model)
@@ -441,7 +447,7 @@ class GraphRunner:
             raise UnsupportedArchitecture(
                 f"{fw.arch.model_type}: a norm after attention couples the heads' outputs, so a head has no edge of "
                 "its own to later nodes. Edge-level analysis needs heads that write to the residual stream on their own")
-        self.model, self.prompts, self.max_rows = model, prompts, max_rows
+        self.model, self.prompts, self.max_rows, self.edge_rows = model, prompts, max_rows, edge_rows
         self.arch = fw.arch
         self.graph = Graph(fw.n_layers, fw.n_heads, fw.arch.parallel)
         self.device = fw.w.W_E.device
@@ -453,8 +459,8 @@ class GraphRunner:
         self._split_weights()
         with torch.no_grad():
             self.clean = self._plain(self.clean_tokens)
-            self.corrupted = self._plain(self.corrupted_tokens)
-            own = self._per_prompt(at_final_pos(model(self.clean_tokens), self.final_pos).float(), None, logits=True)
+            self.corrupted = self._plain(self.corrupted_tokens, inputs=False)
+            own = self._per_prompt(final_logits(model, self.clean_tokens, self.final_pos).float(), None, logits=True)
         error = float((own - self.clean.per_prompt).abs().max())
         scale = float(own.abs().max()) + 1.0
         if not error <= 1e-3 * scale:
@@ -465,7 +471,7 @@ class GraphRunner:
         if self.clean_value == self.corrupted_value:
             raise GraphError("the clean and corrupted runs give the same metric: there is nothing to attribute")
         self._reference = reference
-        self._alternatives: dict[AblationKind, Tensor] = {}
+        self._alternatives: dict[AblationKind, Tensor | tuple[Tensor, Tensor]] = {}
         self._anchor_values: dict[AblationKind, tuple[float, float]] = {}
         prefix = torch.tensor(self.graph.prefix)
         # for each sender, the first receiver it feeds (receivers are in graph order, their prefixes rise)
@@ -525,10 +531,11 @@ class GraphRunner:
             yield slice(start, min(batch, start + self.max_rows))
 
     def _plain(self, tokens: Tensor, *, embed: Tensor | None = None, grads: dict[str, list[Tensor]] | None = None,
-               rows: slice | None = None, metric: bool = True) -> _Plain:
+               rows: slice | None = None, metric: bool = True, inputs: bool = True) -> _Plain:
         """The model on the task's prompts ``tokens`` (``rows`` of them; or from the embeddings ``embed``),
-        keeping every sender's output. With ``grads``, the inputs whose gradients EAP reads are recorded
-        there (retaining their gradients). With ``metric=False`` (other prompts), no metric is computed."""
+        keeping every sender's output, and with ``inputs`` what the edge patches restart from. With
+        ``grads``, the inputs whose gradients EAP reads are recorded there (retaining their gradients). With
+        ``metric=False`` (other prompts), no metric is computed."""
         fw, positions = self.fw, torch.arange(tokens.shape[1], device=self.device)
         x = fw.embed(tokens) if embed is None else embed
         if grads is not None:
@@ -563,8 +570,8 @@ class GraphRunner:
             x.retain_grad()
             grads["logits"] = [x]
         final = at_final_pos(x, self.final_pos[rows] if rows is not None else self.final_pos) if metric else x[:, -1]
-        return _Plain(torch.stack(outputs, dim=2), torch.stack(resid_pre), torch.stack(mlp_ins), torch.stack(qs),
-                      torch.stack(ks), torch.stack(vs), final,
+        kept = [torch.stack(t) if inputs else None for t in (resid_pre, mlp_ins, qs, ks, vs)]
+        return _Plain(torch.stack(outputs, dim=2), *kept, final,
                       self._per_prompt(final, rows) if metric else final.new_zeros(0))
 
     # -- the metric -----------------------------------------------------------------------------------
@@ -579,8 +586,25 @@ class GraphRunner:
 
     # -- ablations ------------------------------------------------------------------------------------
 
-    def alternative(self, kind: AblationKind) -> Float[Tensor, "batch pos sender d_model"]:
-        """What an ablated edge carries instead of its sender's output, per prompt and position."""
+    def alternative(self, kind: AblationKind, rows: slice | None = None) -> Float[Tensor, "batch pos sender d_model"]:
+        """What an ablated edge carries instead of its sender's output, per prompt and position (the
+        prompts ``rows``, or all). Mean ablation's means are kept per template, not per prompt (a copy of
+        every sender's output, 0.6 GB at GPT-2 small's size with 64 prompts): they are laid out here."""
+        value = self._alternative(kind)
+        if isinstance(value, tuple):  # (means per template, each prompt's template)
+            table, row_of = value
+            return table[row_of if rows is None else row_of[rows]]
+        return value if rows is None else value[rows]
+
+    def _alternative_at_final(self, kind: AblationKind) -> Float[Tensor, "batch sender d_model"]:
+        """:meth:`alternative` at each prompt's final position."""
+        value = self._alternative(kind)
+        if isinstance(value, tuple):
+            table, row_of = value
+            return table[row_of, self.final_pos]
+        return at_final_pos(value, self.final_pos)
+
+    def _alternative(self, kind: AblationKind) -> Tensor | tuple[Tensor, Tensor]:
         if kind not in ABLATION_KINDS:
             raise GraphError(f"ablation = {kind!r}. Fix: use one of {', '.join(ABLATION_KINDS)}")
         if kind not in self._alternatives:
@@ -589,18 +613,18 @@ class GraphRunner:
             elif kind == "zero":  # one zero seen at every index: no memory of the outputs' size
                 value = self.clean.outputs.new_zeros(()).expand_as(self.clean.outputs)
             else:
-                from helpers.circuit import ReferencePrompts, template_position_means
+                from helpers.circuit import ReferencePrompts, template_position_table
 
                 reference = self._reference or ReferencePrompts(
                     "the task's corrupted prompts", self.prompts.corrupted_tokens, self.prompts.final_pos,
                     self.prompts.template_index)
                 with torch.no_grad():
                     tokens = reference.tokens.to(self.device)
-                    outputs = torch.cat([self._plain(tokens[rows], metric=False).outputs
+                    outputs = torch.cat([self._plain(tokens[rows], metric=False, inputs=False).outputs
                                          for rows in _slices(tokens.shape[0], self.max_rows)])
                 shifted = ReferencePrompts(reference.name, reference.tokens, reference.final_pos.to(self.device),
                                            reference.template_index)
-                value = template_position_means(outputs, shifted, self.prompts)
+                value = template_position_table(outputs, shifted, self.prompts)
             self._alternatives[kind] = value
         return self._alternatives[kind]
 
@@ -610,9 +634,9 @@ class GraphRunner:
         """The task metric per prompt when only the edges where ``keep`` is 1 carry their sender's output and
         the others carry ``ablation``'s (see the module docstring)."""
         keep = keep.to(self.device, self.clean.outputs.dtype)
-        alt_all = self.alternative(ablation)
         with torch.no_grad():
-            return torch.cat([self._masked(self.clean_tokens[rows], keep, alt_all[rows], rows) for rows in self._chunks()])
+            return torch.cat([self._masked(self.clean_tokens[rows], keep, self.alternative(ablation, rows), rows)
+                              for rows in self._chunks()])
 
     def direct_effects(self, keep: Float[Tensor, "sender receiver"] | None = None,
                        ablation: AblationKind = "mean") -> Float[Tensor, " sender"]:
@@ -622,19 +646,19 @@ class GraphRunner:
         ablated, which is how backup name movers show themselves."""
         g = self.graph
         keep = (g.real.float() if keep is None else keep).to(self.device, self.clean.outputs.dtype)
-        alt_all = self.alternative(ablation)
         corrupted_final = at_final_pos(self.corrupted.outputs, self.final_pos)  # [batch, sender, d_model]
         with torch.no_grad():
             per_prompt, finals, outs = [], [], []
             for rows in self._chunks():
                 record: dict[str, Tensor] = {}
-                per_prompt.append(self._masked(self.clean_tokens[rows], keep, alt_all[rows], rows, record=record))
+                per_prompt.append(self._masked(self.clean_tokens[rows], keep, self.alternative(ablation, rows), rows,
+                                               record=record))
                 finals.append(record["final"])
                 outs.append(record["outputs"])
             base, final, outputs = torch.cat(per_prompt), torch.cat(finals), torch.cat(outs)
             # the stream the logits read changes by (ablated - carried) of the one sender's edge, if kept
             carried = torch.where(keep[:, g.logits_receiver].bool()[None, :, None], outputs,
-                                  at_final_pos(alt_all, self.final_pos))
+                                  self._alternative_at_final(ablation))
             change = corrupted_final - carried  # [batch, sender, d_model]
             stream = (final[:, None] + change).transpose(0, 1).flatten(0, 1)  # [sender * batch, d_model]
             batch = self.final_pos.shape[0]
@@ -794,7 +818,7 @@ class GraphRunner:
         out = torch.full((g.n_senders,), float("nan"), device=self.device)
         if not chosen:
             return out
-        per_chunk = max(1, self.max_rows // self.final_pos.shape[0])
+        per_chunk = max(1, self.edge_rows // self.final_pos.shape[0])
         with torch.no_grad():
             for start in range(0, len(chosen), per_chunk):
                 group = chosen[start: start + per_chunk]

@@ -76,14 +76,21 @@ KERNEL_NAME = "python3"
 # Progress bars would be stored in the executed notebooks as stderr blocks, often frozen part-way: the
 # kernel draws none, and the command line shows each template's progress and time instead.
 _NO_PROGRESS_BARS = {"TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-# The figures' static PNGs are drawn by the runner, beside the kernel (helpers.viz.add_static_images).
+# The figures' static PNGs are drawn by the runner, beside the kernel (helpers.images.add_static_images).
 _RUNNER_SETTINGS = {**_NO_PROGRESS_BARS, "SUITE_STATIC_IMAGES_BY_RUNNER": "1"}
+
+
+# torch's worker threads sleep as soon as a parallel operation ends instead of spinning for the next one
+# (OpenMP's default), so the core they leave is free for the runner's notebook finisher (helpers.run). On
+# the demo (2 cores) the cells took 21.6 s in all instead of 31.8 s. Only the waiting changes: the threads
+# and how the work is split between them are the same, and so are the numbers. A value you set is kept.
+_THREADS_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def kernel_environment() -> dict[str, str]:
     """The kernel's environment: this process's, with this checkout's ``helpers`` importable, no progress
-    bars, and the figures' PNGs left to the runner."""
-    env = {**os.environ, **_RUNNER_SETTINGS}
+    bars, the figures' PNGs left to the runner, and torch's threads not spinning when idle."""
+    env = {**_THREADS_WAIT, **os.environ, **_RUNNER_SETTINGS}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
     return env
 
@@ -109,7 +116,7 @@ def execute_template(template: Path, notebook: Path, parameters: dict[str, Any],
 
     _register_engine()
     options: dict[str, Any] = {"km": km} if km is not None else {}
-    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", *_RUNNER_SETTINGS)}
+    saved = {name: os.environ.get(name) for name in ("PYTHONPATH", *_RUNNER_SETTINGS, *_THREADS_WAIT)}
     environment = kernel_environment()
     os.environ.update({name: environment[name] for name in saved})  # a fresh kernel inherits them
     try:

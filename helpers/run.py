@@ -176,9 +176,9 @@ def execute(plan: RunPlan, *, log: Any = print, fresh_kernels: bool = False, ker
 @dataclass
 class KernelWarmer:
     """:func:`prepare_run`'s ``when_checked`` for one task's run: once the task is checked, it starts the
-    run's kernel and its warm-up (:meth:`TemplateKernel.warm_up`), so the model converts while the
-    tokenizer loads and the prompts are checked; nothing with ``fresh`` kernels, or when no template loads
-    the model. :meth:`close` stops the kernel."""
+    run's kernel and, when a template loads the model, its warm-up (:meth:`TemplateKernel.warm_up`), so
+    the model converts while the tokenizer loads and the prompts are checked. Nothing with ``fresh``
+    kernels. :meth:`close` stops the kernel."""
 
     device: str = "auto"
     dtype: str = "float32"
@@ -186,8 +186,10 @@ class KernelWarmer:
     kernel: TemplateKernel | None = None
 
     def __call__(self, spec: TaskSpec, templates: list[str]) -> None:
-        if not self.fresh and self.kernel is None and loads_model(templates):
-            self.kernel = TemplateKernel()
+        if self.fresh or self.kernel is not None:
+            return
+        self.kernel = TemplateKernel()
+        if loads_model(templates):
             self.kernel.warm_up(spec.model, device=self.device, dtype=self.dtype)
 
     def close(self) -> None:
@@ -209,23 +211,20 @@ def loads_model(templates: list[str]) -> bool:
 
 
 def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: TemplateKernel | None) -> int:
-    from concurrent.futures import ThreadPoolExecutor
-
-    from helpers.viz import add_static_images
+    from helpers.images import add_static_images
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
     results: dict[str, Any] = {}
-    kernel = None
-    # each executed notebook gets its figures' PNGs and its page here, while the kernel runs the next template
-    finishing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish-notebooks")
+    # a caller that did not start the kernel (and its warm-up) from prepare_run gets it here
+    own = KernelWarmer(plan.device, plan.dtype, fresh=fresh_kernels or given is not None)
+    # each executed notebook gets its figures' PNGs and its page there, while the kernel runs the next template
+    finishing = NotebookFinisher()
     finished = []
     took: list[float] = []
+    completed = False
     try:
-        kernel = given
-        if kernel is None and not fresh_kernels:
-            kernel = TemplateKernel(staging)
-            if loads_model([t.stem for t in plan.templates]):
-                kernel.warm_up(plan.spec.model, device=plan.device, dtype=plan.dtype)
+        own(plan.spec, [t.stem for t in plan.templates])
+        kernel = given or own.kernel
         for i, template in enumerate(plan.templates, start=1):
             name = template.stem
             log(f"[{i}/{len(plan.templates)}] {name}: running on {plan.spec.model} ...")
@@ -238,7 +237,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
                 if notebook.is_file():
                     add_static_images(notebook)
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
-            finished.append(finishing.submit(_finish_notebooks, staging, [name]))
+            finished.append(finishing.submit(staging, [name]))
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             took.append(time.perf_counter() - started)
             left = remaining_estimate(took, len(plan.templates) - i)
@@ -257,11 +256,11 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
         from helpers.export import write_index
 
         write_index(plan.output_dir)
+        completed = True
     finally:
         try:
-            finishing.shutdown(wait=True, cancel_futures=True)
-            if kernel is not None and kernel is not given:
-                kernel.close()
+            finishing.close(wait=completed)
+            own.close()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     _summarise(plan, results, log)
@@ -329,6 +328,45 @@ def remaining_estimate(took: list[float], left: int) -> str | None:
     return f"about {mean * left:.0f} s left for {left} more (at {mean:.1f} s each so far)"
 
 
+class NotebookFinisher:
+    """The worker that finishes each executed notebook (:func:`_finish_notebooks`) while the kernel runs the
+    next template: a thread at the lowest priority (Linux, where a thread has one of its own), so it runs
+    on what the kernel leaves idle, with the kernel's torch threads sleeping when idle
+    (:func:`helpers.kernel.kernel_environment`). Measured on the demo's whole run (2 cores): 51.0 s so, 52.5 s
+    with torch's threads spinning, 58.5 s with the thread at the normal priority as well (and each figure
+    shown twice drawn twice).
+
+    A process of its own was faster (44.9 s: a thread drawing images holds the command line's interpreter
+    lock, which its thread talking to the kernel waits for), but a spawned process imports the caller's main
+    module again, which runs a script without a ``__main__`` guard a second time, and one stopped by
+    Ctrl-C mid-run kept the command line waiting in the test suite (not understood).
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="finish-notebooks",
+                                        initializer=_lowest_priority)
+
+    def submit(self, folder: Path, names: list[str]) -> Any:
+        """Finish ``names`` in ``folder``; a future of it."""
+        return self._pool.submit(_finish_notebooks, folder, names)
+
+    def close(self, *, wait: bool) -> None:
+        """Stop the worker once what it is doing is done; with ``wait``, once everything submitted is."""
+        self._pool.shutdown(wait=True, cancel_futures=not wait)
+
+
+def _lowest_priority() -> None:
+    if sys.platform.startswith("linux"):
+        import threading
+
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        except OSError:
+            pass
+
+
 def _finish_notebooks(folder: Path, names: list[str]) -> None:
     """Give the executed notebooks' figures their static PNGs, record the kernel as this environment's
     Jupyter names it (so JupyterLab opens the notebook unmodified), trust the notebooks (this user's
@@ -338,20 +376,22 @@ def _finish_notebooks(folder: Path, names: list[str]) -> None:
     from nbformat.sign import NotebookNotary
 
     from helpers.export import export_notebook
+    from helpers.images import static_images_into
     from helpers.kernel import kernelspec_metadata
-    from helpers.viz import add_static_images
 
     notary = NotebookNotary()
     kernelspec = kernelspec_metadata()
     for name in names:
         path = folder / f"{name}.ipynb"
-        add_static_images(path)
         notebook = nbformat.read(path, as_version=4)
+        changed = static_images_into(notebook) > 0
         if notebook.metadata.get("kernelspec") != kernelspec:
             notebook.metadata["kernelspec"] = kernelspec
+            changed = True
+        if changed:
             nbformat.write(notebook, path)
         notary.sign(notebook)
-        export_notebook(path)
+        export_notebook(path)  # from the file as written (its keys sorted), as `make html` exports it again
 
 
 def run_tasks(tasks: list[str], *, log: Any = print, notebooks_dir: Path = NOTEBOOKS_DIR, fresh_kernels: bool = False,

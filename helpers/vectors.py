@@ -178,11 +178,12 @@ def run_with_vector(
 
         hooks = [(f"blocks.{layer}.hook_resid_post", add) for layer in sorted(set(layers))]
     names = [f"blocks.{layer}.hook_resid_post" for layer in range(n_layers)]
-    logits, acts = cache_activations(model, targets.tokens.to(model.cfg.device), names, fwd_hooks=hooks)
+    logits, acts = cache_activations(model, targets.tokens.to(model.cfg.device), names, fwd_hooks=hooks,
+                                     final_pos=targets.final_pos)
     resid = torch.stack([at_final_pos(acts[name].float(), targets.final_pos) for name in names])  # [layer, batch, d]
     lens_probs = targets.answer_probs(folded_unembed(resid, model))
     return VectorRun(label or (vector.source if vector is not None else "no vector"),
-                     at_final_pos(logits.float(), targets.final_pos).cpu(), lens_probs.cpu(), targets)
+                     logits.float().cpu(), lens_probs.cpu(), targets)
 
 
 @dataclass(frozen=True)

@@ -25,40 +25,23 @@ import hashlib
 import json
 from typing import Any
 
-from plotly.io._base_renderers import MimetypeRenderer
-
 from helpers.attribution import AttentionPatterns
+from helpers.images import (
+    CIRCUITSVIS_METADATA,
+    PENDING_FIGURE_METADATA,
+    PENDING_PNG,
+    STATIC_IMAGES_BY_RUNNER,
+    StaticImageRenderer,
+)
 
-CIRCUITSVIS_METADATA = "circuitsvis"
-PLOTLY_MIME = "application/vnd.plotly.v1+json"
 PLOTLY_RENDERERS = "plotly_mimetype+suite_static_png"
-# Set by the runner in its kernels: the figures' PNGs are drawn by the runner (add_static_images) while the
-# kernel goes on with the next template, instead of by the kernel between its cells.
-STATIC_IMAGES_BY_RUNNER = "SUITE_STATIC_IMAGES_BY_RUNNER"
 UNTRUSTED_HINT = ("A static image of the interactive attention view, whose script did not run here: trust the "
                   "notebook (JupyterLab: File > Trust Notebook) or open its HTML page to explore it.")
 
 
-class StaticImageRenderer(MimetypeRenderer):
-    """Plotly renderer that adds the figure as a PNG (:func:`helpers.static.png`) to the output."""
-
-    def to_mimebundle(self, fig_dict: dict[str, Any]) -> dict[str, str]:
-        import plotly.graph_objects as go
-
-        from helpers.static import UnsupportedFigure, png
-
-        try:
-            # the dict is plotly's own output, valid already: validating it again took most of the time of
-            # a heatmap's image (the figure and the PNG are the same either way)
-            data = png(go.Figure(fig_dict, _validate=False))
-        except UnsupportedFigure as err:
-            return {"text/plain": f"(interactive figure only: {err})"}
-        return {"image/png": base64.b64encode(data).decode("ascii")}
-
-
 def configure_outputs() -> None:
     """Store every plotly figure as its JSON mime type plus a static PNG (see the module doc); in the
-    runner's kernels the JSON alone, the runner adding the PNG (:func:`add_static_images`)."""
+    runner's kernels the JSON alone, the runner adding the PNG (:func:`helpers.images.add_static_images`)."""
     import os
 
     import plotly.io as pio
@@ -67,35 +50,20 @@ def configure_outputs() -> None:
     pio.renderers.default = "plotly_mimetype" if os.environ.get(STATIC_IMAGES_BY_RUNNER) == "1" else PLOTLY_RENDERERS
 
 
-def add_static_images(path: Any) -> int:
-    """Give every plotly figure in the notebook at ``path`` that has none its static PNG (or the note
-    saying why it has none), as the kernel's renderer would have; returns how many were added."""
-    import nbformat
-
-    notebook = nbformat.read(path, as_version=4)
-    renderer, added = StaticImageRenderer(), 0
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            data = output.get("data", {})
-            if PLOTLY_MIME in data and "image/png" not in data:
-                bundle = renderer.to_mimebundle(data[PLOTLY_MIME])
-                data.update({key: value for key, value in bundle.items() if key not in data})
-                added += 1
-    if added:
-        nbformat.write(notebook, path)
-    return added
-
-
 class CircuitsVisView:
     """A CircuitsVis component with its props; Jupyter displays it through :meth:`_repr_mimebundle_`."""
 
-    def __init__(self, component: str, *, static_png: bytes | None = None, **props: Any):
+    def __init__(self, component: str, *, static_png: bytes | None = None, static_figure: dict[str, Any] | None = None,
+                 **props: Any):
+        """``static_png``: the image shown where the view's script does not run; or ``static_figure``, a
+        plotly figure's dict whose image the runner draws into the executed notebook (:data:`PENDING_PNG`)."""
         from circuitsvis.utils.render import convert_props
 
         self.component = component
         self.props_json = convert_props({k: v for k, v in props.items() if v is not None})
         self._props = props
         self.static_png = static_png
+        self.static_figure = static_figure
 
     def html(self) -> str:
         """Self-contained HTML: the static image and its hint (when there is one), the library inlined,
@@ -103,9 +71,9 @@ class CircuitsVisView:
         from circuitsvis.utils.render import render_local
 
         view = render_local(self.component, **{k: v for k, v in self._props.items() if v is not None})
-        if self.static_png is None:
+        if self.static_png is None and self.static_figure is None:
             return view
-        image = base64.b64encode(self.static_png).decode("ascii")
+        image = PENDING_PNG if self.static_png is None else base64.b64encode(self.static_png).decode("ascii")
         element = f"suite-static-{hashlib.sha1(self.props_json.encode()).hexdigest()[:12]}"  # the same on every run
         fallback = (f'<div class="suite-static-view" id="{element}"><p><em>{UNTRUSTED_HINT}</em></p>'
                     f'<img alt="attention patterns" src="data:image/png;base64,{image}"></div>')
@@ -113,17 +81,24 @@ class CircuitsVisView:
         return fallback + view + hide
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> tuple[dict[str, str], dict[str, Any]]:
-        metadata = {CIRCUITSVIS_METADATA: {"component": self.component, "props": json.loads(self.props_json)}}
+        metadata: dict[str, Any] = {CIRCUITSVIS_METADATA: {"component": self.component, "props": json.loads(self.props_json)}}
+        if self.static_png is None and self.static_figure is not None:
+            metadata[PENDING_FIGURE_METADATA] = self.static_figure
         return {"text/html": self.html()}, metadata
 
 
 def attention_view(result: AttentionPatterns) -> CircuitsVisView:
     """An interactive view of the heads' attention patterns on one prompt."""
+    import os
+
     from helpers.plotting import plot_attention_patterns
     from helpers.static import png
 
-    return CircuitsVisView("AttentionHeads", static_png=png(plot_attention_patterns(result)),
-                           attention=result.patterns, tokens=list(result.str_tokens),
+    figure = plot_attention_patterns(result)
+    # as a plotly figure's output carries it (plotly's JSON, which the runner's images are drawn from)
+    image: dict[str, Any] = ({"static_figure": json.loads(figure.to_json())}
+                             if os.environ.get(STATIC_IMAGES_BY_RUNNER) == "1" else {"static_png": png(figure)})
+    return CircuitsVisView("AttentionHeads", **image, attention=result.patterns, tokens=list(result.str_tokens),
                            attentionHeadNames=list(result.head_names), maskUpperTri=True)
 
 

@@ -30,6 +30,7 @@ from helpers.kernel import TemplateKernel
 BUDGETS_S = {"demo": 60.0, "gpt2-small": 180.0}
 FIXED_BUDGET_S = 3.0
 MEMORY_BUDGET_GIB = 4.0
+SLOWEST_CELLS = 3  # printed per template, with their times
 
 # Run in the kernel around each template when counting: torch's FLOP counter over everything the
 # template's cells compute (forward and backward matrix products, attention).
@@ -53,6 +54,7 @@ class TemplateFigures:
     cells: float = 0.0
     peak_gib: float = 0.0
     flops: float | None = None
+    slowest: list[tuple[float, int]] = field(default_factory=list)  # (seconds, code cell number), slowest first
 
     @property
     def fixed(self) -> float:
@@ -61,10 +63,11 @@ class TemplateFigures:
 
 @dataclass
 class MeasuredKernel(TemplateKernel):
-    """The runner's kernel, measuring each template: the wall time of :meth:`run` (emptying included), the
-    kernel's peak resident memory during it (Linux's high-water mark, reset before each), and, when
-    ``count_flops``, the FLOPs of its cells."""
+    """The runner's kernel, measuring each template: with ``timing``, the wall time of :meth:`run` (emptying
+    included), its cells' times and the kernel's peak resident memory during it (Linux's high-water mark,
+    reset before each); with ``count_flops``, the FLOPs of its cells."""
 
+    timing: bool = True
     count_flops: bool = False
     figures: dict[str, TemplateFigures] = field(default_factory=dict)
 
@@ -73,25 +76,27 @@ class MeasuredKernel(TemplateKernel):
 
     def run(self, template: Path, notebook: Path, parameters: dict[str, Any]) -> None:
         figures = self.figures.setdefault(template.stem, TemplateFigures())
+        self._reset_peak()
         started = time.perf_counter()
-        if not self.count_flops:
-            self._reset_peak()
-            super().run(template, notebook, parameters)
+        try:
+            super().run(template, notebook, parameters)  # empty() below starts the counter
+        finally:
+            if self.count_flops:
+                printed: list[str] = []
+                self.run_code(_COUNT_STOP, failure="could not read the FLOP counter", output=lambda message: printed.append(
+                    message["content"].get("text", "")) if message.get("msg_type") == "stream" else None)
+                figures.flops = float("".join(printed).strip() or "nan")
+        if self.timing:
             figures.wall = time.perf_counter() - started
             figures.peak_gib = self._peak_gib()
-            figures.cells = _cell_seconds(notebook)
-            return
-        self.empty(notebook.parent)
-        self.run_code(_COUNT_START, failure="could not start the FLOP counter")
-        from helpers.kernel import execute_template
+            times = _cell_times(notebook)
+            figures.cells = sum(seconds for seconds, _ in times)
+            figures.slowest = sorted(times, reverse=True)[:SLOWEST_CELLS]
 
-        try:
-            execute_template(template, notebook, parameters, km=self.km)
-        finally:
-            printed: list[str] = []
-            self.run_code(_COUNT_STOP, failure="could not read the FLOP counter", output=lambda message: printed.append(
-                message["content"].get("text", "")) if message.get("msg_type") == "stream" else None)
-            figures.flops = float("".join(printed).strip() or "nan")
+    def empty(self, folder: Path) -> None:
+        super().empty(folder)
+        if self.count_flops:  # counting starts after the reset (which would delete the counter)
+            self.run_code(_COUNT_START, failure="could not start the FLOP counter")
 
     def _reset_peak(self) -> None:
         Path(f"/proc/{self.pid}/clear_refs").write_text("5")
@@ -103,27 +108,37 @@ class MeasuredKernel(TemplateKernel):
         return float("nan")
 
 
-def _cell_seconds(notebook: Path) -> float:
-    """The time the notebook's cells ran, from papermill's per-cell start and end times."""
-    total = 0.0
-    for cell in json.loads(notebook.read_text(encoding="utf-8"))["cells"]:
+def _cell_times(notebook: Path) -> list[tuple[float, int]]:
+    """Each code cell's time and number (from 1), from papermill's per-cell start and end times."""
+    times = []
+    code_cells = [c for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
+    for number, cell in enumerate(code_cells, start=1):
         meta = cell.get("metadata", {}).get("papermill", {})
         if meta.get("start_time") and meta.get("end_time"):
-            total += (dt.datetime.fromisoformat(meta["end_time"]) - dt.datetime.fromisoformat(meta["start_time"])).total_seconds()
-    return total
+            seconds = (dt.datetime.fromisoformat(meta["end_time"]) - dt.datetime.fromisoformat(meta["start_time"]))
+            times.append((seconds.total_seconds(), number))
+    return times
 
 
-def run_suite(model: str, n_prompts: int | None, *, count_flops: bool) -> tuple[float, dict[str, TemplateFigures]]:
-    """One run of every template on IOI into a temporary folder, as ``make run`` does it; its wall time
-    (from validation to the last page) and the figures per template."""
+def run_suite(model: str, n_prompts: int | None, *, timing: bool = True, count_flops: bool = False,
+              templates: list[str] | None = None) -> tuple[float, dict[str, TemplateFigures]]:
+    """One run of every template (or of ``templates``) on IOI into a temporary folder, as ``make run`` does
+    it; its wall time (from validation to the last page) and the figures per template."""
     with tempfile.TemporaryDirectory(prefix="bench-suite-") as folder:
         started = time.perf_counter()
-        kernel = MeasuredKernel(count_flops=count_flops)
+        kernel = MeasuredKernel(timing=timing, count_flops=count_flops)
         try:
             plan = run.prepare_run("ioi", model=model, n_prompts=n_prompts, notebooks_dir=Path(folder),
+                                   templates=templates,
                                    when_checked=lambda spec, templates: kernel.warm_up(spec.model))
             lines: list[str] = []
-            code = run.execute(plan, log=lines.append, kernel=kernel)
+
+            def log(line: str) -> None:  # the command line's progress per template, under the benchmark's heading
+                lines.append(line)
+                if line.startswith("["):
+                    print("    " + line, flush=True)
+
+            code = run.execute(plan, log=log, kernel=kernel)
         finally:
             kernel.close()
         if code != 0:
@@ -131,29 +146,37 @@ def run_suite(model: str, n_prompts: int | None, *, count_flops: bool) -> tuple[
         return time.perf_counter() - started, kernel.figures
 
 
-def report(name: str, model: str, n_prompts: int | None, rate: float, *, count_flops: bool = True) -> None:
+def report(name: str, model: str, n_prompts: int | None, rate: float, *, flops: str = "separate",
+           templates: list[str] | None = None) -> None:
+    """Run and print. ``flops``: "separate" counts them in a second run (the counter's per-operation cost
+    kept out of the times), "same" in the timed run (for large models, where that cost is small beside the
+    matrix products), "none" not at all."""
     prompts = n_prompts or run.load_task(run.resolve_task_path("ioi")).n_prompts
-    print(f"\n{name}: IOI, {prompts} prompts", flush=True)
-    total, figures = run_suite(model, n_prompts, count_flops=False)
-    print(f"  {'template':20s} {'wall':>7s} {'cells':>7s} {'fixed':>7s} {'peak':>8s}")
+    print(f"\n{name}: IOI, {prompts} prompts" + (f"; templates {', '.join(templates)} only" if templates else ""),
+          flush=True)
+    total, figures = run_suite(model, n_prompts, count_flops=flops == "same", templates=templates)
+    print(f"  {'template':20s} {'wall':>7s} {'cells':>7s} {'fixed':>7s} {'peak':>8s}   slowest code cells")
     for template, fig in figures.items():
-        print(f"  {template:20s} {fig.wall:6.1f}s {fig.cells:6.1f}s {fig.fixed:6.1f}s {fig.peak_gib:6.2f}GiB")
+        slowest = ", ".join(f"[{number}] {seconds:.1f}s" for seconds, number in fig.slowest)
+        print(f"  {template:20s} {fig.wall:6.1f}s {fig.cells:6.1f}s {fig.fixed:6.1f}s {fig.peak_gib:6.2f}GiB   {slowest}")
     later = list(figures.values())[1:]
     worst_fixed = max((f.fixed for f in later), default=0.0)
     peak = max(f.peak_gib for f in figures.values())
     budget = BUDGETS_S[name]
-    print(f"  whole run (validation to the last page): {total:.1f} s (budget {budget:.0f} s: "
-          f"{'within' if total <= budget else 'OVER'})")
+    verdict = "not comparable: a subset of the templates" if templates else ("within" if total <= budget else "OVER")
+    print(f"  whole run (validation to the last page): {total:.1f} s (budget {budget:.0f} s: {verdict})")
     print(f"  in the templates' cells: {sum(f.cells for f in figures.values()):.1f} s; fixed cost per template after "
           f"the first: at most {worst_fixed:.1f} s, mean {sum(f.fixed for f in later) / max(len(later), 1):.1f} s (budget "
           f"{FIXED_BUDGET_S:.0f} s: {'within' if worst_fixed <= FIXED_BUDGET_S else 'OVER'}); the first template's fixed "
           f"cost is the wait for the kernel's warm-up")
     print(f"  peak memory of the kernel: {peak:.2f} GiB in the worst template (budget {MEMORY_BUDGET_GIB:.0f} GiB: "
           f"{'within' if peak <= MEMORY_BUDGET_GIB else 'OVER'})", flush=True)
-    if not count_flops:
+    if flops == "none":
         return
-    _, counted = run_suite(model, n_prompts, count_flops=True)
-    print(f"  {'template':20s} {'GFLOP':>9s} {'floor':>7s} {'cells':>7s}   (a second run, under torch's FLOP counter)")
+    counted = run_suite(model, n_prompts, timing=False, count_flops=True, templates=templates)[1] if flops == "separate" else figures
+    how = ("a second run, under torch's FLOP counter" if flops == "separate"
+           else "counted in the timed run: the counter's cost per operation is in the cells' times")
+    print(f"  {'template':20s} {'GFLOP':>9s} {'floor':>7s} {'cells':>7s}   ({how})")
     for template, fig in counted.items():
         flops = fig.flops or 0.0
         print(f"  {template:20s} {flops / 1e9:9.1f} {flops / rate:6.1f}s {figures[template].cells:6.1f}s")
@@ -165,15 +188,20 @@ def report(name: str, model: str, n_prompts: int | None, rate: float, *, count_f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="demo,gpt2-small", help="comma-separated: demo, gpt2-small")
-    parser.add_argument("--no-flops", action="store_true", help="skip the second run, under the FLOP counter")
+    parser.add_argument("--flops", choices=("auto", "separate", "same", "none"), default="auto",
+                        help="count FLOPs in a second run (separate), in the timed run (same), or not; auto: a "
+                             "second run for the demo, the timed run for GPT-2 small (whose run takes most of an hour)")
+    parser.add_argument("--templates", help="comma-separated subset of the templates (the totals are then partial)")
     args = parser.parse_args()
+    templates = args.templates.split(",") if args.templates else None
     rate = matmul_flops_per_second()
     print(f"this machine's float32 matmul: {rate / 1e9:.0f} GFLOP/s")
     for name in args.models.split(","):
+        flops = args.flops if args.flops != "auto" else ("separate" if name == "demo" else "same")
         if name == "demo":
-            report("demo", "demo", 16, rate, count_flops=not args.no_flops)
+            report("demo", "demo", 16, rate, flops=flops, templates=templates)
         else:
-            report(name, str(shaped_model_dir(name)), None, rate, count_flops=not args.no_flops)
+            report(name, str(shaped_model_dir(name)), None, rate, flops=flops, templates=templates)
 
 
 if __name__ == "__main__":

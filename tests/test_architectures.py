@@ -31,7 +31,7 @@ from checks import (
 )
 from reference import hf_head_dla, hf_mean_ablated_metric, transformer_lens_patch
 
-from helpers import attribution, circuit
+from helpers import attribution, circuit, hooks
 from helpers.architectures import FAMILIES, describe, family_of
 from helpers.metrics import at_final_pos
 from helpers.model import load_model, prepends_bos
@@ -98,6 +98,26 @@ def test_the_loaded_model_predicts_what_plain_transformers_predicts(toy: Toy, hf
         expected = hf(toy.prompts.clean_tokens).logits.log_softmax(-1)
         actual = toy.model(toy.prompts.clean_tokens).log_softmax(-1)
     assert_matches(actual, expected, FLOAT32_FOLDED, what=f"{toy.architecture} log-probabilities")
+
+
+def test_logits_read_at_the_final_positions_alone_are_the_models_own(toy: Toy) -> None:
+    """The analyses have the unembedding read each prompt's final position alone (helpers.hooks): the
+    logits are those of the whole run at those positions, to the bit, with and without an edit by a hook,
+    and the activations cached beside them are unchanged."""
+    tokens, final_pos = toy.prompts.clean_tokens, toy.prompts.final_pos
+    name = f"blocks.{toy.model.cfg.n_layers - 1}.hook_resid_pre"
+
+    def double(resid: torch.Tensor, hook: Any) -> torch.Tensor:
+        return resid * 2
+
+    for edits in ([], [(name, double)]):
+        with torch.no_grad(), toy.model.hooks(fwd_hooks=edits):
+            whole, cache = toy.model.run_with_cache(tokens, names_filter=[name])
+        assert torch.equal(hooks.final_logits(toy.model, tokens, final_pos, edits), at_final_pos(whole, final_pos))
+        logits, acts = hooks.cache_activations(toy.model, tokens, [name], fwd_hooks=edits, final_pos=final_pos)
+        assert torch.equal(logits, at_final_pos(whole, final_pos)) and torch.equal(acts[name], cache[name])
+        unread, acts = hooks.cache_activations(toy.model, tokens, [name], fwd_hooks=edits)
+        assert unread is None and torch.equal(acts[name], cache[name])
 
 
 @pytest.mark.parametrize("kind", PATCH_KINDS)

@@ -43,6 +43,20 @@ def test_keeping_every_head_gives_exactly_one(evaluator: circuits.CircuitEvaluat
     assert curve.fractions[3] == evaluator.evaluate(circuits.circuit_from_ranking(ranking, 3)).faithfulness
 
 
+def test_circuits_evaluated_together_get_the_numbers_they_get_alone(evaluator: circuits.CircuitEvaluator,
+                                                                    toy_model: Any, ioi_prompts: PromptSet) -> None:
+    """Several circuits share a forward pass (one copy of the prompts each): each gets, to the bit, what
+    a pass of its own gives it, interval included."""
+    shapes = (toy_model.cfg.n_layers, toy_model.cfg.n_heads)
+    chosen = [circuits.random_circuit(*shapes, size, seed=seed) for size in (1, 3, 5) for seed in (0, 1)]
+    alone = circuits.CircuitEvaluator(toy_model, ioi_prompts, evaluator.ablation, max_rows=len(ioi_prompts))
+    assert evaluator.max_rows >= len(chosen) * len(ioi_prompts)  # all of them in one pass
+    together = evaluator.evaluate_all(chosen)
+    assert [r.metric for r in together] == [alone.evaluate(c).metric for c in chosen]
+    assert [r.ci95 for r in together] == [alone.evaluate(c).ci95 for c in chosen]
+    assert len({r.metric for r in together}) > 1  # the circuits differ
+
+
 def _hf_mean_ablated_logit_diff(hf: Any, prompts: PromptSet, reference: circuits.ReferencePrompts,
                                 keep: torch.Tensor) -> float:
     """Mean logit difference of plain transformers GPT-2 with head outputs mean-ablated where ``keep`` is

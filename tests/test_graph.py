@@ -441,6 +441,19 @@ def test_direct_effects_are_path_patching_into_the_logits(demo: tuple[Any, Promp
                    what="direct effects against path patching into the logits")
 
 
+def test_edges_patched_together_get_the_effects_they_get_alone(demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    """Exact path patching runs many edges at once (a copy of the prompts each, up to edge_rows rows): each
+    edge's effect is, to the bit, what a run of its own gives it."""
+    model, prompts, runner = demo
+    alone = GraphRunner(model, prompts, edge_rows=len(prompts))
+    assert runner.edge_rows >= 4 * len(prompts)
+    for receiver in ("logits", "MLP1", "L1H2<k>", "L2H0<q>", "L2H1<v>"):
+        r = runner.graph.receiver_index(receiver)
+        together, one_by_one = runner.edge_effects(r), alone.edge_effects(r)
+        assert torch.equal(together.isnan(), one_by_one.isnan()) and not bool(together.isnan().all())
+        assert torch.equal(together.nan_to_num(), one_by_one.nan_to_num()), receiver
+
+
 def test_suffix_sums_are_the_cumulative_sums_they_replace() -> None:
     """Each sender's sum over the receivers it feeds, without copies, equals flip-cumsum-flip to the bit."""
     torch.manual_seed(0)

@@ -277,3 +277,24 @@ def test_a_task_with_a_probability_difference_metric_patches_by_it(
     mass = float(at_final_pos(clean, final_pos).softmax(-1).gather(-1, metric.tokens).sum(-1).max())
     assert_matches(engine.patch(kind).values, reference, FLOAT32_PATCHING, what=f"{kind}, probability difference",  # type: ignore[arg-type]
                    scale=mass / abs(clean_value - corrupted_value))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpt2s_gelu_is_transformers_own_to_the_bit(dtype: torch.dtype) -> None:
+    """The engine's GELU for GPT-2, GPT-Neo and GPT-J (in place, a block of rows at a time) gives exactly
+    transformers' ``gelu_new`` on every shape it meets, blocks that do not divide the rows included; with
+    gradients to record it is transformers' own, and they flow."""
+    from transformers.activations import ACT2FN
+
+    from helpers.forward import new_gelu
+
+    reference = ACT2FN["gelu_new"]
+    torch.manual_seed(0)
+    for shape in [(3, 5, 40), (300, 7), (1, 1), (2, 130, 16)]:
+        x = (torch.randn(shape) * 4).to(dtype)
+        assert torch.equal(new_gelu(x), reference(x)), shape
+    x = torch.randn(4, 8, requires_grad=True)
+    new_gelu(x).sum().backward()
+    expected = x.detach().clone().requires_grad_(True)
+    reference(expected).sum().backward()
+    assert x.grad is not None and torch.equal(x.grad, expected.grad)

@@ -8,6 +8,7 @@ when a new ``plot_*`` function has no check here.
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -430,18 +431,53 @@ def test_the_runner_adds_the_static_image_a_kernel_left_out(tmp_path: Path) -> N
     while the next template runs: the notebook ends as the kernel's own renderer would have left it."""
     import nbformat
 
-    from helpers import viz
+    from helpers import images
 
     figure = plotting.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
-    bundle = {viz.PLOTLY_MIME: figure.to_plotly_json()}
+    bundle = {images.PLOTLY_MIME: figure.to_plotly_json()}
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[
         nbformat.v4.new_output("display_data", data=bundle)])])
     path = tmp_path / "n.ipynb"
     nbformat.write(notebook, path)
-    assert viz.add_static_images(path) == 1 and viz.add_static_images(path) == 0  # once per figure
+    assert images.add_static_images(path) == 1 and images.add_static_images(path) == 0  # once per figure
     [output] = nbformat.read(path, as_version=4).cells[0].outputs
-    assert set(output.data) == {viz.PLOTLY_MIME, "image/png"}
-    assert output.data["image/png"] == viz.StaticImageRenderer().to_mimebundle(figure.to_plotly_json())["image/png"]
+    assert set(output.data) == {images.PLOTLY_MIME, "image/png"}
+    assert output.data["image/png"] == images.StaticImageRenderer().to_mimebundle(figure.to_plotly_json())["image/png"]
+
+
+def test_the_runner_draws_an_attention_views_image_as_the_kernel_would_have(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the runner's kernels an attention view leaves its static image to the runner too: after the
+    runner's pass its output is the one a kernel drawing the image itself gives, byte for byte."""
+    import nbformat
+
+    from helpers import images, viz
+    from helpers.attribution import AttentionPatterns
+
+    patterns = torch.tensor([[[1.0, 0.0, 0.0], [0.3, 0.7, 0.0], [0.2, 0.5, 0.3]],
+                             [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.6, 0.1, 0.3]]])
+    result = AttentionPatterns((HeadScore(0, 1, 0.5), HeadScore(1, 0, 0.2)), ("When", " Mary", " and"), patterns, "p")
+
+    def output() -> dict[str, Any]:
+        data, metadata = viz.attention_view(result)._repr_mimebundle_()
+        return nbformat.v4.new_output("display_data", data=data, metadata=metadata)
+
+    monkeypatch.delenv(images.STATIC_IMAGES_BY_RUNNER, raising=False)
+    drawn = output()
+    monkeypatch.setenv(images.STATIC_IMAGES_BY_RUNNER, "1")
+    left = output()
+    assert images.PENDING_PNG in left.data["text/html"] and images.PENDING_FIGURE_METADATA in left.metadata
+    assert images.PENDING_PNG not in drawn.data["text/html"] and 'src="data:image/png;base64,' in drawn.data["text/html"]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("view", outputs=[left])]), path)
+    assert images.add_static_images(path) == 1 and images.add_static_images(path) == 0
+    [finished] = nbformat.read(path, as_version=4).cells[0].outputs
+
+    def unnamed(html: str) -> str:  # CircuitsVis names each view's element at random
+        return re.sub(r"circuits-vis-[0-9a-f-]+", "circuits-vis-*", html)
+
+    assert unnamed(finished.data["text/html"]) == unnamed(drawn.data["text/html"])
+    assert set(finished.data) == {"text/html"} and finished.metadata == drawn.metadata
 
 
 def test_copy_score_table_leaves_the_shorter_side_empty() -> None:
