@@ -540,7 +540,10 @@ class GraphRunner:
         x = fw.embed(tokens) if embed is None else embed
         if grads is not None:
             x = x.detach().requires_grad_(True)
-        outputs, resid_pre, mlp_ins, qs, ks, vs = [x], [], [], [], [], []
+        # every sender's output, written in place as it is computed (stacking a list of them held two copies)
+        outputs = x.new_empty(*x.shape[:2], self.graph.n_senders, x.shape[-1])
+        outputs[:, :, 0] = x.detach()
+        resid_pre, mlp_ins, qs, ks, vs = [], [], [], [], []
         for layer in range(fw.n_layers):
             resid_pre.append(x)
             normed = fw.norm(x)
@@ -561,7 +564,9 @@ class GraphRunner:
             else:
                 mlp_out = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
             x = x + attn + mlp_out
-            outputs += [*heads.unbind(dim=2), mlp_out]
+            head_0 = self.graph.head_sender(layer, 0)
+            outputs[:, :, head_0: head_0 + fw.n_heads] = heads.detach()
+            outputs[:, :, self.graph.mlp_sender(layer)] = mlp_out.detach()
             mlp_ins.append(mlp_in)
             qs.append(q)
             ks.append(k)
@@ -571,7 +576,7 @@ class GraphRunner:
             grads["logits"] = [x]
         final = at_final_pos(x, self.final_pos[rows] if rows is not None else self.final_pos) if metric else x[:, -1]
         kept = [torch.stack(t) if inputs else None for t in (resid_pre, mlp_ins, qs, ks, vs)]
-        return _Plain(torch.stack(outputs, dim=2), *kept, final,
+        return _Plain(outputs, *kept, final,
                       self._per_prompt(final, rows) if metric else final.new_zeros(0))
 
     # -- the metric -----------------------------------------------------------------------------------
