@@ -63,21 +63,46 @@ def new_gelu(x: Tensor) -> Tensor:
     return out.view(x.shape)
 
 
+def _model_own(model: Any, stacked: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """``stacked`` (``[layer, ...]``) as the model's own parameters, one per layer, where each layer's slice
+    is one of that block's parameters to the bit, of the same dtype and device and laid out alike
+    (contiguous, of the slice's shape); otherwise ``stacked`` itself. A layer indexes either the same way,
+    and a matrix product reads the same numbers in the same order from either; the parameters cost no copy
+    (W_in, W_out and W_O are 0.25 GB at GPT-2 small's size, where the bridge holds them as they are used
+    here; other families' bridges hold them transposed, as nn.Linear does, and keep the stacked copy)."""
+    views = []
+    for layer, block in enumerate(model.blocks):
+        target = stacked[layer]
+        found = None
+        for param in block.parameters():
+            own = param.detach()
+            if (own.shape == target.shape and own.dtype == target.dtype and own.device == target.device
+                    and own.is_contiguous() and torch.equal(own, target)):
+                found = own
+                break
+        if found is None:
+            return stacked
+        views.append(found)
+    return tuple(views)
+
+
 @dataclass(frozen=True)
 class Weights:
-    """The compatibility-mode weights, stacked once (the model's ``W_Q`` etc. restack on every access)."""
+    """The compatibility-mode weights, stacked once (the model's ``W_Q`` etc. restack on every access), or,
+    per layer, the model's own parameters where those hold them as they are used (:func:`_model_own`).
+    Either is indexed by layer first."""
 
     W_E: Tensor
     W_pos: Tensor | None
     W_QKV: Tensor  # [layer, d_model, (n_heads + 2 * n_kv_heads) * d_head]: q, k and v as one matmul
     b_QKV: Tensor  # [layer, (n_heads + 2 * n_kv_heads) * d_head]
-    W_O: Tensor  # [layer, n_heads, d_head, d_model]
-    W_O_flat: Tensor  # [layer, n_heads * d_head, d_model]
+    W_O: Tensor | tuple[Tensor, ...]  # [layer][n_heads, d_head, d_model]
+    W_O_flat: Tensor | tuple[Tensor, ...]  # [layer][n_heads * d_head, d_model]
     b_O: Tensor
-    W_in: Tensor
+    W_in: Tensor | tuple[Tensor, ...]
     W_gate: Tensor | None
     b_in: Tensor
-    W_out: Tensor
+    W_out: Tensor | tuple[Tensor, ...]
     b_out: Tensor
     W_U: Tensor
     b_U: Tensor
@@ -99,18 +124,21 @@ class Weights:
         if arch.post_norms:
             post = [post_norm_weights(model, name).to(dtype) for name in ("ln1_post", "ln2_post")]
         w_o = model.W_O.detach()
+        w_o_flat = _model_own(model, w_o.reshape(n_layers, -1, d_model))  # a view of w_o if not the model's
+        if isinstance(w_o_flat, tuple):
+            w_o = tuple(flat_o.view(w_o.shape[1:]) for flat_o in w_o_flat)
         return cls(
             W_E=model.W_E.detach(),
             W_pos=model.W_pos.detach() if arch.learned_positions else None,
             W_QKV=torch.cat([flat(w_q), flat(w_k), flat(w_v)], dim=-1).contiguous(),
             b_QKV=torch.cat(biases, dim=-1),
             W_O=w_o,
-            W_O_flat=w_o.reshape(n_layers, -1, d_model).contiguous(),
+            W_O_flat=w_o_flat,
             b_O=stacked_weight(model, "b_O"),
-            W_in=model.W_in.detach(),
+            W_in=_model_own(model, model.W_in.detach()),
             W_gate=model.W_gate.detach() if arch.gated_mlp else None,
             b_in=stacked_weight(model, "b_in"),
-            W_out=model.W_out.detach(),
+            W_out=_model_own(model, model.W_out.detach()),
             b_out=stacked_weight(model, "b_out"),
             W_U=model.W_U.detach(),
             b_U=stacked_weight(model, "b_U"),

@@ -625,8 +625,13 @@ class GraphRunner:
                     self.prompts.template_index)
                 with torch.no_grad():
                     tokens = reference.tokens.to(self.device)
-                    outputs = torch.cat([self._plain(tokens[rows], metric=False, inputs=False).outputs
-                                         for rows in _slices(tokens.shape[0], self.max_rows)])
+                    outputs = None  # every reference prompt's, filled a chunk at a time (no second copy to cat)
+                    for rows in _slices(tokens.shape[0], self.max_rows):
+                        chunk = self._plain(tokens[rows], metric=False, inputs=False).outputs
+                        if outputs is None:
+                            outputs = chunk.new_empty(tokens.shape[0], *chunk.shape[1:])
+                        outputs[rows] = chunk
+                        del chunk
                 shifted = ReferencePrompts(reference.name, reference.tokens, reference.final_pos.to(self.device),
                                            reference.template_index)
                 value = template_position_table(outputs, shifted, self.prompts)
@@ -719,8 +724,9 @@ class GraphRunner:
         final_stream = at_final_pos(inputs(x, bias, g.logits_receiver, g.n_senders), self.final_pos[rows])
         if record is not None:
             record["final"] = final_stream
-            outputs = diffs.permute(1, 2, 0, 3) + alt  # each sender's output in this run
-            record["outputs"] = at_final_pos(outputs, self.final_pos[rows])
+            # each sender's output in this run, at the final positions only
+            final_pos = self.final_pos[rows]
+            record["outputs"] = at_final_pos(diffs.permute(1, 2, 0, 3), final_pos) + at_final_pos(alt, final_pos)
         return self._per_prompt(final_stream, rows)
 
     def evaluate(self, circuit: EdgeCircuit, ablation: AblationKind = "resample", *,
@@ -786,11 +792,18 @@ class GraphRunner:
                     summed[first: first + n] += _through_norm(fw, run.resid_pre[layer].detach(), read).permute(2, 0, 1, 3)
                     summed[g.mlp_receiver(layer)] += grads["mlp"][layer].grad
                 summed[g.logits_receiver] += grads["logits"][0].grad
-            delta = (self.clean.outputs[rows] - self.corrupted.outputs[rows]).permute(2, 0, 1, 3)  # [s, b, p, d]
+                del run, grads  # this point's run, before the next one's (0.14 GB at GPT-2 small's size)
+            # [sender, batch, pos, d_model], computed into its sender-major layout (not a copy of it after)
+            delta = summed.new_empty(g.n_senders, *clean_embed.shape)
+            torch.sub(self.clean.outputs[rows].permute(2, 0, 1, 3), self.corrupted.outputs[rows].permute(2, 0, 1, 3),
+                      out=delta)
             scores += (delta.flatten(1) @ summed.flatten(1).T) / len(alphas)
             # per position, each sender's attribution through all its edges: its difference times the sum of
             # the gradients of every receiver it feeds (a suffix of the receivers, in graph order)
-            positions[rows] = ((delta * self._suffix_sums(summed)).sum(-1) / len(alphas)).permute(1, 2, 0)
+            through = self._suffix_sums(summed)
+            del summed
+            positions[rows] = (through.mul_(delta).sum(-1) / len(alphas)).permute(1, 2, 0)
+            del delta, through
         scores = torch.where(g.real.to(self.device), scores, torch.full_like(scores, float("nan")))
         return EdgeScores(self.graph, scores, method, positions)
 
@@ -878,7 +891,7 @@ class GraphRunner:
             final = torch.zeros_like(final)
         else:
             _, z = fw.attend(layer, q[:, start:], k, v, suffix, per_query_head=True)
-        out_new = torch.einsum("bpe,ed->bpd", z[:, :, 0], fw.w.W_O[layer, head])
+        out_new = torch.einsum("bpe,ed->bpd", z[:, :, 0], fw.w.W_O[layer][head])
         attn = attn_clean + out_new - out_clean
         if self.arch.parallel:
             mlp_in = stream

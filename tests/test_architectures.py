@@ -272,6 +272,24 @@ def test_each_heads_ov_circuit_reads_the_values_the_model_computes(toy: Toy) -> 
     assert_matches(ours, expected, FLOAT32_FOLDED, what=f"{toy.architecture} OV outputs")
 
 
+def test_the_forward_pass_reads_the_models_own_weights_where_they_are_laid_out_as_it_uses_them(toy: Toy) -> None:
+    """W_in, W_out and W_O: each layer's is one of the model's own parameters where the bridge holds it as
+    the forward pass uses it (GPT-2's Conv1D layout: no copy, 0.25 GB at GPT-2 small's size), else a
+    stacked copy; either way the model's values, to the bit."""
+    from helpers.forward import shared_weights
+
+    model = toy.model
+    weights = shared_weights(model, describe(model))
+    own = {param.data_ptr() for param in model.parameters()}
+    for name in ("W_in", "W_out", "W_O"):
+        held, expected = getattr(weights, name), getattr(model, name).detach()
+        if toy.architecture == "gpt2":
+            assert isinstance(held, tuple), f"{name}: a stacked copy, not the model's own parameters"
+        if isinstance(held, tuple):
+            assert all(layer.data_ptr() in own for layer in held), name
+        assert all(torch.equal(held[layer], expected[layer]) for layer in range(expected.shape[0])), name
+
+
 def test_every_family_has_a_toy_model() -> None:
     assert {model_type for family in FAMILIES for model_type in family.model_types} == set(TOY_ARCHITECTURES)
 
