@@ -45,11 +45,14 @@ def new_gelu(x: Tensor) -> Tensor:
     same operations in the same order, so the same bits, without its six intermediate tensors: in place, and
     on the CPU a block of rows at a time. It took about 0.33 s for a GPT-2 MLP's 4608 x 3072 activations,
     more than the matrix product before it; this takes about 0.09 s (2 cores). With gradients to record it
-    is transformers' own."""
+    is transformers' own, checkpointed: the backward pass keeps only ``x`` and recomputes the rest (the same
+    operations on the same input, so the same gradients to the bit), where autograd would keep four
+    intermediate tensors of ``x``'s size (0.06 GB per GPT-2 layer on 64 prompts of 18 tokens)."""
     if torch.is_grad_enabled() and x.requires_grad:
+        from torch.utils.checkpoint import checkpoint
         from transformers.activations import ACT2FN
 
-        return ACT2FN["gelu_new"](x)
+        return checkpoint(ACT2FN["gelu_new"], x, use_reentrant=False)
     rows = x.reshape(-1, x.shape[-1])
     out = torch.empty_like(rows)
     step = _GELU_ROWS if x.device.type == "cpu" else max(1, rows.shape[0])

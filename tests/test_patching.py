@@ -298,3 +298,30 @@ def test_gpt2s_gelu_is_transformers_own_to_the_bit(dtype: torch.dtype) -> None:
     expected = x.detach().clone().requires_grad_(True)
     reference(expected).sum().backward()
     assert x.grad is not None and torch.equal(x.grad, expected.grad)
+
+
+def test_gpt2s_gelu_keeps_only_its_input_for_the_backward_pass() -> None:
+    """With gradients to record, the GELU's backward pass keeps its input alone (it recomputes the rest),
+    where transformers' own keeps several tensors of the input's size; the gradients stay the same."""
+    from transformers.activations import ACT2FN
+
+    from helpers.forward import new_gelu
+
+    def kept_for_backward(function: Any, x: Tensor) -> int:
+        kept: list[int] = []
+
+        def pack(tensor: Tensor) -> Tensor:
+            kept.append(tensor.numel())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            function(x).sum().backward()
+        return sum(kept)
+
+    x = torch.randn(64, 300, requires_grad=True)
+    ours = kept_for_backward(new_gelu, x)
+    gradient = x.grad.clone()
+    x.grad = None
+    theirs = kept_for_backward(ACT2FN["gelu_new"], x)
+    assert ours <= x.numel() + 1 < theirs, (ours, theirs, x.numel())
+    assert torch.equal(gradient, x.grad)
