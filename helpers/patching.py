@@ -335,13 +335,22 @@ class PatchingEngine:
             self.clean = self._forward(self.clean_tokens)
         return None
 
-    def _forward(self, tokens: Tensor, *, grads: dict[str, list[Tensor]] | None = None) -> _Run:
-        """The whole model on ``tokens``, keeping every activation the sweeps reuse.
+    def _forward(self, tokens: Tensor) -> _Run:
+        """The whole model on ``tokens``, keeping every activation the sweeps reuse."""
+        x, acts = self._run_layers(tokens)
+        return _Run(resid_final=x, **{name: torch.stack(values) for name, values in acts.items()})
 
-        With ``grads`` (for attribution patching) the embeddings start an autograd graph, and each
+    def _final_stream_with_grads(self, tokens: Tensor, grads: dict[str, list[Tensor]]) -> Tensor:
+        """The residual stream after the last layer, from an autograd graph the embeddings start; each
         layer's values (per query head), pattern, head outputs and neuron activations are appended to
-        ``grads[name]`` with their gradients retained.
-        """
+        ``grads[name]`` with their gradients retained. Nothing is stacked (attribution patching reads the
+        final stream and those gradients alone; the stacks were 0.3 GB at GPT-2 small's size)."""
+        return self._run_layers(tokens, grads=grads)[0]
+
+    def _run_layers(self, tokens: Tensor, *, grads: dict[str, list[Tensor]] | None = None,
+                    ) -> tuple[Tensor, dict[str, list[Tensor]]]:
+        """The final stream and, without ``grads``, each layer's activations (lists; see :meth:`_forward`
+        and :meth:`_final_stream_with_grads`)."""
         fw = self.fw
         x = fw.embed(tokens)
         if grads is not None:
@@ -365,10 +374,11 @@ class PatchingEngine:
                 grads.setdefault("mlp_post", []).append(hidden)
             mlp_out = fw.mlp_out_from_hidden(layer, hidden)
             x = x + attn_out + mlp_out if self.arch.parallel else mlp_in + mlp_out
-            for name, value in (("mlp_in", mlp_in), ("attn_out", attn_out), ("mlp_out", mlp_out), ("k", k), ("v", v),
-                                ("pattern", pattern), ("z", z)):
-                acts[name].append(value)
-        return _Run(resid_final=x, **{name: torch.stack(values) for name, values in acts.items()})
+            if grads is None:
+                for name, value in (("mlp_in", mlp_in), ("attn_out", attn_out), ("mlp_out", mlp_out), ("k", k),
+                                    ("v", v), ("pattern", pattern), ("z", z)):
+                    acts[name].append(value)
+        return x, acts
 
     def _finish(self, x: Tensor, layer: int, *, from_mlp: bool, start: int) -> Float[Tensor, "rows d_model"]:
         """Run a patched residual stream to the end and return it at each row's final position.
@@ -552,8 +562,8 @@ class PatchingEngine:
         else:
             kept: dict[str, list[Tensor]] = {}
             with torch.enable_grad():
-                run = self._forward(self.corrupted_tokens, grads=kept)
-                self._metric_of(at_final_pos(run.resid_final, self.final_pos), 1)[0].backward()
+                final = self._final_stream_with_grads(self.corrupted_tokens, kept)
+                self._metric_of(at_final_pos(final, self.final_pos), 1)[0].backward()
             grads = [hidden.grad for hidden in kept["mlp_post"]]
             with torch.no_grad():
                 changes = [self.fw.mlp_hidden(layer, self.clean.mlp_in[layer]) - hidden.detach()
@@ -578,8 +588,8 @@ class PatchingEngine:
         else:
             kept: dict[str, list[Tensor]] = {}
             with torch.enable_grad():
-                run = self._forward(self.corrupted_tokens, grads=kept)
-                self._metric_of(at_final_pos(run.resid_final, self.final_pos), 1)[0].backward()
+                final = self._final_stream_with_grads(self.corrupted_tokens, kept)
+                self._metric_of(at_final_pos(final, self.final_pos), 1)[0].backward()
             grads = {name: [t.grad for t in kept[name]] for name in ("z", "v", "pattern")}
             changes = [{"z": self.clean.z[layer] - kept["z"][layer].detach(),
                         "v": self.fw.by_query_head(self.clean.v[layer]) - kept["v"][layer].detach(),
