@@ -625,13 +625,10 @@ class GraphRunner:
                     self.prompts.template_index)
                 with torch.no_grad():
                     tokens = reference.tokens.to(self.device)
-                    outputs = None  # every reference prompt's, filled a chunk at a time (no second copy to cat)
+                    # every reference prompt's, filled a chunk at a time (no second copy to cat)
+                    outputs = self.clean.outputs.new_empty(*tokens.shape, *self.clean.outputs.shape[2:])
                     for rows in _slices(tokens.shape[0], self.max_rows):
-                        chunk = self._plain(tokens[rows], metric=False, inputs=False).outputs
-                        if outputs is None:
-                            outputs = chunk.new_empty(tokens.shape[0], *chunk.shape[1:])
-                        outputs[rows] = chunk
-                        del chunk
+                        outputs[rows] = self._plain(tokens[rows], metric=False, inputs=False).outputs
                 shifted = ReferencePrompts(reference.name, reference.tokens, reference.final_pos.to(self.device),
                                            reference.template_index)
                 value = template_position_table(outputs, shifted, self.prompts)

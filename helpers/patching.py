@@ -344,7 +344,7 @@ class PatchingEngine:
         """The residual stream after the last layer, from an autograd graph the embeddings start; each
         layer's values (per query head), pattern, head outputs and neuron activations are appended to
         ``grads[name]`` with their gradients retained. Nothing is stacked (attribution patching reads the
-        final stream and those gradients alone; the stacks were 0.3 GB at GPT-2 small's size)."""
+        final stream and those gradients alone; the stacks were 0.3 GB at GPT-2 small's size, from their shapes)."""
         return self._run_layers(tokens, grads=grads)[0]
 
     def _run_layers(self, tokens: Tensor, *, grads: dict[str, list[Tensor]] | None = None,
@@ -358,7 +358,8 @@ class PatchingEngine:
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         acts: dict[str, list[Tensor]] = {name: [] for name in _Run.__dataclass_fields__ if name != "resid_final"}
         for layer in range(self.n_layers):
-            acts["resid_pre"].append(x)
+            if grads is None:
+                acts["resid_pre"].append(x)
             q, k, v = fw.qkv(layer, x, positions)
             v_read = fw.by_query_head(v) if grads is not None else v
             pattern, z = fw.attend(layer, q, k, v_read, positions)
