@@ -454,11 +454,13 @@ def test_edges_patched_together_get_the_effects_they_get_alone(demo: tuple[Any, 
         assert torch.equal(together.nan_to_num(), one_by_one.nan_to_num()), receiver
 
 
-def test_suffix_sums_are_the_cumulative_sums_they_replace() -> None:
-    """Each sender's sum over the receivers it feeds, without copies, equals flip-cumsum-flip to the bit."""
+def test_each_senders_sum_through_its_edges_is_the_expression_it_replaces() -> None:
+    """Each sender's difference dotted with the sum over the receivers it feeds, computed without copies,
+    equals the flip-cumsum-flip expression to the bit (GPT-2 small's graph and width)."""
     torch.manual_seed(0)
-    summed = torch.randn(445, 4, 18, 32)
+    summed, delta = torch.randn(445, 2, 18, 768), torch.randn(157, 2, 18, 768)
     runner = GraphRunner.__new__(GraphRunner)  # only the graph's size and the senders' first receivers
     runner._first_fed = torch.sort(torch.randint(0, 445, (157,))).values
     runner.graph = Graph(12, 12, False)
-    assert torch.equal(runner._suffix_sums(summed), summed.flip(0).cumsum(0).flip(0)[runner._first_fed])
+    expected = (summed.flip(0).cumsum(0).flip(0)[runner._first_fed] * delta).sum(-1)
+    assert torch.equal(runner._through_each_sender(summed, delta), expected)

@@ -162,3 +162,29 @@ def test_command_line_reports_an_unreachable_model_without_a_traceback(tmp_path:
     assert "model 'no-such-org/no-such-model'" in result.stderr and "MODEL=/path/to/local/dir" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "notebooks").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/self/maps")
+def test_weights_copied_out_of_the_checkpoint_file_are_the_same_bits_and_share_as_before(
+        toy_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import helpers.model
+
+    def sharing(model: Any) -> list[list[str]]:
+        groups: dict[int, list[str]] = {}
+        for name, tensor in (*model.named_parameters(remove_duplicate=False),
+                             *model.named_buffers(remove_duplicate=False)):
+            groups.setdefault(tensor.untyped_storage().data_ptr(), []).append(name)
+        return sorted(sorted(names) for names in groups.values())
+
+    with monkeypatch.context() as patch:
+        patch.setattr(helpers.model, "copy_out_of_checkpoint_files", lambda model: 0)
+        model = load_model(str(toy_model_dir), device="cpu")
+    before = {name: tensor.clone() for name, tensor in model.state_dict(keep_vars=True).items()}
+    shared_before = sharing(model)
+    assert helpers.model.copy_out_of_checkpoint_files(model) > 0, \
+        "nothing read the checkpoint file: this test no longer tests the copy"
+    assert helpers.model.copy_out_of_checkpoint_files(model) == 0
+    after = model.state_dict(keep_vars=True)
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[name], before[name]) for name in before)
+    assert sharing(model) == shared_before
