@@ -114,15 +114,17 @@ def settings_of(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, Any], *,
-         log: Any = print) -> dict[str, Any]:
+         log: Any = print, seconds: dict[str, float] | None = None) -> dict[str, Any]:
     """Move a successful run's notebooks, pages and results from ``staging`` into ``output_dir`` (see the
-    module docstring); returns the ``results.json`` written there."""
+    module docstring); returns the ``results.json`` written there. ``seconds``: how long the command line
+    waited for each template, kept in ``template_runs`` for the next run's estimate of what remains."""
     from helpers.results import CIRCUIT_FILE, FORMAT_VERSION, results_file, write_json
 
     previous_path = output_dir / "results.json"
     previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else None
     run_of = {name: {"finished_at": results["provenance"]["finished_at"],
-                     "suite_commit": results["provenance"].get("suite_commit")} for name in names}
+                     "suite_commit": results["provenance"].get("suite_commit"),
+                     **({"seconds": round(seconds[name], 1)} if seconds and name in seconds else {})} for name in names}
     if (previous is not None and settings_of(previous) == settings_of(results)
             and previous.get("format_version") == FORMAT_VERSION):
         earlier_runs = previous.get("provenance", {}).get("template_runs", {})
@@ -145,6 +147,22 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
     write_json(output_dir / "results.json", results)
     shutil.rmtree(output_dir / "failed", ignore_errors=True)
     return results
+
+
+def earlier_seconds(output_dir: Path, provenance: dict[str, Any]) -> dict[str, float]:
+    """How long each template took in the run whose results are in ``output_dir``, if it ran with the
+    settings of ``provenance`` (and on the same device); empty otherwise, or if it did not record it."""
+    path = output_dir / "results.json"
+    try:
+        previous = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(previous, dict) or settings_of(previous) != settings_of({"provenance": provenance}) \
+            or previous.get("provenance", {}).get("device") != provenance.get("device"):
+        return {}
+    runs = previous["provenance"].get("template_runs") or {}
+    return {name: float(run["seconds"]) for name, run in runs.items()
+            if isinstance(run, dict) and isinstance(run.get("seconds"), (int, float))}
 
 
 def move_earlier(output_dir: Path, previous: dict[str, Any] | None) -> Path:

@@ -39,7 +39,7 @@ from typing import Any
 # nbformat are imported (seconds); the rest is imported where it is used.
 from helpers.errors import ModelLoadError, RunLockedError
 from helpers.kernel import TemplateKernel, execute_template
-from helpers.outputs import RunLock, land, output_name
+from helpers.outputs import RunLock, earlier_seconds, land, output_name
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT, TEMPLATES_DIR
 from helpers.results import results_file, write_json
 from helpers.taskfile import TaskError, TaskSpec, available_tasks, load_task, resolve_task_path
@@ -221,6 +221,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
     finishing = NotebookFinisher()
     finished = []
     took: list[float] = []
+    before = earlier_seconds(plan.output_dir, _provenance(plan))  # the last run's times, for the estimate
     completed = False
     try:
         own(plan.spec, [t.stem for t in plan.templates])
@@ -240,7 +241,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
             finished.append(finishing.submit(staging, [name]))
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
             took.append(time.perf_counter() - started)
-            left = remaining_estimate(took, len(plan.templates) - i)
+            left = remaining_estimate(took, [t.stem for t in plan.templates[i:]], before, done=[t.stem for t in plan.templates[:i]])
             log(f"[{i}/{len(plan.templates)}] {name}: done in {took[-1]:.1f} s" + (f"; {left}" if left else ""))
         names = [t.stem for t in plan.templates]
         if not all(job.done() for job in finished):
@@ -252,7 +253,8 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
             log(f"Warning: {', '.join(heavy)} weigh more than {SIZE_BUDGET_BYTES // 2**20} MB: GitHub may not show "
                 "them. Fix: fewer prompts in the attention views (the templates' parameters), or fewer layers shown")
         land(staging, plan.output_dir, names, {"task": plan.spec.name, "templates": results,
-                                               "provenance": _provenance(plan)}, log=log)
+                                               "provenance": _provenance(plan)}, log=log,
+             seconds=dict(zip(names, took)))
         from helpers.export import write_index
 
         write_index(plan.output_dir)
@@ -318,14 +320,29 @@ def over_size_budget(folder: Path, names: list[str]) -> list[str]:
     return found
 
 
-def remaining_estimate(took: list[float], left: int) -> str | None:
-    """What the command line says remains after a template: the mean time of the templates run so far,
-    the first left out (it also pays for loading the model), times the number left; None when nothing is
-    left or only the first has run."""
-    if left <= 0 or len(took) < 2:
+def remaining_estimate(took: list[float], left: list[str], before: dict[str, float] | None = None, *,
+                       done: list[str] | None = None) -> str | None:
+    """What the command line says remains after a template, ``took`` holding the times of the templates
+    ``done`` so far and ``left`` the names still to run; None when nothing is left or there is no basis.
+
+    With ``before``, the times of the last run with the same settings (:func:`helpers.outputs.earlier_seconds`),
+    and a time there for every template left: their sum, scaled by how this run compares with that one on
+    the templates done after the first (the first also waits for the model to load). The templates' own
+    times differ a hundredfold (GPT-2 small: 4 s to 250 s), so that is the estimate worth having. Otherwise,
+    the mean time of the templates run so far, the first left out, times the number left."""
+    if not left:
+        return None
+    done = done or []
+    if before and all(name in before for name in left):
+        pairs = [(took[i], before[name]) for i, name in enumerate(done) if i > 0 and before.get(name)]
+        scale = sum(now for now, _ in pairs) / sum(then for _, then in pairs) if pairs else 1.0
+        then = sum(before[name] for name in left)
+        return (f"about {scale * then:.0f} s left for {len(left)} more (the last run with these settings took "
+                f"{then:.0f} s for them)")
+    if len(took) < 2:
         return None
     mean = sum(took[1:]) / len(took[1:])
-    return f"about {mean * left:.0f} s left for {left} more (at {mean:.1f} s each so far)"
+    return f"about {mean * len(left):.0f} s left for {len(left)} more (at {mean:.1f} s each so far)"
 
 
 class NotebookFinisher:

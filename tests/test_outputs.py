@@ -67,6 +67,24 @@ def test_a_partial_run_merges_its_templates_and_the_index_says_which_ran_when(
     assert sorted(p.name for p in (notebooks / "ioi").glob("*.ipynb")) == ["dla.ipynb", "patching.ipynb"]
 
 
+def test_a_run_estimates_what_remains_from_the_last_run_with_its_settings(
+    fake: Path, toy_model_dir: Path, tmp_path: Path
+) -> None:
+    notebooks = tmp_path / "notebooks"
+    lines: list[str] = []
+    options: dict[str, Any] = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
+                                   log=lines.append)
+    assert run.run_tasks(["ioi"], **options) == 0
+    assert not [line for line in lines if "left for" in line]  # one template after the first: no basis yet
+    took = {name: data["seconds"] for name, data in strict(notebooks / "ioi" / "results.json")[
+        "provenance"]["template_runs"].items()}
+    assert set(took) == {"dla", "patching"} and all(seconds > 0 for seconds in took.values())
+    lines.clear()
+    assert run.run_tasks(["ioi"], **options) == 0
+    said = [line for line in lines if line.startswith("[1/2] dla: done")]
+    assert said and said[0].endswith(f"(the last run with these settings took {took['patching']:.0f} s for them)"), said
+
+
 def test_a_run_with_other_settings_keeps_the_earlier_outputs_apart(fake: Path, toy_model_dir: Path, tmp_path: Path) -> None:
     notebooks = tmp_path / "notebooks"
     lines: list[str] = []
@@ -264,6 +282,28 @@ def test_a_notebook_or_page_over_the_size_budget_is_named(tmp_path: Path) -> Non
 
 
 def test_the_command_line_estimates_what_remains() -> None:
-    assert run.remaining_estimate([20.0], 5) is None  # the first template also loads the model: no basis yet
-    assert run.remaining_estimate([20.0, 4.0, 6.0], 3) == "about 15 s left for 3 more (at 5.0 s each so far)"
-    assert run.remaining_estimate([20.0, 4.0], 0) is None
+    left = ["copy_scores", "circuit_discovery", "circuit"]
+    assert run.remaining_estimate([20.0], left) is None  # the first template also loads the model: no basis yet
+    assert run.remaining_estimate([20.0, 4.0, 6.0], left) == "about 15 s left for 3 more (at 5.0 s each so far)"
+    assert run.remaining_estimate([20.0, 4.0], []) is None
+    # the last run with these settings: its times for what is left, scaled as this run compares with it
+    # on the templates after the first (which also waits for the model)
+    before = {"dla": 30.0, "patching": 100.0, "head_functions": 4.0, "copy_scores": 20.0, "circuit_discovery": 250.0,
+              "circuit": 60.0}
+    done = ["dla", "patching", "head_functions"]
+    assert run.remaining_estimate([10.0, 50.0, 2.0], left, before, done=done) == \
+        "about 165 s left for 3 more (the last run with these settings took 330 s for them)"
+    assert run.remaining_estimate([10.0], left, before, done=["dla"]).startswith("about 330 s left")
+    # a template the last run did not time: back to the mean so far
+    assert run.remaining_estimate([20.0, 4.0, 6.0], [*left, "new"], before, done=done) == \
+        "about 20 s left for 4 more (at 5.0 s each so far)"
+
+
+def test_the_next_run_reads_each_templates_time_from_results_with_the_same_settings(tmp_path: Path) -> None:
+    provenance = {"task": {"name": "ioi"}, "model": "m", "dtype": "float32", "device": "cpu", "finished_at": "t"}
+    runs = {"dla": {"finished_at": "t", "seconds": 3.5}, "patching": {"finished_at": "t"}}
+    (tmp_path / "results.json").write_text(json.dumps({"provenance": {**provenance, "template_runs": runs}}))
+    assert outputs.earlier_seconds(tmp_path, provenance) == {"dla": 3.5}
+    assert outputs.earlier_seconds(tmp_path, {**provenance, "model": "other"}) == {}
+    assert outputs.earlier_seconds(tmp_path, {**provenance, "device": "cuda"}) == {}
+    assert outputs.earlier_seconds(tmp_path / "none", provenance) == {}

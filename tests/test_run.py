@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -535,7 +536,8 @@ def run_in_processes(tmp_path: Path, model: Path, names: Sequence[str], seed: in
         assert process.returncode == 0, output
         data = json.loads((tmp_path / name / "ioi" / "results.json").read_text())
         assert data["provenance"].pop("finished_at")
-        assert data["provenance"].pop("template_runs")["dla"].pop("finished_at")  # when, not what
+        dla = data["provenance"].pop("template_runs")["dla"]
+        assert dla.pop("finished_at") and dla.pop("seconds") > 0  # when and how long, not what
         results.append(data)
     return results
 
@@ -595,6 +597,29 @@ def test_a_template_starts_without_the_memory_its_predecessor_freed(toy_model_di
     first, second = stamps(results["dla"]), stamps(results["patching"])
     assert int(first["after"]) > int(first["before"]) - 100  # freed, still resident (the test's premise)
     assert int(second["start"]) < int(first["after"]) - 800, (first, second)
+
+
+# 100 tensors of 5 MB served after a 16 MB one was freed (which raises glibc's default threshold past
+# them), every other one freed: how much of the 250 MB freed left the process at once, without a trim.
+_HOLES = ("import torch\nx = torch.ones(4 << 20)\ndel x\nheld = [torch.ones(5 << 18) for _ in range(100)]\n"
+          "before = " + _RSS + "\ndel held[::2]\nprint(before - " + _RSS + ")\n")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mapping threshold: Linux only")
+def test_the_kernel_hands_freed_activation_sized_tensors_back_at_once() -> None:
+    """In the templates' kernel (its environment, helpers.kernel.kernel_environment) a freed tensor of
+    4 MB or more leaves the process when it is freed, even in a hole between live ones; with glibc's
+    default threshold it stays resident until a trim."""
+    from helpers.kernel import kernel_environment
+
+    def released(env: dict[str, str]) -> int:
+        done = subprocess.run([sys.executable, "-c", _HOLES], env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return int(done.stdout.strip())
+
+    default = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    assert released(default) < 50  # the premise: by default the holes stay resident
+    assert released(kernel_environment()) > 200
 
 
 def test_the_kernel_converts_the_model_while_the_task_is_validated(toy_model_dir: Path, tmp_path: Path,
