@@ -117,10 +117,12 @@ _THREADS_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
 # each time it frees a mapped one; what the heap served stays resident after it is freed, in holes between
 # live tensors, until the next malloc_trim. Activation-sized tensors (1-32 MB at GPT-2 small's size) then
 # inflate a template's peak by what its earlier steps freed. A fixed 4 MB threshold hands each larger
-# tensor back to the system as it is freed. Measured on the GPT-2-small-shaped suite (64 prompts): peaks
-# 4.00 -> 3.82 GiB (circuit_discovery), 3.97 -> 3.89 (circuit), 3.56 -> 3.19 (patching), whole run 598 s
-# -> 608 s; 1 MB saved more and cost more time. Allocation only: the numbers are the same. Ignored where
-# the C library is not glibc. A value you set is kept.
+# tensor back to the system as it is freed. Measured on the GPT-2-small-shaped suite (64 prompts, two
+# separate runs of tests/bench_suite.py, without and with it): peaks 4.00 -> 3.82 GiB (circuit_discovery),
+# 3.97 -> 3.89 (circuit), 3.56 -> 3.19 (patching); whole run 598 s and 608 s, within the machine's
+# run-to-run spread. A 1 MB threshold saved more (every template under 3.62 GiB) but slowed a single
+# EAP-IG from about 20 s to 25-30 s. Allocation only: the numbers are the same. Ignored where the C library
+# is not glibc. A value you set is kept.
 _MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(4 << 20)}
 
 

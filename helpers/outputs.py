@@ -118,15 +118,13 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
     """Move a successful run's notebooks, pages and results from ``staging`` into ``output_dir`` (see the
     module docstring); returns the ``results.json`` written there. ``seconds``: how long the command line
     waited for each template, kept in ``template_runs`` for the next run's estimate of what remains."""
-    from helpers.results import CIRCUIT_FILE, FORMAT_VERSION, results_file, write_json
+    from helpers.results import CIRCUIT_FILE, results_file, write_json
 
-    previous_path = output_dir / "results.json"
-    previous = json.loads(previous_path.read_text(encoding="utf-8")) if previous_path.is_file() else None
+    previous = previous_results(output_dir)
     run_of = {name: {"finished_at": results["provenance"]["finished_at"],
                      "suite_commit": results["provenance"].get("suite_commit"),
                      **({"seconds": round(seconds[name], 1)} if seconds and name in seconds else {})} for name in names}
-    if (previous is not None and settings_of(previous) == settings_of(results)
-            and previous.get("format_version") == FORMAT_VERSION):
+    if previous is not None and same_settings(previous, results["provenance"]):
         earlier_runs = previous.get("provenance", {}).get("template_runs", {})
         kept = {name: data for name, data in previous.get("templates", {}).items() if name not in names}
         results = {**results, "templates": {**kept, **results["templates"]}}
@@ -149,15 +147,30 @@ def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, A
     return results
 
 
+def previous_results(output_dir: Path) -> dict[str, Any] | None:
+    """The ``results.json`` in ``output_dir``, or None if there is none."""
+    path = output_dir / "results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def same_settings(previous: dict[str, Any], provenance: dict[str, Any]) -> bool:
+    """Whether results written earlier (``previous``) came from a run with the settings of ``provenance``
+    (:data:`SETTINGS`) and in this suite's results format: a partial run merges into them only then."""
+    from helpers.results import FORMAT_VERSION
+
+    return settings_of(previous) == settings_of({"provenance": provenance}) \
+        and previous.get("format_version") == FORMAT_VERSION
+
+
 def earlier_seconds(output_dir: Path, provenance: dict[str, Any]) -> dict[str, float]:
     """How long each template took in the run whose results are in ``output_dir``, if it ran with the
-    settings of ``provenance`` (and on the same device); empty otherwise, or if it did not record it."""
-    path = output_dir / "results.json"
+    settings of ``provenance`` (:func:`same_settings`) and on the same device; empty otherwise, or if it
+    did not record it."""
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        previous = previous_results(output_dir)
     except (OSError, ValueError):
         return {}
-    if not isinstance(previous, dict) or settings_of(previous) != settings_of({"provenance": provenance}) \
+    if not isinstance(previous, dict) or not same_settings(previous, provenance) \
             or previous.get("provenance", {}).get("device") != provenance.get("device"):
         return {}
     runs = previous["provenance"].get("template_runs") or {}

@@ -220,7 +220,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
     # each executed notebook gets its figures' PNGs and its page there, while the kernel runs the next template
     finishing = NotebookFinisher()
     finished = []
-    took: list[float] = []
+    took: dict[str, float] = {}  # each template's time, in the order they ran
     before = earlier_seconds(plan.output_dir, _provenance(plan))  # the last run's times, for the estimate
     completed = False
     try:
@@ -240,9 +240,9 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
                 return _report_failure(plan.output_dir, name, notebook, failure, log)
             finished.append(finishing.submit(staging, [name]))
             results[name] = json.loads((staging / f"{name}.results.json").read_text())
-            took.append(time.perf_counter() - started)
-            left = remaining_estimate(took, [t.stem for t in plan.templates[i:]], before, done=[t.stem for t in plan.templates[:i]])
-            log(f"[{i}/{len(plan.templates)}] {name}: done in {took[-1]:.1f} s" + (f"; {left}" if left else ""))
+            took[name] = time.perf_counter() - started
+            left = remaining_estimate(took, [t.stem for t in plan.templates[i:]], before)
+            log(f"[{i}/{len(plan.templates)}] {name}: done in {took[name]:.1f} s" + (f"; {left}" if left else ""))
         names = [t.stem for t in plan.templates]
         if not all(job.done() for job in finished):
             log(f"Finishing the offline HTML pages ({sum(job.done() for job in finished)} of {len(names)} written) ...")
@@ -254,7 +254,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
                 "them. Fix: fewer prompts in the attention views (the templates' parameters), or fewer layers shown")
         land(staging, plan.output_dir, names, {"task": plan.spec.name, "templates": results,
                                                "provenance": _provenance(plan)}, log=log,
-             seconds=dict(zip(names, took)))
+             seconds=took)
         from helpers.export import write_index
 
         write_index(plan.output_dir)
@@ -320,10 +320,10 @@ def over_size_budget(folder: Path, names: list[str]) -> list[str]:
     return found
 
 
-def remaining_estimate(took: list[float], left: list[str], before: dict[str, float] | None = None, *,
-                       done: list[str] | None = None) -> str | None:
-    """What the command line says remains after a template, ``took`` holding the times of the templates
-    ``done`` so far and ``left`` the names still to run; None when nothing is left or there is no basis.
+def remaining_estimate(took: dict[str, float], left: list[str], before: dict[str, float] | None = None) -> str | None:
+    """What the command line says remains after a template: ``took`` holds the times of the templates run
+    so far (in the order they ran), ``left`` the names still to run; None when nothing is left or there is
+    no basis.
 
     With ``before``, the times of the last run with the same settings (:func:`helpers.outputs.earlier_seconds`),
     and a time there for every template left: their sum, scaled by how this run compares with that one on
@@ -332,16 +332,16 @@ def remaining_estimate(took: list[float], left: list[str], before: dict[str, flo
     the mean time of the templates run so far, the first left out, times the number left."""
     if not left:
         return None
-    done = done or []
+    after_first = list(took.items())[1:]
     if before and all(name in before for name in left):
-        pairs = [(took[i], before[name]) for i, name in enumerate(done) if i > 0 and before.get(name)]
+        pairs = [(now, before[name]) for name, now in after_first if before.get(name)]
         scale = sum(now for now, _ in pairs) / sum(then for _, then in pairs) if pairs else 1.0
         then = sum(before[name] for name in left)
         return (f"about {scale * then:.0f} s left for {len(left)} more (the last run with these settings took "
                 f"{then:.0f} s for them)")
-    if len(took) < 2:
+    if not after_first:
         return None
-    mean = sum(took[1:]) / len(took[1:])
+    mean = sum(now for _, now in after_first) / len(after_first)
     return f"about {mean * len(left):.0f} s left for {len(left)} more (at {mean:.1f} s each so far)"
 
 

@@ -283,27 +283,30 @@ def test_a_notebook_or_page_over_the_size_budget_is_named(tmp_path: Path) -> Non
 
 def test_the_command_line_estimates_what_remains() -> None:
     left = ["copy_scores", "circuit_discovery", "circuit"]
-    assert run.remaining_estimate([20.0], left) is None  # the first template also loads the model: no basis yet
-    assert run.remaining_estimate([20.0, 4.0, 6.0], left) == "about 15 s left for 3 more (at 5.0 s each so far)"
-    assert run.remaining_estimate([20.0, 4.0], []) is None
+    assert run.remaining_estimate({"dla": 20.0}, left) is None  # the first template also loads the model: no basis yet
+    so_far = {"dla": 20.0, "patching": 4.0, "head_functions": 6.0}
+    assert run.remaining_estimate(so_far, left) == "about 15 s left for 3 more (at 5.0 s each so far)"
+    assert run.remaining_estimate({"dla": 20.0, "patching": 4.0}, []) is None
     # the last run with these settings: its times for what is left, scaled as this run compares with it
     # on the templates after the first (which also waits for the model)
     before = {"dla": 30.0, "patching": 100.0, "head_functions": 4.0, "copy_scores": 20.0, "circuit_discovery": 250.0,
               "circuit": 60.0}
-    done = ["dla", "patching", "head_functions"]
-    assert run.remaining_estimate([10.0, 50.0, 2.0], left, before, done=done) == \
+    assert run.remaining_estimate({"dla": 10.0, "patching": 50.0, "head_functions": 2.0}, left, before) == \
         "about 165 s left for 3 more (the last run with these settings took 330 s for them)"
-    assert run.remaining_estimate([10.0], left, before, done=["dla"]).startswith("about 330 s left")
+    assert run.remaining_estimate({"dla": 10.0}, left, before).startswith("about 330 s left")
     # a template the last run did not time: back to the mean so far
-    assert run.remaining_estimate([20.0, 4.0, 6.0], [*left, "new"], before, done=done) == \
-        "about 20 s left for 4 more (at 5.0 s each so far)"
+    assert run.remaining_estimate(so_far, [*left, "new"], before) == "about 20 s left for 4 more (at 5.0 s each so far)"
 
 
 def test_the_next_run_reads_each_templates_time_from_results_with_the_same_settings(tmp_path: Path) -> None:
     provenance = {"task": {"name": "ioi"}, "model": "m", "dtype": "float32", "device": "cpu", "finished_at": "t"}
     runs = {"dla": {"finished_at": "t", "seconds": 3.5}, "patching": {"finished_at": "t"}}
-    (tmp_path / "results.json").write_text(json.dumps({"provenance": {**provenance, "template_runs": runs}}))
+    written = {"format_version": results.FORMAT_VERSION, "provenance": {**provenance, "template_runs": runs}}
+    (tmp_path / "results.json").write_text(json.dumps(written))
     assert outputs.earlier_seconds(tmp_path, provenance) == {"dla": 3.5}
+    (tmp_path / "results.json").write_text(json.dumps({**written, "format_version": "0"}))
+    assert outputs.earlier_seconds(tmp_path, provenance) == {}
+    (tmp_path / "results.json").write_text(json.dumps(written))
     assert outputs.earlier_seconds(tmp_path, {**provenance, "model": "other"}) == {}
     assert outputs.earlier_seconds(tmp_path, {**provenance, "device": "cuda"}) == {}
     assert outputs.earlier_seconds(tmp_path / "none", provenance) == {}
