@@ -84,6 +84,7 @@ def walk_paths(runner: GraphRunner, *, threshold: float = EFFECT, start: int = 5
                 edges.append(Edge(sender, node, kind, value, "path_patching"))
                 if sender != "input" and sender not in explored and sender not in queue:
                     queue.append(sender)
+    runner.release_clean_inputs()  # what comes next (EAP) has its own peak; path patching recomputes them
     return PathWalk(tuple(edges), tuple(explored), maps, threshold)
 
 

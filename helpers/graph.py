@@ -358,8 +358,9 @@ class EdgeCircuit:
 class _Plain:
     """One unablated run: every sender's output and what the edge patches restart from."""
 
-    outputs: Float[Tensor, "batch pos sender d_model"] | None  # None in EAP's runs (:meth:`GraphRunner._plain`)
-    # what the edge patches restart from: the clean run's and attribution's only (None elsewhere)
+    # None in EAP's runs and in GraphRunner._clean_inputs (:meth:`GraphRunner._plain`)
+    outputs: Float[Tensor, "batch pos sender d_model"] | None
+    # what the edge patches restart from: GraphRunner._clean_inputs' only (None elsewhere)
     resid_pre: Float[Tensor, "layer batch pos d_model"] | None
     mlp_in: Float[Tensor, "layer batch pos d_model"] | None
     q: Float[Tensor, "layer batch pos head_index d_head"] | None  # rotated, per query head
@@ -458,8 +459,10 @@ class GraphRunner:
         self.positions = torch.arange(self.clean_tokens.shape[1], device=self.device)
         self._split_weights()
         with torch.no_grad():
+            # the clean run's inputs (0.2 GB at GPT-2 small's size with 64 prompts) are read by exact path
+            # patching only: :attr:`_clean_inputs` recomputes them, to the bit, when it first asks
             self.clean = self._plain(self.clean_tokens)
-            self.corrupted = self._plain(self.corrupted_tokens, inputs=False)
+            self.corrupted = self._plain(self.corrupted_tokens)
             own = self._per_prompt(final_logits(model, self.clean_tokens, self.final_pos).float(), None, logits=True)
         error = float((own - self.clean.per_prompt).abs().max())
         scale = float(own.abs().max()) + 1.0
@@ -531,7 +534,7 @@ class GraphRunner:
             yield slice(start, min(batch, start + self.max_rows))
 
     def _plain(self, tokens: Tensor, *, embed: Tensor | None = None, grads: dict[str, list[Tensor]] | None = None,
-               rows: slice | None = None, metric: bool = True, inputs: bool = True,
+               rows: slice | None = None, metric: bool = True, inputs: bool = False, outputs: bool = True,
                into: Tensor | None = None) -> _Plain:
         """The model on the task's prompts ``tokens`` (``rows`` of them; or from the embeddings ``embed``),
         keeping every sender's output, and with ``inputs`` what the edge patches restart from. With
@@ -540,21 +543,23 @@ class GraphRunner:
         the senders' outputs are not kept (EAP reads the clean and corrupted runs', 0.14 GB per 16 prompts at
         GPT-2 small's size, from the shapes). With ``metric=False`` (other prompts), no metric is computed.
         ``into``: where to write the senders' outputs (``[batch, pos, sender, d_model]``, e.g. a slice of a
-        larger buffer), instead of a tensor of their own."""
+        larger buffer), instead of a tensor of their own. With ``outputs=False``, the senders' outputs are not
+        kept (:attr:`_clean_inputs`, which has them already)."""
         fw, positions = self.fw, torch.arange(tokens.shape[1], device=self.device)
         x = fw.embed(tokens) if embed is None else embed
         if grads is not None:
             x = x.detach().requires_grad_(True)
         # every sender's output, written in place as it is computed (stacking a list of them held two copies)
-        outputs = (into if into is not None else x.new_empty(*x.shape[:2], self.graph.n_senders, x.shape[-1])
-                   ) if grads is None else None
-        if outputs is not None:
-            outputs[:, :, 0] = x.detach()
+        kept_outputs = (into if into is not None else x.new_empty(*x.shape[:2], self.graph.n_senders, x.shape[-1])
+                        ) if grads is None and outputs else None
+        if kept_outputs is not None:
+            kept_outputs[:, :, 0] = x.detach()
         resid_pre, mlp_ins, qs, ks, vs = [], [], [], [], []
         if grads is not None:
             grads["resid_pre"] = resid_pre
         for layer in range(fw.n_layers):
-            resid_pre.append(x)
+            if inputs or grads is not None:  # else nothing holds a layer's inputs past it (0.2 GB at GPT-2 small's size)
+                resid_pre.append(x)
             normed = fw.norm(x)
             q, k, v = (self._project(layer, normed, kind) for kind in range(3))
             if grads is not None:
@@ -573,20 +578,21 @@ class GraphRunner:
             else:
                 mlp_out = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
             x = x + attn + mlp_out
-            if outputs is not None:
+            if kept_outputs is not None:
                 head_0 = self.graph.head_sender(layer, 0)
-                outputs[:, :, head_0: head_0 + fw.n_heads] = heads.detach()
-                outputs[:, :, self.graph.mlp_sender(layer)] = mlp_out.detach()
-            mlp_ins.append(mlp_in)
-            qs.append(q)
-            ks.append(k)
-            vs.append(v)
+                kept_outputs[:, :, head_0: head_0 + fw.n_heads] = heads.detach()
+                kept_outputs[:, :, self.graph.mlp_sender(layer)] = mlp_out.detach()
+            if inputs:
+                mlp_ins.append(mlp_in)
+                qs.append(q)
+                ks.append(k)
+                vs.append(v)
         if grads is not None:
             x.retain_grad()
             grads["logits"] = [x]
         final = at_final_pos(x, self.final_pos[rows] if rows is not None else self.final_pos) if metric else x[:, -1]
         kept = [torch.stack(t) if inputs else None for t in (resid_pre, mlp_ins, qs, ks, vs)]
-        return _Plain(outputs, *kept, final,
+        return _Plain(kept_outputs, *kept, final,
                       self._per_prompt(final, rows) if metric else final.new_zeros(0))
 
     # -- the metric -----------------------------------------------------------------------------------
@@ -639,7 +645,7 @@ class GraphRunner:
                     # chunk's outputs of their own to copy: 0.14 GB per 16 prompts at GPT-2 small's size)
                     outputs = self.clean.outputs.new_empty(*tokens.shape, *self.clean.outputs.shape[2:])
                     for rows in _slices(tokens.shape[0], self.max_rows):
-                        self._plain(tokens[rows], metric=False, inputs=False, into=outputs[rows])
+                        self._plain(tokens[rows], metric=False, into=outputs[rows])
                 shifted = ReferencePrompts(reference.name, reference.tokens, reference.final_pos.to(self.device),
                                            reference.template_index)
                 value = template_position_table(outputs, shifted, self.prompts)
@@ -791,7 +797,7 @@ class GraphRunner:
                 embed = (corrupted_embed + alpha * (clean_embed - corrupted_embed)).detach()
                 grads: dict[str, list[Tensor]] = {}
                 with torch.enable_grad():
-                    run = self._plain(self.clean_tokens[rows], embed=embed, grads=grads, rows=rows, inputs=False)
+                    run = self._plain(self.clean_tokens[rows], embed=embed, grads=grads, rows=rows)
                     (run.per_prompt.sum() / (batch * gap)).backward()
                 for layer in range(g.n_layers):
                     read = torch.cat([torch.einsum("bphe,hde->bphd", grads[name][layer].grad, self.W[i, layer])
@@ -858,7 +864,7 @@ class GraphRunner:
     def _one_edge_each(self, receiver: int, senders: list[int]) -> Float[Tensor, " rows"]:
         """Per prompt, for each sender in turn (rows: sender-major), the metric with the one edge from it
         into ``receiver`` ablated (resample)."""
-        g, fw, clean = self.graph, self.fw, self.clean
+        g, fw, clean, inputs = self.graph, self.fw, self.clean, self._clean_inputs
         n_cfg = len(senders)
         start = min(self.first_difference, int(self.final_pos.min()))
         delta = (clean.outputs[:, start:, senders] - self.corrupted.outputs[:, start:, senders])  # [b, p', c, D]
@@ -872,25 +878,25 @@ class GraphRunner:
             return self._per_prompt(stream, None)
         if node.startswith("MLP"):
             layer = int(node[3:])
-            mlp_in = clean.mlp_in[layer][:, start:].repeat(n_cfg, 1, 1) - delta
+            mlp_in = inputs.mlp_in[layer][:, start:].repeat(n_cfg, 1, 1) - delta
             mlp_clean = clean.outputs[:, start:, g.mlp_sender(layer)].repeat(n_cfg, 1, 1)
             mlp_new = fw.mlp_out_from_hidden(layer, fw.mlp_hidden(layer, mlp_in))
-            x = clean.resid_pre[layer + 1][:, start:] if layer + 1 < g.n_layers else None
+            x = inputs.resid_pre[layer + 1][:, start:] if layer + 1 < g.n_layers else None
             x = (x.repeat(n_cfg, 1, 1) if x is not None else self._resid_final_clean()[:, start:].repeat(n_cfg, 1, 1))
             x = x + mlp_new - mlp_clean
             return self._finish(x, layer + 1, start, n_cfg)
         layer, head = (int(p) for p in node[1:].split("H"))
         index = INPUT_KINDS.index(kind)  # type: ignore[arg-type]
-        x_in = clean.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1) - delta
+        x_in = inputs.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1) - delta
         suffix = self.positions[start:]
         new = self._project(layer, fw.norm(x_in), index)[:, :, head: head + 1]  # [rows, p', 1, dh]
-        parts = [clean.q[layer], clean.k[layer], clean.v[layer]]
+        parts = [inputs.q[layer], inputs.k[layer], inputs.v[layer]]
         qkv = [p[:, :, head: head + 1].repeat(n_cfg, 1, 1, 1) for p in parts]  # full positions, clean
         if index < 2:
             new = self._rotate(new, suffix)
         qkv[index] = torch.cat([qkv[index][:, :start], new], dim=1)
         q, k, v = qkv
-        stream = clean.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1)
+        stream = inputs.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1)
         out_clean = clean.outputs[:, start:, g.head_sender(layer, head)].repeat(n_cfg, 1, 1)
         attn_clean = self._attn_clean(layer)[:, start:].repeat(n_cfg, 1, 1)
         if layer == g.n_layers - 1:  # only the final position matters from here: one query per row
@@ -935,8 +941,22 @@ class GraphRunner:
     @cached_property
     def _clean_kv_heads(self) -> tuple[Tensor, Tensor]:
         """The clean run's rotated keys and values per key/value head (what ForwardPass.qkv produces)."""
-        group = self.arch.group_size
-        return self.clean.k[:, :, :, ::group].contiguous(), self.clean.v[:, :, :, ::group].contiguous()
+        group, inputs = self.arch.group_size, self._clean_inputs
+        return inputs.k[:, :, :, ::group].contiguous(), inputs.v[:, :, :, ::group].contiguous()
+
+    def release_clean_inputs(self) -> None:
+        """Free what exact path patching keeps between calls (the clean run's inputs, and its keys and values
+        per key/value head: 0.3 GB at GPT-2 small's size with 64 prompts); the next call recomputes them, to
+        the bit. For a caller done with path patching for a while (the walk, before EAP)."""
+        for name in ("_clean_inputs", "_clean_kv_heads"):
+            self.__dict__.pop(name, None)
+
+    @cached_property
+    def _clean_inputs(self) -> _Plain:
+        """The clean run again, keeping what the edge patches restart from (its inputs) and not the senders'
+        outputs (:attr:`clean` has them): the same call on the same tokens, so the same values to the bit."""
+        with torch.no_grad():
+            return self._plain(self.clean_tokens, inputs=True, outputs=False)
 
     def path_patching(self, receiver: str, senders: Sequence[str] | None = None) -> dict[str, float]:
         """Exact path patching into ``receiver`` (e.g. ``"L2H0<q>"``, ``"MLP1"``, ``"logits"``): the effect of each

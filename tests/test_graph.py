@@ -167,6 +167,22 @@ def test_every_edge_kept_is_the_clean_run_and_none_the_corrupted_run(toy: Toy) -
                    what=f"{toy.architecture} empty")
 
 
+def test_the_clean_inputs_path_patching_recomputes_are_the_clean_runs_to_the_bit(toy: Toy) -> None:
+    runner = toy.runner
+    assert runner.clean.resid_pre is None and runner.clean.q is None  # not kept by the run every analysis reads
+    inputs = runner._clean_inputs
+    assert inputs.outputs is None  # the clean run's outputs are not kept twice
+    assert torch.equal(inputs.final, runner.clean.final) and torch.equal(inputs.per_prompt, runner.clean.per_prompt)
+    assert torch.equal(inputs.resid_pre[0], runner.clean.outputs[:, :, 0])  # the embeddings
+    n_layers = runner.graph.n_layers
+    assert inputs.resid_pre.shape[0] == inputs.mlp_in.shape[0] == inputs.q.shape[0] == n_layers
+    receiver = "L0H0<k>"  # its patch runs the later layers from the clean keys and values
+    before = runner.path_patching(receiver)
+    runner.release_clean_inputs()
+    assert "_clean_inputs" not in vars(runner) and "_clean_kv_heads" not in vars(runner)
+    assert runner.path_patching(receiver) == before  # recomputed, the same floats
+
+
 def test_a_node_circuit_under_each_ablation_is_the_circuit_notebooks_hook_evaluation(toy: Toy) -> None:
     """EdgeCircuit.from_heads ablates a head's output for every reader, as the circuit notebook's hooks on
     hook_z do: mean (per template and position over the corrupted prompts), resample (each prompt's
