@@ -221,7 +221,8 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
     finishing = NotebookFinisher()
     finished = []
     took: dict[str, float] = {}  # each template's time, in the order they ran
-    before = earlier_seconds(plan.output_dir, _provenance(plan))  # the last run's times, for the estimate
+    provenance = _provenance(plan)  # the run's settings (its finishing time is set when it lands)
+    before = earlier_seconds(plan.output_dir, provenance)  # the last run's times, for the estimate
     completed = False
     try:
         own(plan.spec, [t.stem for t in plan.templates])
@@ -253,7 +254,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
             log(f"Warning: {', '.join(heavy)} weigh more than {SIZE_BUDGET_BYTES // 2**20} MB: GitHub may not show "
                 "them. Fix: fewer prompts in the attention views (the templates' parameters), or fewer layers shown")
         land(staging, plan.output_dir, names, {"task": plan.spec.name, "templates": results,
-                                               "provenance": _provenance(plan)}, log=log,
+                                               "provenance": {**provenance, "finished_at": _now()}}, log=log,
              seconds=took)
         from helpers.export import write_index
 
@@ -543,7 +544,7 @@ def _compare_locked(tasks: list[str], output_dir: Path, notebooks_dir: Path, log
             return _report_failure(output_dir, "compare", staging / "compare.ipynb", failure, log)
         section = json.loads((staging / "compare.results.json").read_text())
         results = results_file("compare", {"compare": section}, {
-            "tasks": list(tasks), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "tasks": list(tasks), "finished_at": _now(),
             "suite_commit": _git_commit()})
         write_json(staging / "results.json", results)
         _finish_notebooks(staging, ["compare"])
@@ -599,6 +600,7 @@ def _shown(path: Path) -> str:
 
 
 def _provenance(plan: RunPlan) -> dict[str, Any]:
+    """What the run was asked and ran with; ``finished_at`` is added when it lands."""
     versions = {}
     for package in PACKAGES:
         try:
@@ -616,10 +618,13 @@ def _provenance(plan: RunPlan) -> dict[str, Any]:
         "device": plan.device,
         "dtype": plan.dtype,
         "templates": [t.stem for t in plan.templates],
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "suite_commit": _git_commit(),
         "packages": versions,
     }
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _git_commit() -> str | None:

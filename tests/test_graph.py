@@ -360,6 +360,7 @@ def test_faithfulness_by_edges_at_mibs_sizes(demo: tuple[Any, PromptSet, GraphRu
 def discovered(demo: tuple[Any, PromptSet, GraphRunner]) -> dict[str, Any]:
     model, prompts, runner = demo
     walk = discovery.walk_paths(runner)
+    assert "_clean_inputs" not in vars(runner)  # the walk frees what path patching kept, before EAP runs
     spec = load_task("ioi_abc").with_overrides(n_prompts=16)
     roles = head_roles.assign_roles(head_roles.measure_evidence(model, prompts, runner, spec=spec))
     attribution = runner.eap_ig(steps=5)  # where each node acts

@@ -22,7 +22,7 @@ from fake_templates import GOOD_TEMPLATE, saving, stamps, write_templates
 from nbformat.sign import NotebookNotary
 from reference import hook_neuron_patching, hook_update_vector_top_share, normalised_task_metric
 
-from helpers import export, run, viz
+from helpers import export, images, run, viz
 from helpers import results as results_format
 from helpers.model import load_tokenizer
 from helpers.paths import REPO_ROOT, TEMPLATES_DIR
@@ -401,7 +401,7 @@ def test_each_notebook_has_an_offline_page_with_each_library_once(successful_run
             f"{notebook.name} is trusted by this user's Jupyter"
         outputs = outputs_of(notebook)
         figures = [o for o in outputs if export.PLOTLY_MIME in o.get("data", {})]
-        views = [o for o in outputs if viz.CIRCUITSVIS_METADATA in o.get("metadata", {})]
+        views = [o for o in outputs if images.CIRCUITSVIS_METADATA in o.get("metadata", {})]
         assert all("image/png" in o["data"] for o in figures), \
             "every figure also carries a static image for viewers without plotly's renderer (GitHub, nbconvert)"
         page = notebook.with_suffix(".html").read_text(encoding="utf-8")
@@ -409,7 +409,7 @@ def test_each_notebook_has_an_offline_page_with_each_library_once(successful_run
         assert page.count('<div class="suite-circuitsvis"') == len(views)
         assert page.count(plotly_js) == 1 and page.count(circuitsvis_js) == (1 if views else 0)
         assert external_references(page) == [], notebook.name
-    assert len([o for o in outputs_of(out / "dla.ipynb") if viz.CIRCUITSVIS_METADATA in o.get("metadata", {})]) == 1
+    assert len([o for o in outputs_of(out / "dla.ipynb") if images.CIRCUITSVIS_METADATA in o.get("metadata", {})]) == 1
     assert any("offline pages (.html)" in line for line in lines)
 
 

@@ -9,8 +9,8 @@ import plotly.io as pio
 import pytest
 import torch
 
+from helpers import images, viz
 from helpers import session as session_module
-from helpers import viz
 from helpers.tasks import TaskError, build_prompts, load_task
 from helpers.viz import PLOTLY_RENDERERS
 
@@ -44,11 +44,11 @@ def test_the_header_says_what_ran_and_warns_of_a_toy(session: session_module.Ses
 def test_figures_are_stored_as_the_session_chooses(session: session_module.Session, monkeypatch: pytest.MonkeyPatch) -> None:
     assert pio.renderers.default == PLOTLY_RENDERERS  # by hand: the JSON and the PNG, drawn in the kernel
     try:
-        monkeypatch.setenv(viz.STATIC_IMAGES_BY_RUNNER, "1")  # in the runner's kernels: the JSON, the runner draws
+        monkeypatch.setenv(images.STATIC_IMAGES_BY_RUNNER, "1")  # in the runner's kernels: the JSON, the runner draws
         viz.configure_outputs()
         assert pio.renderers.default == "plotly_mimetype"
     finally:
-        monkeypatch.delenv(viz.STATIC_IMAGES_BY_RUNNER)
+        monkeypatch.delenv(images.STATIC_IMAGES_BY_RUNNER)
         viz.configure_outputs()
     assert pio.renderers.default == PLOTLY_RENDERERS
 
