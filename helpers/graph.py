@@ -544,7 +544,7 @@ class GraphRunner:
         GPT-2 small's size, from the shapes). With ``metric=False`` (other prompts), no metric is computed.
         ``into``: where to write the senders' outputs (``[batch, pos, sender, d_model]``, e.g. a slice of a
         larger buffer), instead of a tensor of their own. With ``outputs=False``, the senders' outputs are not
-        kept (:attr:`_clean_inputs`, which has them already)."""
+        kept (:attr:`_clean_inputs`: :attr:`clean` has them)."""
         fw, positions = self.fw, torch.arange(tokens.shape[1], device=self.device)
         x = fw.embed(tokens) if embed is None else embed
         if grads is not None:
@@ -864,7 +864,7 @@ class GraphRunner:
     def _one_edge_each(self, receiver: int, senders: list[int]) -> Float[Tensor, " rows"]:
         """Per prompt, for each sender in turn (rows: sender-major), the metric with the one edge from it
         into ``receiver`` ablated (resample)."""
-        g, fw, clean, inputs = self.graph, self.fw, self.clean, self._clean_inputs
+        g, fw, clean = self.graph, self.fw, self.clean
         n_cfg = len(senders)
         start = min(self.first_difference, int(self.final_pos.min()))
         delta = (clean.outputs[:, start:, senders] - self.corrupted.outputs[:, start:, senders])  # [b, p', c, D]
@@ -876,6 +876,7 @@ class GraphRunner:
             rows = torch.arange(final.shape[0], device=self.device)
             stream = clean.final.repeat(n_cfg, 1) - delta[rows, within]
             return self._per_prompt(stream, None)
+        inputs = self._clean_inputs  # not before: the logits' edges read the clean outputs only
         if node.startswith("MLP"):
             layer = int(node[3:])
             mlp_in = inputs.mlp_in[layer][:, start:].repeat(n_cfg, 1, 1) - delta
