@@ -68,6 +68,15 @@ class HeadRoleScores:
         """Up to ``k`` heads with a score above 0 for ``role``, highest first."""
         return top_of_sign(self.scores[role], k, "positive")
 
+    def summary(self) -> str:
+        """The top head of each role, for the run's summary; a role with no head above 0 says so."""
+        parts = []
+        for role in ROLES:
+            top = self.top(role, 1)
+            parts.append(f"{ROLE_NAMES[role]} {top[0].name} {top[0].value:.2f}" if top
+                         else f"{ROLE_NAMES[role]}: no head above 0")
+        return "top heads by role: " + "; ".join(parts)
+
     def of(self, layer: int, head: int) -> dict[str, float]:
         return {role: float(self.scores[role][layer, head]) for role in ROLES}
 

@@ -268,13 +268,16 @@ def plot_role_scores(scores: HeadRoleScores, role: str) -> go.Figure:
 
 
 def role_score_table(scores: HeadRoleScores, k: int) -> pd.DataFrame:
-    """The top ``k`` heads for each role, side by side."""
+    """The top ``k`` heads for each role, side by side: a role with fewer heads above 0 than another has
+    blank rows at the bottom of its columns."""
+    tops = {role: scores.top(role, k) for role in ROLES}
+    rows = max((len(top) for top in tops.values()), default=0)
     columns: dict[str, list[object]] = {}
-    for role in ROLES:
-        top = scores.top(role, k)
-        columns[f"{ROLE_NAMES[role]} head"] = [h.name for h in top]
-        columns[f"{ROLE_NAMES[role]} score"] = [h.value for h in top]
-    return pd.DataFrame(columns, index=pd.RangeIndex(1, len(top) + 1, name="rank"))
+    for role, top in tops.items():
+        blank = [None] * (rows - len(top))
+        columns[f"{ROLE_NAMES[role]} head"] = [h.name for h in top] + blank
+        columns[f"{ROLE_NAMES[role]} score"] = [h.value for h in top] + blank
+    return pd.DataFrame(columns, index=pd.RangeIndex(1, rows + 1, name="rank"))
 
 
 def heads_with_roles_table(heads: Sequence[ImportantHead], scores: HeadRoleScores) -> pd.DataFrame:

@@ -31,6 +31,7 @@ from checks import (
     fast_engine,
 )
 from reference import hf_head_dla, hf_mean_ablated_metric, transformer_lens_patch
+from test_golden import assert_as_stored
 
 from helpers import attribution, circuit, hooks
 from helpers.architectures import FAMILIES, describe, family_of
@@ -369,6 +370,7 @@ def test_the_whole_suite_runs_through_the_runner(architecture: str, tmp_path_fac
         if template == "mlp_neurons":
             assert ("MLPs are gated" in shown) == (architecture == "llama")
     results = json.loads((out / "results.json").read_text())["templates"]
+    assert_as_stored(architecture, results)  # the golden run of this family: the same settings (tests/golden.py)
     assert results["patching"]["metric"]["engine"] == "fast path" and results["dla"]["additivity"]["ok"]
     assert ("pos_embed" in results["dla"]["components"]["labels"]) is False
     assert len(results["mlp_neurons"]["neurons"]["exact"]) == (256 if architecture == "gpt_neox" else 128)

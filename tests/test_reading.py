@@ -52,6 +52,34 @@ def test_copy_and_role_tables_list_no_head_at_zero(planted: Any) -> None:
     assert all(h.value > 0 for role in head_scores.ROLES for h in roles.top(role, 8))
 
 
+def test_the_role_table_leaves_blank_rows_where_a_role_has_fewer_heads() -> None:
+    """Roles with different numbers of heads above 0 (on the GPT-Neo toy: 8 for one, 4 for another) share
+    one table: each role lists its own heads, and the shorter columns end in blanks, not an error."""
+    from helpers.head_scores import ROLES, HeadRoleScores
+    from helpers.plotting import role_score_table
+
+    scores = {role: -torch.ones(3, 4) for role in ROLES}
+    scores[ROLES[0]] = MOSTLY_NEGATIVE.abs() + 0.01  # 12 heads above 0
+    scores[ROLES[1]] = MOSTLY_NEGATIVE  # 2 heads above 0; every other role has none
+    table = role_score_table(HeadRoleScores(scores, seq_len=4, batch=1, seed=0), 10)
+    assert len(table) == 10
+    first, second = (table.iloc[:, i].tolist() for i in (0, 2))
+    assert first == [h.name for h in top_of_sign(scores[ROLES[0]], 10, "positive")]
+    assert second[:2] == ["L0H0", "L1H1"] and table.iloc[2:, 2].isna().all() and table.iloc[2:, 3].isna().all()
+    assert table.iloc[:, 4].isna().all()
+
+
+def test_the_role_summary_names_a_role_without_heads_instead_of_failing() -> None:
+    """On the Mistral toy one role has no head above 0; the summary said nothing of the others then, it raised."""
+    from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
+
+    scores = {role: -torch.ones(3, 4) for role in ROLES}
+    scores[ROLES[0]] = MOSTLY_NEGATIVE
+    line = HeadRoleScores(scores, seq_len=4, batch=1, seed=0).summary()
+    assert line == (f"top heads by role: {ROLE_NAMES[ROLES[0]]} L0H0 0.50; "
+                    + "; ".join(f"{ROLE_NAMES[role]}: no head above 0" for role in ROLES[1:]))
+
+
 _IOI = {"name": "ioi_small", "description": "IOI", "n_prompts": 8, "seed": 0,
         "templates": ["When [IO] and [S] went to the [PLACE], [S] gave a [OBJECT] to"], "corrupted": {"swap": ["IO", "S"]},
         "correct": " [IO]", "incorrect": " [S]",
