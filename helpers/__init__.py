@@ -1,8 +1,25 @@
 """The tested library behind the circuit-analysis notebook templates.
 
-Dependencies point one way: ``paths``, ``tasks`` and ``model`` at the bottom; ``hooks``, ``metrics``
-and ``heads``; the analyses (``attribution``, ...); ``plotting`` and ``viz`` for figures; ``session``
-and ``results`` for templates; ``run`` (the command line) on top.
+The subpackages are the flow of a run, and each imports only from those above it in this list (tests/
+test_layout.py holds every import to it, function-level ones included, and refuses a cycle):
+
+    errors, paths, results   what everything shares: the suite's errors, its folders, the results.json format
+        |
+    tasks/        a task file -> TaskSpec (spec) -> PromptSet (prompts) with its AnswerMetric (metrics)
+        |
+    models/       where a model comes from (sources), loading it (load), what its architecture is
+        |         (architectures), the engine's forward pass (forward), hooks that must fire (hooks), toys
+    analyses/     one module per analysis (dla, head_functions, copy_scores, neurons, vectors, ...), with
+        |         patching/ (the exact engine, attribution patching, the hook route) and circuits/ (head
+        |         circuits, the graph of edges, discovery, head roles); heads and stats are shared
+    figures/      plotly figures of the results (plotting), their static images, notebook display (viz)
+        |
+    notebook/     what a template starts with (session) and the Colab set-up (colab)
+        |
+    run/          the command line (cli), its kernel, the output folders and the offline pages (export)
+
+Templates call ``notebook``, ``analyses``, ``figures`` and ``results``; nothing here imports from
+``tests/`` or reads a template except ``run``, which executes them.
 """
 
 import sys

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from helpers.paths import NOTEBOOKS_DIR
+
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 FORMAT_VERSION = 1
 
@@ -33,7 +35,9 @@ def schema() -> dict[str, Any]:
 
 
 def _validator(part: dict[str, Any]) -> Any:
+    # deferred: jsonschema takes a second to import; only validating a section needs it
     import jsonschema
+
 
     # a sub-schema keeps its $refs into the whole document
     return jsonschema.Draft202012Validator({**part, "$defs": schema()["$defs"]})
@@ -222,14 +226,13 @@ CIRCUIT_FILE = "circuit.json"
 
 
 def circuit_file_path(results_path: str | None, *, task: Any = None) -> Path | None:
-    """Where this run's circuit file is (:func:`helpers.discovery.write_circuit_file`): beside the
+    """Where this run's circuit file is (:func:`helpers.analyses.circuits.discovery.write_circuit_file`): beside the
     template's results in a run; by hand (``results_path`` None), ``notebooks/<task>/circuit.json`` of
     the last run when ``task`` is given and it exists; else None."""
     if results_path is not None:
         return Path(results_path).with_name(CIRCUIT_FILE)
     if task is None:
         return None
-    from helpers.paths import NOTEBOOKS_DIR
 
     last = NOTEBOOKS_DIR / task.name / CIRCUIT_FILE
     return last if last.is_file() else None
@@ -240,12 +243,11 @@ def load_earlier_results(results_path: str | None, names: list[str], *, task: An
 
     In a run, they are the files the run's earlier templates left beside ``results_path``. By hand
     (``results_path`` is None), they come from ``notebooks/<task>/results.json`` of the last run, but
-    only if that run used the same task settings (``task``, a :class:`helpers.tasks.TaskSpec`).
+    only if that run used the same task settings (``task``, a :class:`helpers.tasks.spec.TaskSpec`).
     """
     if results_path is None:
         if task is None:
             return {}
-        from helpers.paths import NOTEBOOKS_DIR
 
         last = NOTEBOOKS_DIR / task.name / "results.json"
         if not last.is_file():

@@ -6,9 +6,10 @@ import resource
 from pathlib import Path
 from typing import Any
 
-from helpers.model import load_gpt2_tokenizer, load_model
+from helpers.models.load import load_model
+from helpers.models.sources import load_gpt2_tokenizer
+from helpers.models.toys import build_toy_model
 from helpers.paths import CACHE_DIR
-from helpers.toy_models import build_toy_model
 
 # Shapes, by name: (architecture, layers, heads, d_model, key/value heads). GPT-2 small's; Pythia-160m's
 # (rotary on a quarter of each head, parallel blocks); a Llama of the same width with grouped-query

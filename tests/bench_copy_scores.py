@@ -1,7 +1,7 @@
 """Benchmark: copy scores for every head at once against a loop over heads and prompts (``make bench``).
 
 On a model of GPT-2 small's shape (random weights) and the IOI task's 64 prompts (320 words of
-interest), times :func:`helpers.copy_scores.compute_copy_scores` for all 144 heads, then the
+interest), times :func:`helpers.analyses.copy_scores.compute_copy_scores` for all 144 heads, then the
 straightforward computation (for each head, for each prompt: LayerNorm, OV circuit, final LayerNorm,
 unembedding, top-k) for the heads of the first ``--loop-layers`` layers. Prints the time per head of
 each, their ratio, whether the two agree on every input, and the peak memory.
@@ -20,9 +20,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from bench_common import gpt2_small_shaped_model, peak_memory_mib  # noqa: E402
 
-from helpers.copy_scores import CopyInputs, compute_copy_scores, copy_inputs, resid_after_first_layer  # noqa: E402
-from helpers.model import folded_norm  # noqa: E402
-from helpers.tasks import PromptSet, build_prompts, load_task  # noqa: E402
+from helpers.analyses.copy_scores import CopyInputs, compute_copy_scores, copy_inputs, resid_after_first_layer  # noqa: E402
+from helpers.models.load import folded_norm  # noqa: E402
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task  # noqa: E402
 
 
 def loop_copy_scores(model: object, prompts: PromptSet, inputs: CopyInputs, layers: int, k: int) -> torch.Tensor:

@@ -23,9 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from bench_common import SHAPES, peak_memory_mib, shaped_model  # noqa: E402
 
-from helpers.metrics import at_final_pos  # noqa: E402
-from helpers.patching import PATCH_KINDS, PatchingEngine, transformer_lens_patch_function  # noqa: E402
-from helpers.tasks import build_prompts, load_task, parse_task  # noqa: E402
+from helpers.analyses.patching.engine import PATCH_KINDS, PatchingEngine, transformer_lens_patch_function  # noqa: E402
+from helpers.tasks.metrics import at_final_pos  # noqa: E402
+from helpers.tasks.prompts import build_prompts, load_task, parse_task  # noqa: E402
 
 
 def main() -> None:

@@ -24,8 +24,8 @@ from typing import Any
 
 from bench_common import matmul_flops_per_second, shaped_model_dir
 
-from helpers import run
-from helpers.kernel import TemplateKernel
+from helpers.run import cli as run
+from helpers.run.kernel import TemplateKernel
 
 BUDGETS_S = {"demo": 60.0, "gpt2-small": 180.0}
 FIXED_BUDGET_S = 3.0

@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from helpers.patching import PatchingEngine
-from helpers.tasks import PromptSet
+from helpers.analyses.patching.engine import PatchingEngine
+from helpers.tasks.prompts import PromptSet
 
 
 @dataclass(frozen=True)

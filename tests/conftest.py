@@ -47,11 +47,12 @@ from typing import Any  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from helpers import model as model_module  # noqa: E402
 from helpers import paths  # noqa: E402
-from helpers.model import load_gpt2_tokenizer, load_model  # noqa: E402
-from helpers.tasks import PromptSet, build_prompts, load_task  # noqa: E402
-from helpers.toy_models import build_planted_model, build_toy_model  # noqa: E402
+from helpers.models import sources as model_sources  # noqa: E402
+from helpers.models.load import load_model  # noqa: E402
+from helpers.models.sources import load_gpt2_tokenizer  # noqa: E402
+from helpers.models.toys import build_planted_model, build_toy_model  # noqa: E402
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task  # noqa: E402
 
 
 def _gpt2_tokenizer_dir() -> Path:
@@ -68,7 +69,7 @@ def _gpt2_tokenizer_dir() -> Path:
 
 GPT2_TOKENIZER_DIR = _gpt2_tokenizer_dir()
 # helpers falls back to the hub's GPT-2 tokenizer when ../shared has none; here it reads the copy instead
-model_module.SHARED_GPT2_TOKENIZER = GPT2_TOKENIZER_DIR
+model_sources.SHARED_GPT2_TOKENIZER = GPT2_TOKENIZER_DIR
 
 
 def _tree(folder: Path) -> dict[str, int]:
@@ -114,7 +115,7 @@ def toy_model(toy_model_dir: Path) -> Any:
 
 @pytest.fixture(scope="session")
 def planted(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: Any) -> Any:
-    """The 2-layer model whose heads are set by hand (see ``helpers.toy_models.PLANTED``)."""
+    """The 2-layer model whose heads are set by hand (see ``helpers.models.toys.PLANTED``)."""
     directory = build_planted_model(tmp_path_factory.mktemp("planted"), tokenizer=gpt2_tokenizer)
     return load_model(str(directory), device="cpu")
 
@@ -129,7 +130,7 @@ def ioi_prompts(toy_model: Any) -> PromptSet:
 def two_task_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
     """``make run TASK="ioi greater_than"`` on the toy model: a logit-difference and a probability-difference
     task, every template, into a notebooks folder of its own. Returns the folder, the log and the exit code."""
-    from helpers import run
+    from helpers.run import cli as run
 
     notebooks = tmp_path_factory.mktemp("notebooks")
     lines: list[str] = []

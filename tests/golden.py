@@ -31,7 +31,7 @@ SKIPPED = {"gemma2": ("circuit_discovery",)}
 
 
 def golden_names() -> tuple[str, ...]:
-    from helpers.toy_models import TOY_ARCHITECTURES
+    from helpers.models.toys import TOY_ARCHITECTURES
 
     return (DEMO, *TOY_ARCHITECTURES)
 
@@ -44,7 +44,7 @@ def model_for(name: str, folder: Path, tokenizer: Any) -> str:
     """The model a golden run uses: ``demo``, or the family's toy (weights of std 0.3, the tests' seed)."""
     if name == DEMO:
         return DEMO
-    from helpers.toy_models import build_toy_model
+    from helpers.models.toys import build_toy_model
     from tests.checks import SEEDS
 
     return str(build_toy_model(folder / name, architecture=name, tokenizer=tokenizer, weight_std=0.3,
@@ -54,7 +54,7 @@ def model_for(name: str, folder: Path, tokenizer: Any) -> str:
 def run_sections(name: str, folder: Path, tokenizer: Any, *, model: str | None = None) -> dict[str, Any]:
     """Run every template of IOI on the golden run's model into ``folder`` and return results.json's
     ``templates`` section (``model``: a toy already built for it)."""
-    from helpers.run import TEMPLATE_ORDER, run_tasks
+    from helpers.run.cli import TEMPLATE_ORDER, run_tasks
 
     notebooks = folder / f"notebooks-{name}"
     lines: list[str] = []
@@ -91,7 +91,7 @@ def main(names: list[str]) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from helpers.model import load_gpt2_tokenizer
+    from helpers.models.sources import load_gpt2_tokenizer
 
     tokenizer = load_gpt2_tokenizer()
     GOLDEN_DIR.mkdir(exist_ok=True)

@@ -15,8 +15,8 @@ import torch
 from torch import Tensor
 from transformer_lens import patching as tlp
 
-from helpers.metrics import at_final_pos
-from helpers.tasks import PromptSet
+from helpers.tasks.metrics import at_final_pos
+from helpers.tasks.prompts import PromptSet
 
 TL_FUNCTIONS = {
     "resid_pre": tlp.get_act_patch_resid_pre,

@@ -3,7 +3,7 @@ patching engine's fast path against transformer_lens.patching and against patchi
 own hooks, direct logit attribution and head outputs against plain transformers, mean ablation against
 explicit hooks in plain transformers.
 
-Each toy model (``helpers.toy_models.toy_config``) has the features of its family that change the
+Each toy model (``helpers.models.toys.toy_config``) has the features of its family that change the
 arithmetic: grouped-query attention (Llama, Mistral, Qwen2, Gemma 2; multi-query Gemma), local windows
 smaller than the prompts (GPT-Neo, Mistral, Qwen2, Gemma 2), partial rotary (GPT-NeoX, GPT-J), parallel
 blocks (GPT-NeoX, GPT-J), Gemma 2's post-norms and soft caps, random normalisation weights everywhere.
@@ -33,13 +33,15 @@ from checks import (
 from reference import hf_head_dla, hf_mean_ablated_metric, transformer_lens_patch
 from test_golden import assert_as_stored
 
-from helpers import attribution, circuit, hooks
-from helpers.architectures import FAMILIES, describe, family_of
-from helpers.metrics import at_final_pos
-from helpers.model import load_model, prepends_bos
-from helpers.patching import PATCH_KINDS, PatchingEngine
-from helpers.tasks import PromptSet, build_prompts, load_task
-from helpers.toy_models import TOY_ARCHITECTURES, build_toy_model
+from helpers.analyses import dla as attribution
+from helpers.analyses.circuits import head_circuits as circuit
+from helpers.analyses.patching.engine import PATCH_KINDS, PatchingEngine
+from helpers.models import hooks
+from helpers.models.architectures import FAMILIES, describe, family_of
+from helpers.models.load import load_model, prepends_bos
+from helpers.models.toys import TOY_ARCHITECTURES, build_toy_model
+from helpers.tasks.metrics import at_final_pos
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task
 
 # The bridge hands these architectures' attention to the Hugging Face module, whose pattern is only a
 # copy once computed: a hook's edit of hook_pattern is discarded (transformer_lens.patching's pattern
@@ -103,7 +105,7 @@ def test_the_loaded_model_predicts_what_plain_transformers_predicts(toy: Toy, hf
 
 
 def test_logits_read_at_the_final_positions_alone_are_the_models_own(toy: Toy) -> None:
-    """The analyses have the unembedding read each prompt's final position alone (helpers.hooks): the
+    """The analyses have the unembedding read each prompt's final position alone (helpers.models.hooks): the
     logits are those of the whole run at those positions, to the bit, with and without an edit by a hook,
     and the activations cached beside them are unchanged."""
     tokens, final_pos = toy.prompts.clean_tokens, toy.prompts.final_pos
@@ -256,9 +258,9 @@ def test_each_heads_ov_circuit_reads_the_values_the_model_computes(toy: Toy) -> 
     """Copy scores put the stream after layer 0 through each layer-1 head's OV circuit. That stream is what
     layer 1 reads, so the model's own values there (``hook_v``, of the key/value head the query head
     reads) times its ``W_O`` are the same vectors."""
-    from helpers import copy_scores
-    from helpers.heads import HeadScore
-    from helpers.model import post_norm_weights
+    from helpers.analyses import copy_scores
+    from helpers.analyses.heads import HeadScore
+    from helpers.models.load import post_norm_weights
 
     model, prompts = toy.model, toy.prompts
     arch = describe(model)
@@ -278,7 +280,7 @@ def test_the_forward_pass_reads_the_models_own_weights_where_they_are_laid_out_a
     """W_in, W_out and W_O: each layer's is one of the model's own parameters where the bridge holds it as
     the forward pass uses it (GPT-2's Conv1D layout: no copy, 0.25 GB at GPT-2 small's size), else a
     stacked copy; either way the model's values, to the bit."""
-    from helpers.forward import shared_weights
+    from helpers.models.forward import shared_weights
 
     model = toy.model
     weights = shared_weights(model, describe(model))
@@ -296,7 +298,7 @@ def test_the_forward_pass_reads_the_models_own_weights_where_they_are_laid_out_a
 def test_no_weight_is_left_reading_the_checkpoint_file(toy: Toy) -> None:
     """While one tensor reads the memory-mapped checkpoint, every page of the file it has read stays
     resident (GPT-2 small: 474 MiB for its 81 MiB qkv projection): the loader copies them out."""
-    from helpers.model import file_mapped_ranges
+    from helpers.models.load import file_mapped_ranges
 
     files = [(start, end) for start, end, path in file_mapped_ranges()
              if Path(path).resolve().is_relative_to(toy.directory.resolve())]
@@ -325,7 +327,7 @@ def test_the_reading_of_each_difference_is_said(toy: Toy) -> None:
 def test_an_architecture_the_bridge_cannot_load_is_named_with_what_is_supported(tmp_path: Path, gpt2_tokenizer: Any) -> None:
     import transformers
 
-    from helpers.model import ModelLoadError
+    from helpers.models.load import ModelLoadError
 
     config = transformers.CTRLConfig(vocab_size=len(gpt2_tokenizer), n_embd=32, n_layer=1, n_head=2, dff=64,
                                      n_positions=64)
@@ -349,7 +351,7 @@ def test_the_whole_suite_runs_through_the_runner(architecture: str, tmp_path_fac
 
     import nbformat
 
-    from helpers import run
+    from helpers.run import cli as run
 
     directory = build_toy_model(tmp_path_factory.mktemp(f"run-{architecture}"), architecture=architecture,
                                 tokenizer=gpt2_tokenizer, weight_std=0.3, seed=SEEDS[architecture])

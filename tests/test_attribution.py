@@ -11,11 +11,11 @@ import torch
 from checks import FLOAT32_FOLDED, FLOAT32_FORWARD, FLOAT32_REORDERED, assert_matches
 from reference import gpt2_head_dla
 
-from helpers import attribution
-from helpers.heads import HeadScore, rank_heads
-from helpers.hooks import HookNotFoundError, cache_activations
-from helpers.metrics import AnswerMetric, at_final_pos, pearson_correlation
-from helpers.tasks import PromptSet
+from helpers.analyses import dla as attribution
+from helpers.analyses.heads import HeadScore, rank_heads
+from helpers.models.hooks import HookNotFoundError, cache_activations
+from helpers.tasks.metrics import AnswerMetric, at_final_pos, pearson_correlation
+from helpers.tasks.prompts import PromptSet
 
 
 @pytest.fixture(scope="module")

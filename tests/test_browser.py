@@ -16,7 +16,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from helpers import export
+from helpers.run import export
 
 # Chromium as the machine allows it: no sandbox (root), no GPU, and no background connections to
 # Google's services, which a closed network refuses (and which a test must not make).

@@ -10,10 +10,10 @@ import pytest
 import torch
 from checks import FLOAT32_FORWARD, assert_scalar_matches
 
-from helpers import circuit as circuits
-from helpers.heads import HeadScore
-from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
-from helpers.toy_models import PLANTED
+from helpers.analyses.circuits import head_circuits as circuits
+from helpers.analyses.heads import HeadScore
+from helpers.models.toys import PLANTED
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task, parse_task
 
 NOUNS = ["cat", "dog", "house", "tree", "river", "sun", "moon", "star", "lake", "hill", "fish", "bird", "car",
          "road", "book", "door", "rain", "snow", "king", "ship"]

@@ -11,7 +11,7 @@ from typing import Any
 import nbformat
 import pytest
 
-from helpers import colab
+from helpers.notebook import colab
 from helpers.paths import TEMPLATES_DIR
 
 TEMPLATES = sorted(TEMPLATES_DIR.glob("*.ipynb"))
@@ -25,7 +25,7 @@ def test_every_template_starts_with_the_badge_and_the_current_set_up_cell(path: 
     assert cells[1].source.startswith("# ")  # the title, then the set-up, then the parameters
     assert cells[2].cell_type == "code" and cells[2].source == colab.setup_source()
     assert "parameters" in cells[3].metadata.get("tags", [])
-    assert colab.stamp(path) is False, "python -m helpers.colab would change this template"
+    assert colab.stamp(path) is False, "python -m helpers.notebook.colab would change this template"
 
 
 def run_setup_cell(cwd: Path, monkeypatch: pytest.MonkeyPatch, *, in_colab: bool) -> list[list[str]]:

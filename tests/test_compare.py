@@ -10,7 +10,7 @@ import pytest
 import torch
 from checks import FLOAT32_REORDERED, assert_matches
 
-from helpers import compare
+from helpers.analyses import compare
 
 
 def write_results(folder: Path, task: str, patching: list[list[float]], *, model: str = "toy",

@@ -11,11 +11,11 @@ import scipy.stats
 import torch
 from checks import FLOAT32_FOLDED, FLOAT32_REORDERED, assert_matches
 
-from helpers import copy_scores
-from helpers.heads import HeadScore
-from helpers.metrics import pearson_correlation
-from helpers.tasks import PromptSet, build_prompts, load_task
-from helpers.toy_models import PLANTED
+from helpers.analyses import copy_scores
+from helpers.analyses.heads import HeadScore
+from helpers.models.toys import PLANTED
+from helpers.tasks.metrics import pearson_correlation
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task
 
 RANDOM_HEADS = [(0, 3), (1, 2), (1, 3)]  # the planted model's heads left with small random weights
 

@@ -1,5 +1,5 @@
 """The demo model (``MODEL=demo``) does the task a newcomer runs first: IOI, by a hand-set circuit whose
-heads are where :data:`helpers.toy_models.PLANTED_IOI` says."""
+heads are where :data:`helpers.models.toys.PLANTED_IOI` says."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from typing import Any
 import pytest
 import torch
 
-from helpers.attribution import compute_head_attribution, run_final_position_cache
-from helpers.metrics import at_final_pos
-from helpers.model import load_model
-from helpers.tasks import PromptSet, build_prompts, load_task
-from helpers.toy_models import PLANTED_IOI, ensure_demo_model
+from helpers.analyses.dla import compute_head_attribution, run_final_position_cache
+from helpers.models.load import load_model
+from helpers.models.toys import PLANTED_IOI, ensure_demo_model
+from helpers.tasks.metrics import at_final_pos
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Circuits as graphs of edges (helpers/graph.py), against independent computations through the model's
+"""Circuits as graphs of edges (helpers/analyses/circuits/graph.py), against independent computations through the model's
 hooks and against a model whose circuit is known.
 
 - The graph's own forward pass with every edge kept is the model's clean run, with none (resample) the
@@ -30,10 +30,9 @@ import torch
 from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, SEEDS, assert_matches
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
-from helpers import circuit, discovery, head_roles
-from helpers.architectures import describe
-from helpers.forward import UnsupportedArchitecture
-from helpers.graph import (
+from helpers.analyses.circuits import discovery, head_roles
+from helpers.analyses.circuits import head_circuits as circuit
+from helpers.analyses.circuits.graph import (
     ABLATION_KINDS,
     MIB_FRACTIONS,
     EdgeCircuit,
@@ -42,10 +41,12 @@ from helpers.graph import (
     GraphError,
     GraphRunner,
 )
-from helpers.metrics import at_final_pos
-from helpers.model import load_model
-from helpers.tasks import PromptSet, build_prompts, load_task
-from helpers.toy_models import PLANTED_IOI, TOY_ARCHITECTURES, build_toy_model, ensure_demo_model
+from helpers.models.architectures import describe
+from helpers.models.forward import UnsupportedArchitecture
+from helpers.models.load import load_model
+from helpers.models.toys import PLANTED_IOI, TOY_ARCHITECTURES, build_toy_model, ensure_demo_model
+from helpers.tasks.metrics import at_final_pos
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task
 
 NO_SPLIT_INPUTS = {"gpt_neo", "gptj", "opt"}  # the bridge has no per-head query/key/value inputs for these
 # The hook references are slow: they run on one model per kind of arithmetic (LayerNorm and learned

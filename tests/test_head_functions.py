@@ -11,9 +11,12 @@ from checks import FLOAT32_FOLDED, FLOAT32_FORWARD, FLOAT32_PATCHING, FLOAT32_RE
 from reference import gpt2_head_dla, normalised_task_metric, transformer_lens_patch
 from transformer_lens.head_detector import detect_head
 
-from helpers import ablation, attribution, head_scores, roles
-from helpers.tasks import PromptSet, build_prompts, parse_task
-from helpers.toy_models import PLANTED
+from helpers.analyses import ablation
+from helpers.analyses import dla as attribution
+from helpers.analyses import head_functions as head_scores
+from helpers.analyses import important_heads as roles
+from helpers.models.toys import PLANTED
+from helpers.tasks.prompts import PromptSet, build_prompts, parse_task
 
 ROLE_TO_PLANTED = {"previous_token": PLANTED.previous_token, "duplicate_token": PLANTED.duplicate_token,
                    "induction": PLANTED.induction}
@@ -145,7 +148,7 @@ def test_earlier_results_come_from_this_run_or_a_matching_last_run(tmp_path: Pat
     import json
 
     from helpers import paths, results
-    from helpers.tasks import load_task
+    from helpers.tasks.prompts import load_task
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "dla.results.json").write_text(json.dumps({"heads": {"mean": [[1.0]]}}))

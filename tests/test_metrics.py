@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers.metrics import AnswerMetric
+from helpers.tasks.metrics import AnswerMetric
 
 # Two prompts over a vocabulary of 5 tokens.
 LOGITS = torch.tensor([[2.0, 0.0, 1.0, -1.0, 0.5],

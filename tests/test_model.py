@@ -13,17 +13,16 @@ import pytest
 import torch
 from checks import FLOAT32_FOLDED, assert_matches
 
-from helpers.model import (
-    TOY_MODEL_KEY,
+from helpers.models.load import (
     ModelLoadError,
-    load_gpt2_tokenizer,
     load_model,
     load_tokenizer,
     pick_device,
     toy_model_notice,
 )
+from helpers.models.sources import load_gpt2_tokenizer
+from helpers.models.toys import DEMO_DESCRIPTION, TOY_MODEL_KEY, ensure_demo_model
 from helpers.paths import REPO_ROOT, SHARED_GPT2_TOKENIZER
-from helpers.toy_models import DEMO_DESCRIPTION, ensure_demo_model
 
 
 def test_toy_model_loads_in_compatibility_and_eval_mode_without_gradients(toy_model: Any) -> None:
@@ -167,7 +166,7 @@ def test_command_line_reports_an_unreachable_model_without_a_traceback(tmp_path:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads Linux's /proc/self/maps")
 def test_weights_copied_out_of_the_checkpoint_file_are_the_same_bits_and_share_as_before(
         toy_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import helpers.model
+    import helpers.models.load
 
     def sharing(model: Any) -> list[list[str]]:
         groups: dict[int, list[str]] = {}
@@ -177,13 +176,13 @@ def test_weights_copied_out_of_the_checkpoint_file_are_the_same_bits_and_share_a
         return sorted(sorted(names) for names in groups.values())
 
     with monkeypatch.context() as patch:
-        patch.setattr(helpers.model, "copy_out_of_checkpoint_files", lambda model: 0)
+        patch.setattr(helpers.models.load, "copy_out_of_checkpoint_files", lambda model: 0)
         model = load_model(str(toy_model_dir), device="cpu")
     before = {name: tensor.clone() for name, tensor in model.state_dict(keep_vars=True).items()}
     shared_before = sharing(model)
-    assert helpers.model.copy_out_of_checkpoint_files(model) > 0, \
+    assert helpers.models.load.copy_out_of_checkpoint_files(model) > 0, \
         "nothing read the checkpoint file: this test no longer tests the copy"
-    assert helpers.model.copy_out_of_checkpoint_files(model) == 0
+    assert helpers.models.load.copy_out_of_checkpoint_files(model) == 0
     after = model.state_dict(keep_vars=True)
     assert after.keys() == before.keys()
     assert all(torch.equal(after[name], before[name]) for name in before)

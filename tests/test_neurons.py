@@ -10,12 +10,12 @@ import torch
 from checks import FLOAT32_GRADIENT, FLOAT32_PATCHING, assert_matches, fast_engine
 from reference import hook_neuron_patching
 
-from helpers import neurons
-from helpers.metrics import at_final_pos
-from helpers.model import load_model
-from helpers.patching import PatchingEngine, PatchingResult
-from helpers.tasks import PromptSet, build_prompts, parse_task
-from helpers.toy_models import PLANTED_NEURON, build_planted_neuron_model
+from helpers.analyses import neurons
+from helpers.analyses.patching.engine import PatchingEngine, PatchingResult
+from helpers.models.load import load_model
+from helpers.models.toys import PLANTED_NEURON, build_planted_neuron_model
+from helpers.tasks.metrics import at_final_pos
+from helpers.tasks.prompts import PromptSet, build_prompts, parse_task
 
 
 @pytest.fixture(scope="module")

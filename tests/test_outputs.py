@@ -21,11 +21,14 @@ import pytest
 import yaml
 from fake_templates import saving, stamps, write_templates
 
-from helpers import model as model_module
-from helpers import outputs, results, run
+from helpers import results
 from helpers.errors import RunLockedError
+from helpers.models import load as model_module
+from helpers.models import sources as model_sources
 from helpers.paths import PARAMS_DIR, REPO_ROOT
-from helpers.tasks import TaskError
+from helpers.run import cli as run
+from helpers.run import outputs
+from helpers.tasks.prompts import TaskError
 
 STAMPED = saving(task_name='task["name"]', seed='task["seed"]')
 
@@ -197,12 +200,12 @@ def test_an_unreachable_hub_is_said_once_and_the_cache_is_used(monkeypatch: pyte
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setattr(socket, "create_connection", unreachable)
     lines: list[str] = []
-    model_module.settle_hub_access("gpt2", log=lines.append)
+    model_sources.settle_hub_access("gpt2", log=lines.append)
     assert lines == ["The Hugging Face hub (huggingface.co) cannot be reached: looking for 'gpt2' in the local "
                      "cache only."]
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     lines.clear()
-    model_module.settle_hub_access("gpt2", log=lines.append)  # already offline: nothing to do
+    model_sources.settle_hub_access("gpt2", log=lines.append)  # already offline: nothing to do
     assert lines == []
 
 

@@ -16,11 +16,11 @@ from checks import (
 )
 from reference import transformer_lens_patch
 
-from helpers import patching
-from helpers.forward import ForwardPass
-from helpers.metrics import METRIC_NAMES, at_final_pos
-from helpers.patching import PATCH_KINDS, PatchingEngine
-from helpers.tasks import PromptSet, build_prompts, load_task, parse_task
+from helpers.analyses.patching import engine as patching
+from helpers.analyses.patching.engine import PATCH_KINDS, PatchingEngine
+from helpers.models.forward import ForwardPass
+from helpers.tasks.metrics import METRIC_NAMES, at_final_pos
+from helpers.tasks.prompts import PromptSet, build_prompts, load_task, parse_task
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +286,7 @@ def test_gpt2s_gelu_is_transformers_own_to_the_bit(dtype: torch.dtype) -> None:
     gradients to record it is transformers' own, and they flow."""
     from transformers.activations import ACT2FN
 
-    from helpers.forward import new_gelu
+    from helpers.models.forward import new_gelu
 
     reference = ACT2FN["gelu_new"]
     torch.manual_seed(0)
@@ -305,7 +305,7 @@ def test_gpt2s_gelu_keeps_only_its_input_for_the_backward_pass() -> None:
     where transformers' own keeps several tensors of the input's size; the gradients stay the same."""
     from transformers.activations import ACT2FN
 
-    from helpers.forward import new_gelu
+    from helpers.models.forward import new_gelu
 
     def kept_for_backward(function: Any, x: Tensor) -> int:
         kept: list[int] = []

@@ -1,6 +1,6 @@
 """Every figure shows the numbers of its result, on the right axes and scale.
 
-Each ``plot_*`` function of :mod:`helpers.plotting` is called on results computed on the toy models, and
+Each ``plot_*`` function of :mod:`helpers.figures.plotting` is called on results computed on the toy models, and
 what it draws is read back from the figure: the values, the labels, the colour scale. A test also fails
 when a new ``plot_*`` function has no check here.
 """
@@ -17,24 +17,15 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from helpers import (
-    ablation,
-    attribution,
-    circuit,
-    compare,
-    copy_scores,
-    discovery,
-    graph,
-    head_roles,
-    head_scores,
-    neurons,
-    plotting,
-    static,
-    vectors,
-)
-from helpers.heads import HeadScore
-from helpers.patching import PatchingEngine, PatchingResult, compare_attribution
-from helpers.tasks import PromptSet
+from helpers.analyses import ablation, compare, copy_scores, neurons, vectors
+from helpers.analyses import dla as attribution
+from helpers.analyses import head_functions as head_scores
+from helpers.analyses.circuits import discovery, graph, head_roles
+from helpers.analyses.circuits import head_circuits as circuit
+from helpers.analyses.heads import HeadScore
+from helpers.analyses.patching.engine import PatchingEngine, PatchingResult, compare_attribution
+from helpers.figures import plotting, static
+from helpers.tasks.prompts import PromptSet
 
 
 def values_of(trace: Any, axis: str) -> list[Any]:
@@ -431,7 +422,7 @@ def test_the_runner_adds_the_static_image_a_kernel_left_out(tmp_path: Path) -> N
     while the next template runs: the notebook ends as the kernel's own renderer would have left it."""
     import nbformat
 
-    from helpers import images
+    from helpers.figures import images
 
     figure = plotting.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
     bundle = {images.PLOTLY_MIME: figure.to_plotly_json()}
@@ -451,8 +442,8 @@ def test_the_runner_draws_an_attention_views_image_as_the_kernel_would_have(tmp_
     runner's pass its output is the one a kernel drawing the image itself gives, byte for byte."""
     import nbformat
 
-    from helpers import images, viz
-    from helpers.attribution import AttentionPatterns
+    from helpers.analyses.dla import AttentionPatterns
+    from helpers.figures import images, viz
 
     patterns = torch.tensor([[[1.0, 0.0, 0.0], [0.3, 0.7, 0.0], [0.2, 0.5, 0.3]],
                              [[1.0, 0.0, 0.0], [0.9, 0.1, 0.0], [0.6, 0.1, 0.3]]])
@@ -483,7 +474,7 @@ def test_the_runner_draws_an_attention_views_image_as_the_kernel_would_have(tmp_
 def test_copy_score_table_leaves_the_shorter_side_empty() -> None:
     """Only heads above 0% are listed, so one side can be shorter (it raised on a GPT-2-shaped model with
     random weights, where fewer heads copy negatively than positively)."""
-    from helpers.copy_scores import CopyInputs, CopyScores
+    from helpers.analyses.copy_scores import CopyInputs, CopyScores
 
     in_top = torch.zeros(2, 2, 2, dtype=torch.bool)
     in_top[0, 1] = True  # L0H1 copies both words, L1H0 one

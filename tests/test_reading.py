@@ -12,14 +12,14 @@ import pytest
 import torch
 from checks import FLOAT32_PATCHING, assert_matches, fast_engine
 
-from helpers import circuit as circuits
-from helpers import stats
-from helpers.attribution import HeadAttribution
-from helpers.heads import HeadScore, top_of_sign
-from helpers.neurons import NeuronPatching
-from helpers.patching import MetricAnchors, PatchingEngine, PatchingResult
-from helpers.tasks import PromptSet
-from helpers.vectors import UpdateVector
+from helpers.analyses import stats
+from helpers.analyses.circuits import head_circuits as circuits
+from helpers.analyses.dla import HeadAttribution
+from helpers.analyses.heads import HeadScore, top_of_sign
+from helpers.analyses.neurons import NeuronPatching
+from helpers.analyses.patching.engine import MetricAnchors, PatchingEngine, PatchingResult
+from helpers.analyses.vectors import UpdateVector
+from helpers.tasks.prompts import PromptSet
 
 # 12 heads, only 2 of them positive and one exactly 0: a top 10 of each sign must not pad itself out
 MOSTLY_NEGATIVE = torch.tensor([[0.5, -0.1, -0.2, 0.0], [-0.4, 0.02, -0.3, -0.05], [-0.6, -0.7, -0.01, -0.8]])
@@ -39,8 +39,9 @@ def test_a_table_of_one_sign_holds_only_heads_of_that_sign() -> None:
 
 
 def test_copy_and_role_tables_list_no_head_at_zero(planted: Any) -> None:
-    from helpers import copy_scores, head_scores
-    from helpers.tasks import build_prompts, load_task
+    from helpers.analyses import copy_scores
+    from helpers.analyses import head_functions as head_scores
+    from helpers.tasks.prompts import build_prompts, load_task
 
     prompts = build_prompts(load_task({**_IOI, "model": "x"}), planted.tokenizer)
     scores = copy_scores.compute_copy_scores(planted, prompts, k=5)
@@ -55,8 +56,8 @@ def test_copy_and_role_tables_list_no_head_at_zero(planted: Any) -> None:
 def test_the_role_table_leaves_blank_rows_where_a_role_has_fewer_heads() -> None:
     """Roles with different numbers of heads above 0 (on the GPT-Neo toy: 8 for one, 4 for another) share
     one table: each role lists its own heads, and the shorter columns end in blanks, not an error."""
-    from helpers.head_scores import ROLES, HeadRoleScores
-    from helpers.plotting import role_score_table
+    from helpers.analyses.head_functions import ROLES, HeadRoleScores
+    from helpers.figures.plotting import role_score_table
 
     scores = {role: -torch.ones(3, 4) for role in ROLES}
     scores[ROLES[0]] = MOSTLY_NEGATIVE.abs() + 0.01  # 12 heads above 0
@@ -71,7 +72,7 @@ def test_the_role_table_leaves_blank_rows_where_a_role_has_fewer_heads() -> None
 
 def test_the_role_summary_names_a_role_without_heads_instead_of_failing() -> None:
     """On the Mistral toy one role has no head above 0; the summary said nothing of the others then, it raised."""
-    from helpers.head_scores import ROLE_NAMES, ROLES, HeadRoleScores
+    from helpers.analyses.head_functions import ROLE_NAMES, ROLES, HeadRoleScores
 
     scores = {role: -torch.ones(3, 4) for role in ROLES}
     scores[ROLES[0]] = MOSTLY_NEGATIVE

@@ -14,10 +14,11 @@ import nbformat
 import pytest
 from fake_templates import minimal_section
 
-from helpers import compare, outputs
 from helpers import results as results_format
+from helpers.analyses import compare
 from helpers.paths import TEMPLATES_DIR
 from helpers.results import ResultsFormatError
+from helpers.run import outputs
 
 TEMPLATES = sorted(p.stem for p in TEMPLATES_DIR.glob("*.ipynb"))
 

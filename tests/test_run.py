@@ -22,11 +22,13 @@ from fake_templates import GOOD_TEMPLATE, saving, stamps, write_templates
 from nbformat.sign import NotebookNotary
 from reference import hook_neuron_patching, hook_update_vector_top_share, normalised_task_metric
 
-from helpers import export, images, run, viz
 from helpers import results as results_format
-from helpers.model import load_tokenizer
+from helpers.figures import images, viz
+from helpers.models.load import load_tokenizer
 from helpers.paths import REPO_ROOT, TEMPLATES_DIR
-from helpers.tasks import TaskError, build_prompts, load_task
+from helpers.run import cli as run
+from helpers.run import export
+from helpers.tasks.prompts import TaskError, build_prompts, load_task
 
 
 @pytest.fixture(scope="module")
@@ -489,7 +491,7 @@ def test_failed_notebooks_are_cleared_by_a_later_success(toy_model_dir: Path, tm
 
 
 def test_all_runs_every_task_in_params(toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from helpers import taskfile
+    from helpers.tasks import spec as taskfile
 
     params = tmp_path / "params"
     params.mkdir()
@@ -584,7 +586,7 @@ _FREED_BUT_RESIDENT = ("import torch, helpers\nx = torch.ones(4 << 20)\ndel x\n"
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim: Linux only")
 def test_a_template_starts_without_the_memory_its_predecessor_freed(toy_model_dir: Path, tmp_path: Path,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    """What a template freed is handed back to the system before the next one starts (helpers.kernel
+    """What a template freed is handed back to the system before the next one starts (helpers.run.kernel
     .release_memory), so each template's peak is its own: here 1 GB of freed tensors stays resident
     through the first template and is gone when the second starts."""
     monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(
@@ -607,10 +609,10 @@ _HOLES = ("import torch\nx = torch.ones(4 << 20)\ndel x\nheld = [torch.ones(5 <<
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mapping threshold: Linux only")
 def test_the_kernel_hands_freed_activation_sized_tensors_back_at_once() -> None:
-    """In the templates' kernel (its environment, helpers.kernel.kernel_environment) a freed tensor of
+    """In the templates' kernel (its environment, helpers.run.kernel.kernel_environment) a freed tensor of
     4 MB or more leaves the process when it is freed, even in a hole between live ones; with glibc's
     default threshold it stays resident until a trim."""
-    from helpers.kernel import kernel_environment
+    from helpers.run.kernel import kernel_environment
 
     def released(env: dict[str, str]) -> int:
         done = subprocess.run([sys.executable, "-c", _HOLES], env=env, capture_output=True, text=True, timeout=120)
@@ -626,8 +628,8 @@ def test_the_kernel_converts_the_model_while_the_task_is_validated(toy_model_dir
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """The run's kernel imports the helpers and converts the task's model while the command line validates
     the task (the warm-up): the first template's session finds that very model. What survives the warm-up
-    and each reset is frozen out of the garbage collector's walks (helpers.kernel)."""
-    first = ("import gc\nfrom helpers import model as models\nfrom helpers.session import start_session\n"
+    and each reset is frozen out of the garbage collector's walks (helpers.run.kernel)."""
+    first = ("import gc\nfrom helpers import model as models\nfrom helpers.notebook.session import start_session\n"
              "kept = list(models._KEPT.values())\nsession = start_session(task, device=device, dtype=dtype)\n"
              + saving(warmed="len(kept) == 1 and kept[0] is session.model", frozen="gc.get_freeze_count() > 0"))
     monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=first, patching=GOOD_TEMPLATE))

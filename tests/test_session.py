@@ -9,10 +9,10 @@ import plotly.io as pio
 import pytest
 import torch
 
-from helpers import images, viz
-from helpers import session as session_module
-from helpers.tasks import TaskError, build_prompts, load_task
-from helpers.viz import PLOTLY_RENDERERS
+from helpers.figures import images, viz
+from helpers.figures.viz import PLOTLY_RENDERERS
+from helpers.notebook import session as session_module
+from helpers.tasks.prompts import TaskError, build_prompts, load_task
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers.tasks import available_tasks, build_prompts, generate_prompt_texts, load_task, multi_token_words
+from helpers.tasks.prompts import available_tasks, build_prompts, generate_prompt_texts, load_task, multi_token_words
 
 SHIPPED = ("ioi", "ioi_abc", "ioi_demo", "numseq", "months", "days", "letters", "number_words", "word_is_num",
            "greater_than")

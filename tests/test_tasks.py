@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers.tasks import (
+from helpers.tasks.prompts import (
     PromptSet,
     TaskError,
     build_prompts,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-from helpers.tasks import TaskError, answer_token, build_prompts, generate_prompt_texts, load_task
+from helpers.tasks.prompts import TaskError, answer_token, build_prompts, generate_prompt_texts, load_task
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ import pytest
 import torch
 from checks import FLOAT32_FOLDED, assert_matches
 
-from helpers import vectors
-from helpers.attribution import ComponentAttribution, run_final_position_cache
-from helpers.tasks import PromptSet
+from helpers.analyses import vectors
+from helpers.analyses.dla import ComponentAttribution, run_final_position_cache
+from helpers.tasks.prompts import PromptSet
 
 
 @pytest.fixture(scope="module")
