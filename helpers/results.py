@@ -19,13 +19,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from helpers.errors import SuiteError
 from helpers.paths import NOTEBOOKS_DIR
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 FORMAT_VERSION = 1
 
 
-class ResultsFormatError(ValueError):
+class ResultsFormatError(SuiteError, ValueError):
     """A results section or file does not follow helpers/results.schema.json; the message names the key."""
 
 

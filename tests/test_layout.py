@@ -125,3 +125,23 @@ def test_the_layout_test_sees_an_upward_import_and_a_cycle(tmp_path: Path) -> No
             "helpers.analyses.stats": [(9, "helpers.analyses.dla", False)]}
     assert cycles(pair) == ["helpers.analyses.dla -> helpers.analyses.stats -> helpers.analyses.dla"]
     assert cycles(all_imports()) == []
+
+
+def test_every_error_the_suite_defines_is_under_its_root() -> None:
+    """The runner reports a SuiteError in one message and lets anything else show its traceback (a bug)."""
+    import importlib
+    import inspect
+
+    from helpers.errors import SuiteError
+
+    defined = {}
+    for path in MODULES:
+        if path.name == "__main__.py":
+            continue
+        module = importlib.import_module(module_name(path))
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and issubclass(value, BaseException) and value.__module__ == module.__name__:
+                defined[f"{module.__name__}.{name}"] = value
+    assert len(defined) >= 10, sorted(defined)
+    outside = sorted(name for name, cls in defined.items() if not issubclass(cls, SuiteError))
+    assert not outside, f"errors not under helpers.errors.SuiteError: {outside}"

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from helpers import results as results_format
 from helpers.analyses.heads import HeadScore, head_name, rank_heads_by_magnitude
+from helpers.errors import SuiteError
 from helpers.tasks.metrics import pearson_correlation
 
 # Importance measures: (template, path to the layer x head values in its results), and their names.
@@ -39,7 +40,7 @@ SCORES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-class CompareError(ValueError):
+class CompareError(SuiteError, ValueError):
     """The tasks' results cannot be compared; the message says why and what to run."""
 
 

@@ -17,13 +17,15 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from helpers.errors import SuiteError
+
 DPI = 100
 COLORBAR_X = 0.9  # where colour bars stand, in figure fractions
 DEFAULT_SIZE = (1000, 520)  # pixels, when the figure does not set its own
 _TAG = re.compile(r"</?(?:b|i|em|sup|sub|span|a)(?:\s[^>]*)?>")  # plotly's own tags; "<|endoftext|>" is a token
 
 
-class UnsupportedFigure(ValueError):
+class UnsupportedFigure(SuiteError, ValueError):
     """The figure uses something this module does not draw."""
 
 

@@ -30,11 +30,12 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
 
+from helpers.errors import SuiteError
 from helpers.models.architectures import Architecture, describe
 from helpers.models.load import post_norm_weights, stacked_weight
 
 
-class UnsupportedArchitecture(RuntimeError):
+class UnsupportedArchitecture(SuiteError, RuntimeError):
     """The engine has no forward pass for this model; the message says why."""
 
 

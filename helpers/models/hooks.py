@@ -17,10 +17,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from helpers.errors import SuiteError
 from helpers.tasks.metrics import at_final_pos
 
 
-class HookNotFoundError(KeyError):
+class HookNotFoundError(SuiteError, KeyError):
     """A hook name matches no hook point of the model, or a hook point never fired."""
 
     def __str__(self) -> str:  # KeyError would quote the whole message

@@ -44,6 +44,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from helpers.analyses.circuits.head_circuits import ReferencePrompts, template_position_table
+from helpers.analyses.heads import head_name
+from helpers.errors import SuiteError
 from helpers.models.forward import ForwardPass, UnsupportedArchitecture
 from helpers.models.hooks import final_logits
 from helpers.tasks.metrics import at_final_pos
@@ -59,7 +61,7 @@ ABLATION_NAMES = {"resample": "resample (the corrupted run's outputs)", "mean": 
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
-class GraphError(ValueError):
+class GraphError(SuiteError, ValueError):
     """A graph, edge or circuit that does not fit the model; the message names it and the fix."""
 
 
@@ -85,14 +87,14 @@ class Graph:
     def senders(self) -> tuple[str, ...]:
         names = ["input"]
         for layer in range(self.n_layers):
-            names += [f"L{layer}H{h}" for h in range(self.n_heads)] + [f"MLP{layer}"]
+            names += [head_name(layer, h) for h in range(self.n_heads)] + [f"MLP{layer}"]
         return tuple(names)
 
     @cached_property
     def receivers(self) -> tuple[str, ...]:
         names = []
         for layer in range(self.n_layers):
-            names += [f"L{layer}H{h}<{kind}>" for kind in INPUT_KINDS for h in range(self.n_heads)] + [f"MLP{layer}"]
+            names += [f"{head_name(layer, h)}<{kind}>" for kind in INPUT_KINDS for h in range(self.n_heads)] + [f"MLP{layer}"]
         return tuple(names + ["logits"])
 
     @property
@@ -184,8 +186,9 @@ class Graph:
 
     def from_mib_name(self, node: str) -> str:
         if node.startswith("a") and ".h" in node:
-            layer, head = node[1:].split(".h")
-            return f"L{layer}H{head}"
+            layer, head = node[1:].split(".h", 1)
+            if layer.isdigit() and head.isdigit():
+                return head_name(int(layer), int(head))
         if node.startswith("m") and node[1:].isdigit():
             return f"MLP{node[1:]}"
         return node
@@ -299,7 +302,7 @@ class EdgeCircuit:
         """The node circuit of today's circuit notebook: every edge except those out of a head not in
         ``heads`` (the input, every MLP and the kept heads pass everything on)."""
         ablated = {graph.head_sender(layer, head) for layer in range(graph.n_layers) for head in range(graph.n_heads)
-                   if f"L{layer}H{head}" not in set(heads)}
+                   if head_name(layer, head) not in set(heads)}
         edges = {(s, r) for s, r in zip(*torch.nonzero(graph.real, as_tuple=True)) if int(s) not in ablated}
         return cls(graph, frozenset((int(s), int(r)) for s, r in edges), name, "heads")
 

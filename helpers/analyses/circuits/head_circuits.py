@@ -38,6 +38,7 @@ from torch import Tensor
 
 from helpers.analyses.heads import HeadScore, head_name
 from helpers.analyses.stats import Interval, ratio_interval
+from helpers.errors import SuiteError
 from helpers.models.hooks import cache_activations, final_logits
 from helpers.tasks.prompts import PromptSet, TaskSpec, build_prompts
 
@@ -51,7 +52,7 @@ _HEAD_RE = re.compile(r"^L(?P<layer>\d+)H(?P<head>\d+)$|^(?P<layer2>\d+)\.(?P<he
 _SMALL_METRIC = {"logit_diff": 0.1, "prob_diff": 0.01, "given": 0.1}
 
 
-class CircuitError(ValueError):
+class CircuitError(SuiteError, ValueError):
     """A circuit or one of its positions is malformed, or does not fit the model or the prompts."""
 
 

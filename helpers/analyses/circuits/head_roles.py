@@ -42,6 +42,7 @@ import torch
 from helpers.analyses.circuits.graph import EdgeCircuit
 from helpers.analyses.copy_scores import compute_copy_scores
 from helpers.analyses.head_functions import compute_head_role_scores
+from helpers.analyses.heads import head_name
 from helpers.models.hooks import cache_activations
 from helpers.results import read_section
 
@@ -212,7 +213,7 @@ def measure_evidence(model: Any, prompts: Any, runner: Any, *, spec: Any = None,
 
     graph = runner.graph
     heads = [(layer, head) for layer in range(graph.n_layers) for head in range(graph.n_heads)]
-    names = [f"L{layer}H{head}" for layer, head in heads]
+    names = [head_name(layer, head) for layer, head in heads]
     if copy_scores is None:
 
         scores = compute_copy_scores(model, prompts)
