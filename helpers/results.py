@@ -19,8 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from helpers import paths
 from helpers.errors import SuiteError
-from helpers.paths import NOTEBOOKS_DIR
 
 SCHEMA_PATH = Path(__file__).with_name("results.schema.json")
 FORMAT_VERSION = 1
@@ -235,7 +235,7 @@ def circuit_file_path(results_path: str | None, *, task: Any = None) -> Path | N
     if task is None:
         return None
 
-    last = NOTEBOOKS_DIR / task.name / CIRCUIT_FILE
+    last = paths.NOTEBOOKS_DIR / task.name / CIRCUIT_FILE
     return last if last.is_file() else None
 
 
@@ -250,7 +250,7 @@ def load_earlier_results(results_path: str | None, names: list[str], *, task: An
         if task is None:
             return {}
 
-        last = NOTEBOOKS_DIR / task.name / "results.json"
+        last = paths.NOTEBOOKS_DIR / task.name / "results.json"
         if not last.is_file():
             return {}
         data = load(last)

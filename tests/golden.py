@@ -41,10 +41,11 @@ def golden_path(name: str) -> Path:
 
 
 def model_for(name: str, folder: Path, tokenizer: Any) -> str:
-    """The model a golden run uses: ``demo``, or the family's toy (weights of std 0.3, the tests' seed)."""
-    if name == DEMO:
-        return DEMO
-    from helpers.models.toys import build_toy_model
+    """The model a golden run uses: the demo model, or the family's toy (weights of std 0.3, the tests' seed)."""
+    from helpers.models.toys import build_toy_model, ensure_demo_model
+
+    if name == DEMO:  # built where the run is, not in the repository's cache
+        return str(ensure_demo_model(folder / "demo"))
     from tests.checks import SEEDS
 
     return str(build_toy_model(folder / name, architecture=name, tokenizer=tokenizer, weight_std=0.3,

@@ -84,7 +84,7 @@ def test_the_installed_package_declares_what_helpers_imports() -> None:
     declared = {normal(re.split(r"[<>=!~ ;\[]", d)[0])
                 for d in tomllib.loads((TEMPLATES_DIR.parent / "pyproject.toml").read_text())["project"]["dependencies"]}
     modules = set()
-    for path in (TEMPLATES_DIR.parent / "helpers").glob("*.py"):
+    for path in (TEMPLATES_DIR.parent / "helpers").rglob("*.py"):  # every subpackage
         for node in ast.parse(path.read_text()).body:
             if isinstance(node, ast.Import):
                 modules |= {alias.name.split(".")[0] for alias in node.names}

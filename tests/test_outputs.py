@@ -229,7 +229,7 @@ def test_a_bad_task_file_is_reported_before_anything_heavy_is_imported(tmp_path:
     """What makes the report fast: torch, transformers and nbformat are not imported before it."""
     task = tmp_path / "bad.yaml"
     task.write_text("name: bad\ndescription: x\nmodel: gpt2\ntemplatez: [a]\n")
-    probe = ("import sys\nfrom helpers import run\ncode = run.main(['--task', sys.argv[1]])\n"
+    probe = ("import sys\nfrom helpers.run import cli\ncode = cli.main(['--task', sys.argv[1]])\n"
              "heavy = sorted(m for m in ('torch', 'transformers', 'nbformat', 'transformer_lens') if m in sys.modules)\n"
              "print('heavy:', heavy)\nsys.exit(code)")
     result = subprocess.run([sys.executable, "-c", probe, str(task)], cwd=REPO_ROOT, capture_output=True, text=True,
@@ -243,8 +243,8 @@ def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_kernel_running(toy_model
 
     templates = write_templates(tmp_path / "templates", dla="import time\ntime.sleep(120)")
     script = tmp_path / "runner.py"
-    script.write_text(f"import sys\nfrom pathlib import Path\nfrom helpers import run\n"
-                      f"run.TEMPLATES_DIR = Path({str(templates)!r})\nsys.exit(run.main(sys.argv[1:]))\n")
+    script.write_text(f"import sys\nfrom pathlib import Path\nfrom helpers.run import cli\n"
+                      f"cli.TEMPLATES_DIR = Path({str(templates)!r})\nsys.exit(cli.main(sys.argv[1:]))\n")
     out = tmp_path / "notebooks"
     previous = out / "ioi"
     previous.mkdir(parents=True)

@@ -25,7 +25,7 @@ from reference import hook_neuron_patching, hook_update_vector_top_share, normal
 from helpers import results as results_format
 from helpers.figures import images, viz
 from helpers.models.load import load_tokenizer
-from helpers.paths import REPO_ROOT, TEMPLATES_DIR
+from helpers.paths import PARAMS_DIR, REPO_ROOT, TEMPLATES_DIR
 from helpers.run import cli as run
 from helpers.run import export
 from helpers.tasks.prompts import TaskError, build_prompts, load_task
@@ -244,7 +244,7 @@ def test_a_failing_template_keeps_it_and_leaves_earlier_results_alone(
 
 def test_bad_task_fails_before_any_model_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = tmp_path / "bad.yaml"
-    shutil.copy(Path(run.__file__).parent.parent / "params" / "ioi.yaml", task)
+    shutil.copy(PARAMS_DIR / "ioi.yaml", task)
     task.write_text(task.read_text().replace("n_prompts: 64", "n_prompts: lots"))
     assert run.main(["--task", str(task), "--notebooks-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
@@ -264,7 +264,7 @@ def test_unknown_template_is_refused(toy_model_dir: Path) -> None:
 
 def test_multi_token_answers_fail_after_the_tokenizer_loads(toy_model_dir: Path, tmp_path: Path) -> None:
     task = tmp_path / "long_names.yaml"
-    text = (Path(run.__file__).parent.parent / "params" / "ioi.yaml").read_text()
+    text = (PARAMS_DIR / "ioi.yaml").read_text()
     task.write_text(text.replace("name: ioi", "name: long_names").replace("NAME: [Mary,", "NAME: [Xanthippe, Mary,"))
     with pytest.raises(TaskError, match="Xanthippe"):
         run.prepare_run(str(task), model=str(toy_model_dir))
@@ -629,7 +629,7 @@ def test_the_kernel_converts_the_model_while_the_task_is_validated(toy_model_dir
     """The run's kernel imports the helpers and converts the task's model while the command line validates
     the task (the warm-up): the first template's session finds that very model. What survives the warm-up
     and each reset is frozen out of the garbage collector's walks (helpers.run.kernel)."""
-    first = ("import gc\nfrom helpers import model as models\nfrom helpers.notebook.session import start_session\n"
+    first = ("import gc\nfrom helpers.models import load as models\nfrom helpers.notebook.session import start_session\n"
              "kept = list(models._KEPT.values())\nsession = start_session(task, device=device, dtype=dtype)\n"
              + saving(warmed="len(kept) == 1 and kept[0] is session.model", frozen="gc.get_freeze_count() > 0"))
     monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=first, patching=GOOD_TEMPLATE))
