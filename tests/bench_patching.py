@@ -23,7 +23,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 from bench_common import SHAPES, peak_memory_mib, shaped_model  # noqa: E402
 
-from helpers.analyses.patching.engine import PATCH_KINDS, PatchingEngine, transformer_lens_patch_function  # noqa: E402
+from helpers.analyses.patching import PATCH_KINDS, VARIANTS, PatchingEngine  # noqa: E402
 from helpers.tasks.metrics import at_final_pos  # noqa: E402
 from helpers.tasks.prompts import build_prompts, load_task, parse_task  # noqa: E402
 
@@ -70,7 +70,7 @@ def bench_shape(shape: str, repeats: int) -> tuple[float, float, float]:
         tl_times, our_times = [], []
         for _ in range(repeats):
             t0 = time.perf_counter()
-            reference = transformer_lens_patch_function(kind)(model, prompts.corrupted_tokens, clean_cache, metric)
+            reference = VARIANTS[kind].reference(model, prompts.corrupted_tokens, clean_cache, metric)
             tl_times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             ours = engine.patch(kind).values

@@ -35,7 +35,7 @@ from test_golden import assert_as_stored
 
 from helpers.analyses import dla as attribution
 from helpers.analyses.circuits import head_circuits as circuit
-from helpers.analyses.patching.engine import PATCH_KINDS, PatchingEngine
+from helpers.analyses.patching import PATCH_KINDS, PatchingEngine
 from helpers.models import hooks
 from helpers.models.architectures import FAMILIES, describe, family_of
 from helpers.models.load import load_model, prepends_bos

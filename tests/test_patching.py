@@ -14,10 +14,11 @@ from checks import (
     assert_scalar_matches,
     fast_engine,
 )
-from reference import transformer_lens_patch
+from reference import TL_FUNCTIONS, transformer_lens_patch
 
+from helpers.analyses.patching import PATCH_KINDS, PER_POSITION, VARIANTS, PatchingEngine
 from helpers.analyses.patching import engine as patching
-from helpers.analyses.patching.engine import PATCH_KINDS, PatchingEngine
+from helpers.analyses.patching.variants import variant
 from helpers.models.forward import ForwardPass
 from helpers.tasks.metrics import METRIC_NAMES, at_final_pos
 from helpers.tasks.prompts import PromptSet, build_prompts, load_task, parse_task
@@ -325,3 +326,15 @@ def test_gpt2s_gelu_keeps_only_its_input_for_the_backward_pass() -> None:
     theirs = kept_for_backward(ACT2FN["gelu_new"], x)
     assert ours <= x.numel() + 1 < theirs, (ours, theirs, x.numel())
     assert torch.equal(gradient, x.grad)
+
+
+@pytest.mark.parametrize("kind", PATCH_KINDS)
+def test_each_variant_names_the_transformer_lens_function_the_tests_compare_with(kind: str) -> None:
+    """The registry's reference (what ``make bench`` times against) is the one these tests check equality with."""
+    assert VARIANTS[kind].reference is TL_FUNCTIONS[kind]  # type: ignore[index]
+    assert (kind in PER_POSITION) == VARIANTS[kind].per_position  # type: ignore[index]
+
+
+def test_an_unknown_kind_is_named_with_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="unknown patch kind 'head_k'; use one of resid_pre, attn_out"):
+        variant("head_k")

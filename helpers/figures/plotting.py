@@ -49,7 +49,7 @@ from helpers.analyses.head_functions import ROLE_NAMES, ROLES, HeadRoleScores
 from helpers.analyses.heads import HeadScore, head_name
 from helpers.analyses.important_heads import ImportantHead
 from helpers.analyses.neurons import NeuronActivations, NeuronPatching, NeuronWrites
-from helpers.analyses.patching.engine import AttributionAgreement, MetricAnchors, PatchingResult
+from helpers.analyses.patching import VARIANTS, AttributionAgreement, MetricAnchors, PatchingResult
 from helpers.analyses.stats import Interval
 from helpers.analyses.vectors import PredictionChange, VectorArithmetic
 from helpers.tasks.prompts import token_labels
@@ -183,19 +183,9 @@ def plot_attention_patterns(result: AttentionPatterns) -> go.Figure:
     return fig
 
 
-PATCH_TITLES = {
-    "resid_pre": "Residual stream (before each layer)",
-    "attn_out": "Attention output",
-    "mlp_out": "MLP output",
-    "head_out": "Each head's output (all positions)",
-    "head_v": "Each head's values (all positions)",
-    "head_pattern": "Each head's attention pattern (all positions)",
-}
-
-
 def plot_patching(result: PatchingResult) -> go.Figure:
     """A layer x position (or layer x head) heatmap of the metric after each patch."""
-    title = f"Patching clean into corrupted: {PATCH_TITLES[result.kind]}"
+    title = f"Patching clean into corrupted: {VARIANTS[result.kind].title}"
     if result.is_per_head:
         return plot_head_heatmap(result.values.tolist(), title, colorbar_title=result.metric_name)
     values = result.values.tolist()
@@ -245,7 +235,7 @@ def plot_attribution_agreement(exact: PatchingResult, estimate: PatchingResult,
                                agreement: AttributionAgreement) -> go.Figure:
     return plot_head_scatter(
         exact, estimate, x_title="exact patching", y_title="attribution patching (estimate)",
-        title=f"{PATCH_TITLES[exact.kind]}: attribution vs exact, Pearson r = {agreement.pearson:.3f}")
+        title=f"{VARIANTS[exact.kind].title}: attribution vs exact, Pearson r = {agreement.pearson:.3f}")
 
 
 def anchors_table(anchors: MetricAnchors) -> pd.DataFrame:
@@ -258,7 +248,7 @@ def anchors_table(anchors: MetricAnchors) -> pd.DataFrame:
 
 def agreement_table(agreements: Sequence[AttributionAgreement]) -> pd.DataFrame:
     return pd.DataFrame({
-        "patching": [PATCH_TITLES[a.kind] for a in agreements],
+        "patching": [VARIANTS[a.kind].title for a in agreements],
         "Pearson r": [a.pearson for a in agreements],
         "largest |estimate - exact|": [a.max_abs_diff for a in agreements],
         "heads that differ most": [", ".join(f"{h.name} ({h.value:+.3f})" for h in a.largest_gaps[:3])

@@ -48,19 +48,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
-from transformer_lens import patching as tl_patching
 
 from helpers.analyses.heads import HeadScore, rank_heads_by_magnitude, top_of_sign
 from helpers.analyses.patching.through_hooks import HookPatcher
+from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run, variant
 from helpers.analyses.stats import Interval, bootstrap_ratio
 from helpers.models.architectures import Architecture, describe
 from helpers.models.forward import ForwardPass, UnsupportedArchitecture
 from helpers.tasks.metrics import AnswerMetric, at_final_pos, pearson_correlation
 from helpers.tasks.prompts import PromptSet
 
-PatchKind = Literal["resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern"]
-PATCH_KINDS: tuple[PatchKind, ...] = ("resid_pre", "attn_out", "mlp_out", "head_out", "head_v", "head_pattern")
-PER_POSITION: tuple[PatchKind, ...] = ("resid_pre", "attn_out", "mlp_out")
 FinalLogitsMetric = Callable[[Float[Tensor, "batch d_vocab"]], Tensor]
 Path = Literal["fast path", "model hooks"]
 
@@ -279,8 +276,7 @@ class PatchingEngine:
 
     def patch(self, kind: PatchKind) -> PatchingResult:
         """Patch each clean activation of ``kind`` into the corrupted run; the metric for each patch."""
-        if kind not in PATCH_KINDS:
-            raise ValueError(f"unknown patch kind {kind!r}; use one of {', '.join(PATCH_KINDS)}")
+        variant(kind)  # a clear error for an unknown kind
         with torch.no_grad():
             if self._hooks is not None:
                 values = self._hooks.patch(kind, self._layers(kind), self._first_difference)
@@ -450,53 +446,53 @@ class PatchingEngine:
                 values[layer, columns] = self._metric_of(final, len(columns)).float().cpu()
         return values
 
-    def _after_attention(self, layer: int, change: Tensor, start: int) -> tuple[Tensor, int, bool]:
-        """The stream after ``layer``'s attention changed by ``change`` (``[column, batch, pos, d_model]``,
-        positions ``start`` onwards), the layer to continue from, and whether its MLP is still to run."""
-        if self.arch.parallel:  # the MLP read the stream before attention: it is unchanged
-            return self.corrupted.resid_post(layer)[:, start:] + change, layer + 1, False
-        return self.corrupted.mlp_in[layer][:, start:] + change, layer, True
+    def _stream_at(self, run: _Run, layer: int, point: str) -> tuple[Tensor, int, bool]:
+        """``run``'s residual stream at ``point`` of ``layer`` (a variant's ``resumes``: entering the layer,
+        after its attention, after its MLP), the layer to continue from, and whether its MLP is still to run.
+        Where the MLP reads the stream before attention (parallel blocks), after attention is after the layer."""
+        if point == "layer":
+            return run.resid_pre[layer], layer, False
+        if point == "attention" and not self.arch.parallel:
+            return run.mlp_in[layer], layer, True
+        return run.resid_post(layer), layer + 1, False
 
     def _patched_stream(self, kind: PatchKind, layer: int, columns: list[int], start: int) -> tuple[Tensor, int, bool]:
         """Positions ``start`` onwards of the corrupted residual stream with one patch per column
         (``[column, batch, pos, d_model]``), the layer to continue from, and whether that layer's
-        attention is already accounted for."""
+        attention is already accounted for. How the patch is made is ``kind``'s row (:mod:`.variants`)."""
         clean, corrupted = self.clean, self.corrupted
+        row = VARIANTS[kind]
         n = len(columns)
-        if kind in PER_POSITION:
-            change = None
-            if kind == "resid_pre":
-                base, patched_from, begin, from_mlp = corrupted.resid_pre[layer], clean.resid_pre[layer], layer, False
-            elif kind == "attn_out":
-                change = clean.attn_out[layer] - corrupted.attn_out[layer]
-                if self.arch.parallel:
-                    base, begin, from_mlp = corrupted.resid_post(layer), layer + 1, False
-                else:  # the stream after the attention, with the clean output in its place
-                    base, begin, from_mlp = corrupted.mlp_in[layer], layer, True
-            else:
-                change = clean.mlp_out[layer] - corrupted.mlp_out[layer]
-                base, begin, from_mlp = corrupted.resid_post(layer), layer + 1, False
-            if change is not None:
-                patched_from = base + change
+        if row.per_position:
+            assert row.stream is not None and row.resumes is not None
+            base, begin, from_mlp = self._stream_at(corrupted, layer, row.resumes)
+            if row.resumes == "layer":  # the stream itself is replaced
+                patched_from = self._stream_at(clean, layer, row.resumes)[0]
+            else:  # a block's output is replaced: the stream after it changes by the difference
+                patched_from = base + (getattr(clean, row.stream)[layer] - getattr(corrupted, row.stream)[layer])
             x = base[:, start:].expand(n, *base[:, start:].shape).clone()
             for i, pos in enumerate(columns):
                 x[i, :, pos - start] = patched_from[:, pos]
             return x, begin, from_mlp
         heads = torch.tensor(columns, device=self.device)
         z_corrupted = corrupted.z[layer][:, start:]  # [batch, pos, head, d_head]
-        if kind == "head_out":
-            z_new = clean.z[layer][:, start:, heads]
-        else:
-            pattern, values = (corrupted, clean) if kind == "head_v" else (clean, corrupted)
-            z_new = torch.einsum("bhqk,bkhd->bqhd", pattern.pattern[layer][:, heads, start:],
-                                 self.fw.by_query_head(values.v[layer])[:, :, heads])
+        runs = {"clean": clean, "corrupted": corrupted}
+
+        def pattern(run: Run) -> Tensor:
+            return runs[run].pattern[layer][:, heads, start:]
+
+        def values(run: Run) -> Tensor:
+            return self.fw.by_query_head(runs[run].v[layer])[:, :, heads]
+
+        z_new = row.patched_z(lambda run: runs[run].z[layer][:, start:, heads], pattern, values)
         if self.fw.linear_heads:
             change = torch.einsum("bqnd,ndm->nbqm", z_new - z_corrupted[:, :, heads], self.fw.w.W_O[layer][heads])
         else:  # a post-norm couples the heads: recompute the layer's output with each head replaced
             z = z_corrupted.expand(n, *z_corrupted.shape).clone()
             z[torch.arange(n, device=self.device), :, :, heads] = z_new.permute(2, 0, 1, 3)
             change = self.fw.attn_out(layer, z) - corrupted.attn_out[layer][:, start:]
-        return self._after_attention(layer, change, start)
+        base, begin, from_mlp = self._stream_at(corrupted, layer, "attention")
+        return base[:, start:] + change, begin, from_mlp
 
     def _layers(self, kind: PatchKind) -> Iterator[int]:
         layers = range(self.n_layers)
@@ -598,7 +594,11 @@ class PatchingEngine:
                         "pattern": self.clean.pattern[layer] - kept["pattern"][layer].detach()}
                        for layer in range(self.n_layers)]
         results: dict[PatchKind, PatchingResult] = {}
-        for kind, name, head_axis in (("head_out", "z", 2), ("head_v", "v", 2), ("head_pattern", "pattern", 1)):
+        for kind, row in VARIANTS.items():
+            if row.attribution_site is None:
+                continue
+            name = row.attribution_site
+            head_axis = 1 if name == "pattern" else 2  # pattern [batch, head, q, k]; z and v [batch, pos, head, d]
             estimate = torch.zeros(self.n_layers, self.n_heads)
             for layer in range(self.n_layers):
                 product = (changes[layer][name] * grads[name][layer]).transpose(0, head_axis)
@@ -607,19 +607,6 @@ class PatchingEngine:
                                            tuple(f"H{h}" for h in range(self.n_heads)),
                                            f"{self.metric_name} (attribution estimate)")
         return results
-
-
-def transformer_lens_patch_function(kind: PatchKind) -> Callable[..., Tensor]:
-    """The ``transformer_lens.patching`` function that computes the same sweep as ``kind``."""
-
-    return {
-        "resid_pre": tl_patching.get_act_patch_resid_pre,
-        "attn_out": tl_patching.get_act_patch_attn_out,
-        "mlp_out": tl_patching.get_act_patch_mlp_out,
-        "head_out": tl_patching.get_act_patch_attn_head_out_all_pos,
-        "head_v": tl_patching.get_act_patch_attn_head_v_all_pos,
-        "head_pattern": tl_patching.get_act_patch_attn_head_pattern_all_pos,
-    }[kind]
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, Run
 from helpers.tasks.metrics import at_final_pos
 
 FinalLogitsMetric = Callable[[Float[Tensor, "batch d_vocab"]], Tensor]
 # Logits the model computes in one batch are bounded to about this many floats (1 GiB in float32).
 _LOGIT_BUDGET = 2**28
-_STREAMS = {"resid_pre": "hook_resid_pre", "attn_out": "hook_attn_out", "mlp_out": "hook_mlp_out"}
 
 
 class HookPatcher:
@@ -46,8 +46,9 @@ class HookPatcher:
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
         batch, width = corrupted_tokens.shape
         self.configs_per_run = max(1, min(max_rows, _LOGIT_BUDGET // (width * model.cfg.d_vocab)) // batch)
+        streams = [VARIANTS[kind].hook for kind in PER_POSITION]
         names = [f"blocks.{layer}.{name}" for layer in range(self.n_layers) for name in (
-            *_STREAMS.values(), "attn.hook_z", "attn.hook_v", "attn.hook_pattern", "mlp.hook_post")]
+            *streams, "attn.hook_z", "attn.hook_v", "attn.hook_pattern", "mlp.hook_post")]
         with torch.no_grad():
             _, self.clean = model.run_with_cache(clean_tokens, names_filter=names)
             self.corrupted_logits, self.corrupted = model.run_with_cache(corrupted_tokens, names_filter=names)
@@ -56,29 +57,27 @@ class HookPatcher:
         return v if self.group_size == 1 else v.repeat_interleave(self.group_size, dim=2)
 
     def _head_z(self, kind: str, layer: int) -> Tensor:
-        """Every head's patched ``z`` ``[batch, pos, head, d_head]`` for ``kind``."""
-        clean, corrupted = self.clean, self.corrupted
-        if kind == "head_out":
-            return clean[f"blocks.{layer}.attn.hook_z"]
-        pattern, values = ((corrupted, clean) if kind == "head_v" else (clean, corrupted))
-        return torch.einsum("bhqk,bkhd->bqhd", pattern[f"blocks.{layer}.attn.hook_pattern"],
-                            self.by_query_head(values[f"blocks.{layer}.attn.hook_v"]))
+        """Every head's patched ``z`` ``[batch, pos, head, d_head]`` for ``kind`` (its row, :mod:`.variants`)."""
+        runs = {"clean": self.clean, "corrupted": self.corrupted}
+
+        def read(name: str) -> Callable[[Run], Tensor]:
+            return lambda run: runs[run][f"blocks.{layer}.attn.{name}"]
+
+        return VARIANTS[kind].patched_z(read("hook_z"), read("hook_pattern"),  # type: ignore[index]
+                                        lambda run: self.by_query_head(read("hook_v")(run)))
 
     def patch(self, kind: str, layers: Iterator[int], first_difference: int) -> Float[Tensor, "layer column"]:
         """The metric after each patch of ``kind``: ``[layer, position]`` or ``[layer, head]``."""
+        row = VARIANTS[kind]  # type: ignore[index]
         width = self.corrupted_tokens.shape[1]
-        per_position = kind in _STREAMS
+        per_position = row.per_position
         n_columns = width if per_position else self.n_heads
         corrupted_metric = float(self.metric(at_final_pos(self.corrupted_logits, self.final_pos)))
         values = torch.full((self.n_layers, n_columns), corrupted_metric)
         columns = list(range(first_difference, width)) if per_position else list(range(self.n_heads))
         for layer in layers:
-            if per_position:
-                name = f"blocks.{layer}.{_STREAMS[kind]}"
-                source = self.clean[name]
-            else:
-                name = f"blocks.{layer}.attn.hook_z"
-                source = self._head_z(kind, layer)
+            name = f"blocks.{layer}.{row.hook}"
+            source = self.clean[name] if per_position else self._head_z(kind, layer)
             for chunk in _chunks(columns, self.configs_per_run):
                 values[layer, chunk] = self._run(len(chunk), [(name, _patch_columns(source, chunk, per_position))])
         return values
