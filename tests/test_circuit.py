@@ -254,3 +254,17 @@ def test_a_model_that_does_not_do_the_task_is_flagged(planted: Any) -> None:
         planted, prompts, circuits.compute_mean_ablation(planted, prompts, circuits.reference_prompts("corrupted", prompts)))
     assert evaluator.full_metric < 0
     assert evaluator.warning is not None and "does not prefer the correct answer" in evaluator.warning
+
+
+def test_the_two_faithfulness_formulas_have_two_names() -> None:
+    """A head circuit's faithfulness is the IOI paper's (a fraction of the full model's metric), a circuit of
+    edges' is MIB's (normalised between the empty circuit and the full model): with an empty circuit at -0.2
+    they disagree, each as its formula says."""
+    from helpers.analyses.circuits.faithfulness import fraction_of_full, normalised_faithfulness
+    from helpers.analyses.circuits.graph import NormalisedFaithfulness
+    from helpers.analyses.circuits.head_circuits import Circuit, CircuitFaithfulness
+
+    assert fraction_of_full(0.6, 2.0) == 0.3
+    assert normalised_faithfulness(0.6, 2.0, -0.2) == (0.6 + 0.2) / (2.0 + 0.2)
+    assert CircuitFaithfulness(Circuit("c", ()), 0.6, 2.0, -0.2).faithfulness == 0.3
+    assert NormalisedFaithfulness("c", 3, "mean", 0.6, 2.0, -0.2).faithfulness == (0.6 + 0.2) / (2.0 + 0.2)

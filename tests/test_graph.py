@@ -30,10 +30,10 @@ import torch
 from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, SEEDS, assert_matches
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
+from helpers.analyses.ablation_kinds import ABLATION_KINDS
 from helpers.analyses.circuits import discovery, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.circuits.graph import (
-    ABLATION_KINDS,
     MIB_FRACTIONS,
     EdgeCircuit,
     FaithfulnessByEdges,

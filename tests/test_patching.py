@@ -16,6 +16,7 @@ from checks import (
 )
 from reference import TL_FUNCTIONS, transformer_lens_patch
 
+from helpers.analyses.contrast import SMALL_GAP
 from helpers.analyses.patching import PATCH_KINDS, PER_POSITION, VARIANTS, PatchingEngine
 from helpers.analyses.patching import engine as patching
 from helpers.analyses.patching.variants import variant
@@ -218,7 +219,7 @@ def test_explicit_prompts_work_with_the_engine(toy_model: Any) -> None:
 def test_a_tiny_clean_corrupted_gap_is_flagged() -> None:
     def anchors(clean: float, corrupted: float, kind: str = "logit_diff") -> patching.MetricAnchors:
         return patching.MetricAnchors(8, METRIC_NAMES[kind], clean, corrupted, f"normalised {METRIC_NAMES[kind]}",
-                                      1.0, 0.0, "fast path", small_gap=patching._SMALL_GAP[kind])
+                                      1.0, 0.0, "fast path", small_gap=SMALL_GAP[kind])
 
     assert anchors(3.2, -3.1).warning is None
     warning = anchors(-0.016, -0.015).warning

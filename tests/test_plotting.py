@@ -20,6 +20,7 @@ import torch
 from helpers.analyses import ablation, compare, copy_scores, neurons, vectors
 from helpers.analyses import dla as attribution
 from helpers.analyses import head_functions as head_scores
+from helpers.analyses.ablation_kinds import ABLATION_KINDS
 from helpers.analyses.circuits import discovery, graph, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.heads import HeadScore
@@ -66,7 +67,7 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
     return {
         "runner": runner, "walk": walk, "edge_curves": [runner.faithfulness_by_edges(edge_scores, "resample",
                                                                                     fractions=(0.1, 0.5, 1.0))],
-        "by_ablation": {kind: [runner.evaluate(edge_scores.circuit(10), kind)] for kind in graph.ABLATION_KINDS},
+        "by_ablation": {kind: [runner.evaluate(edge_scores.circuit(10), kind)] for kind in ABLATION_KINDS},
         "diagram": discovery.build_diagram(runner, walk.edges, roles),
         "cache": cache, "prompts": ioi_prompts, "anchors": engine.anchors(),
         "logit_diff": attribution.compute_logit_diff(cache, ioi_prompts),

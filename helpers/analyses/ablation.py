@@ -10,12 +10,13 @@ they do and take over. Comparing every head's DLA after the ablation with before
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from helpers.analyses.ablation_kinds import HeadAblationKind
 from helpers.analyses.dla import (
     FinalPositionCache,
     compute_head_attribution,
@@ -25,15 +26,13 @@ from helpers.analyses.dla import (
 from helpers.analyses.heads import HeadScore, rank_heads_by_magnitude
 from helpers.tasks.prompts import PromptSet
 
-AblationMethod = Literal["zero", "mean"]
-
 
 @dataclass(frozen=True)
 class AblationResult:
     """The logit difference and every head's DLA before and after ablating one head."""
 
     head: HeadScore  # the ablated head, with its DLA before
-    method: AblationMethod
+    method: HeadAblationKind
     logit_diff_before: Float[Tensor, " batch"]
     logit_diff_after: Float[Tensor, " batch"]
     predicted_after: Float[Tensor, " batch"]  # before, minus the change in the head's own direct effect
@@ -69,7 +68,7 @@ class AblationResult:
 
 def compute_head_ablation(
     model: Any, prompts: PromptSet, before: FinalPositionCache, layer: int, head: int,
-    *, method: AblationMethod = "zero",
+    *, method: HeadAblationKind = "zero",
 ) -> AblationResult:
     """Ablate one head's output at each prompt's final position and measure what changes.
 

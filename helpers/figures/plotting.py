@@ -18,8 +18,9 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from helpers.analyses.ablation import AblationResult
+from helpers.analyses.ablation_kinds import ABLATION_NAMES
 from helpers.analyses.circuits.discovery import CircuitDiagram, PathWalk
-from helpers.analyses.circuits.graph import ABLATION_NAMES, Edge, Faithfulness, FaithfulnessByEdges
+from helpers.analyses.circuits.graph import Edge, FaithfulnessByEdges, NormalisedFaithfulness
 from helpers.analyses.circuits.head_circuits import (
     Circuit,
     CircuitFaithfulness,
@@ -728,7 +729,7 @@ def curves_table(curves: Sequence[FaithfulnessByEdges]) -> pd.DataFrame:
                          "CMD (lower is better)": [c.cmd for c in curves]}).set_index(["method", "ablation"])
 
 
-def plot_ablation_kinds(results: Mapping[str, Sequence[Faithfulness]]) -> go.Figure:
+def plot_ablation_kinds(results: Mapping[str, Sequence[NormalisedFaithfulness]]) -> go.Figure:
     """Each circuit's faithfulness under each ablation, side by side: how much the figure depends on what
     ablated edges carry."""
     fig = go.Figure()

@@ -23,7 +23,8 @@ from typing import Any
 import networkx as nx
 import torch
 
-from helpers.analyses.circuits.graph import ABLATION_KINDS, Edge, EdgeCircuit, EdgeScores, GraphRunner
+from helpers.analyses.ablation_kinds import ABLATION_KINDS
+from helpers.analyses.circuits.graph import Edge, EdgeCircuit, EdgeScores, GraphRunner
 from helpers.analyses.circuits.head_roles import EFFECT, HeadRole
 from helpers.models.forward import UnsupportedArchitecture
 from helpers.results import write_text

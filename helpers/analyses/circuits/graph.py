@@ -43,7 +43,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from helpers.analyses.ablation_kinds import ABLATION_KINDS, AblationKind
+from helpers.analyses.circuits.faithfulness import normalised_faithfulness
 from helpers.analyses.circuits.head_circuits import ReferencePrompts, template_position_table
+from helpers.analyses.contrast import Contrast
 from helpers.analyses.heads import head_name
 from helpers.errors import SuiteError
 from helpers.models.forward import ForwardPass, UnsupportedArchitecture
@@ -53,10 +56,6 @@ from helpers.tasks.prompts import PromptSet
 
 InputKind = Literal["q", "k", "v"]
 INPUT_KINDS: tuple[InputKind, ...] = ("q", "k", "v")
-AblationKind = Literal["resample", "mean", "zero"]
-ABLATION_KINDS: tuple[AblationKind, ...] = ("resample", "mean", "zero")
-ABLATION_NAMES = {"resample": "resample (the corrupted run's outputs)", "mean": "mean (over reference prompts)",
-                  "zero": "zero"}
 # The MIB benchmark's circuit sizes, as fractions of the graph's edges.
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
@@ -375,8 +374,9 @@ class _Plain:
 
 
 @dataclass(frozen=True)
-class Faithfulness:
-    """A circuit's metric (mean over prompts) beside the full and empty graphs' under one ablation."""
+class NormalisedFaithfulness:
+    """A circuit's metric (mean over prompts) beside the full and empty graphs' under one ablation; its
+    faithfulness is MIB's, normalised between the empty circuit and the full model (:mod:`.faithfulness`)."""
 
     circuit: str
     n_edges: int
@@ -388,8 +388,8 @@ class Faithfulness:
     @property
     def faithfulness(self) -> float:
         """(circuit - empty) / (full - empty): 1 = the circuit does what the model does, 0 = no better than
-        ablating everything."""
-        return (self.metric - self.empty_metric) / (self.full_metric - self.empty_metric)
+        ablating everything (:func:`.faithfulness.normalised_faithfulness`)."""
+        return normalised_faithfulness(self.metric, self.full_metric, self.empty_metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {"circuit": self.circuit, "n_edges": self.n_edges, "ablation": self.ablation, "metric": self.metric,
@@ -456,10 +456,9 @@ class GraphRunner:
         self.arch = fw.arch
         self.graph = Graph(fw.n_layers, fw.n_heads, fw.arch.parallel)
         self.device = fw.w.W_E.device
-        self.clean_tokens = prompts.clean_tokens.to(self.device)
-        self.corrupted_tokens = prompts.corrupted_tokens.to(self.device)
-        self.final_pos = prompts.final_pos.to(self.device)
-        self.answers = prompts.metric.to(self.device)
+        self.contrast = contrast = Contrast.on(prompts, self.device)
+        self.clean_tokens, self.corrupted_tokens = contrast.clean_tokens, contrast.corrupted_tokens
+        self.final_pos, self.answers = contrast.final_pos, contrast.answers
         self.positions = torch.arange(self.clean_tokens.shape[1], device=self.device)
         self._split_weights()
         with torch.no_grad():
@@ -484,8 +483,7 @@ class GraphRunner:
         # for each sender, the first receiver it feeds (receivers are in graph order, their prefixes rise)
         self._first_fed = torch.tensor([int((prefix > s).nonzero()[0]) for s in range(self.graph.n_senders)],
                                        device=self.device)
-        differs = (self.clean_tokens != self.corrupted_tokens).any(dim=0).nonzero()
-        self.first_difference = int(differs[0]) if len(differs) else self.clean_tokens.shape[1]
+        self.first_difference = contrast.first_difference
 
     # -- weights and the plain run --------------------------------------------------------------------
 
@@ -747,12 +745,12 @@ class GraphRunner:
         return self._per_prompt(final_stream, rows)
 
     def evaluate(self, circuit: EdgeCircuit, ablation: AblationKind = "resample", *,
-                 prune: bool = True) -> Faithfulness:
+                 prune: bool = True) -> NormalisedFaithfulness:
         """The circuit's faithfulness under ``ablation``, by running it (pruned first, as MIB does)."""
         full, empty = self._anchors(ablation)
         used = circuit.pruned() if prune else circuit
         metric = float(self.run(used.keep(), ablation).mean())
-        return Faithfulness(circuit.name, len(circuit), ablation, metric, full, empty)
+        return NormalisedFaithfulness(circuit.name, len(circuit), ablation, metric, full, empty)
 
     def _anchors(self, ablation: AblationKind) -> tuple[float, float]:
         """The metric with every edge kept and with none, under ``ablation`` (computed once each)."""

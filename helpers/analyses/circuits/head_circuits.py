@@ -30,26 +30,24 @@ import random
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from helpers.analyses.ablation_kinds import REFERENCES
+from helpers.analyses.circuits.faithfulness import fraction_of_full
+from helpers.analyses.contrast import SMALL_GAP
 from helpers.analyses.heads import HeadScore, head_name
 from helpers.analyses.stats import Interval, ratio_interval
 from helpers.errors import SuiteError
 from helpers.models.hooks import cache_activations, final_logits
 from helpers.tasks.prompts import PromptSet, TaskSpec, build_prompts
 
-Reference = Literal["corrupted", "other_prompts"]
-REFERENCES: tuple[Reference, ...] = ("corrupted", "other_prompts")
 FINAL = "final"
 _POSITION_RE = re.compile(r"^(?P<word>[A-Za-z][A-Za-z0-9_]*)(?:#(?P<occurrence>\d+))?(?P<offset>[+-]\d+)?$")
 _HEAD_RE = re.compile(r"^L(?P<layer>\d+)H(?P<head>\d+)$|^(?P<layer2>\d+)\.(?P<head2>\d+)$")
-# A full-model metric this close to 0 makes "fraction of the full model" meaningless (as in patching);
-# by the task metric's kind, and for a metric given by the caller.
-_SMALL_METRIC = {"logit_diff": 0.1, "prob_diff": 0.01, "given": 0.1}
 
 
 class CircuitError(SuiteError, ValueError):
@@ -364,7 +362,8 @@ Metric = Callable[[Float[Tensor, "batch d_vocab"]], Tensor]
 
 @dataclass(frozen=True)
 class CircuitFaithfulness:
-    """A circuit's metric beside the full model's and the empty circuit's."""
+    """A circuit's metric beside the full model's and the empty circuit's; its faithfulness is the IOI paper's,
+    a fraction of the full model's metric (:mod:`.faithfulness`)."""
 
     circuit: Circuit
     metric: float
@@ -374,12 +373,12 @@ class CircuitFaithfulness:
 
     @property
     def faithfulness(self) -> float:
-        """The circuit's metric as a fraction of the full model's."""
-        return self.metric / self.full_metric
+        """The circuit's metric as a fraction of the full model's (:func:`.faithfulness.fraction_of_full`)."""
+        return fraction_of_full(self.metric, self.full_metric)
 
     @property
     def empty_faithfulness(self) -> float:
-        return self.empty_metric / self.full_metric
+        return fraction_of_full(self.empty_metric, self.full_metric)
 
     def to_dict(self) -> dict[str, Any]:
         return {"circuit": self.circuit.to_dict(), "metric": self.metric, "full_metric": self.full_metric,
@@ -403,7 +402,8 @@ class CircuitEvaluator:
                  max_rows: int = 256):
         self.model, self.prompts, self.ablation, self.max_rows = model, prompts, ablation, max_rows
         self.given_metric = metric
-        self.small_metric = _SMALL_METRIC["given" if metric is not None else prompts.metric.kind]
+        # a full model's metric this close to 0 makes fractions of it noise
+        self.small_metric = SMALL_GAP["given" if metric is not None else prompts.metric.kind]
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
         self.full_metric, self._full_per_prompt = self._run_all([None])[0]
         self.empty_metric, _ = self._run_all([Circuit("empty", ())])[0]

@@ -49,6 +49,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from helpers.analyses.contrast import SMALL_GAP, Contrast
 from helpers.analyses.heads import HeadScore, rank_heads_by_magnitude, top_of_sign
 from helpers.analyses.patching.through_hooks import HookPatcher
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run, variant
@@ -63,8 +64,6 @@ Path = Literal["fast path", "model hooks"]
 
 # Per-position patches in one batch; the batch runs from its first position on, so keep them close.
 _POSITIONS_PER_CHUNK = 2
-# A clean-corrupted gap in the task metric's mean below this makes the normalised metric unreliable.
-_SMALL_GAP = {"logit_diff": 0.1, "prob_diff": 0.01}
 
 
 def self_check_tolerance(dtype: torch.dtype, logit_scale: float) -> float:
@@ -141,7 +140,7 @@ class MetricAnchors:
     clean_metric: float
     corrupted_metric: float
     engine: str
-    small_gap: float = _SMALL_GAP["logit_diff"]
+    small_gap: float = SMALL_GAP["logit_diff"]
 
     @property
     def warning(self) -> str | None:
@@ -206,13 +205,10 @@ class PatchingEngine:
             raise ValueError("activation patching needs model.eval(); load the model with helpers.models.load.load_model")
         self.model, self.prompts, self.max_rows, self.progress = model, prompts, max_rows, progress
         self.device = model.cfg.device
-        self.clean_tokens = prompts.clean_tokens.to(self.device)
-        self.corrupted_tokens = prompts.corrupted_tokens.to(self.device)
-        self.final_pos = prompts.final_pos.to(self.device)
-        self.answers = prompts.metric.to(self.device)
-        if torch.equal(self.clean_tokens, self.corrupted_tokens):
-            raise ValueError("the clean and corrupted prompts are identical: there is nothing to patch. "
-                             "Fix: give the task a corruption that changes the prompts.")
+        self.contrast = contrast = Contrast.on(prompts, self.device)
+        contrast.require_difference()
+        self.clean_tokens, self.corrupted_tokens = contrast.clean_tokens, contrast.corrupted_tokens
+        self.final_pos, self.answers = contrast.final_pos, contrast.answers
         self.arch: Architecture = describe(model)
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
         self.column_labels = prompts.position_labels(0)
@@ -238,8 +234,7 @@ class PatchingEngine:
         self._hooks: HookPatcher | None = None
         if self.fast_path_reason is not None:
             warnings.warn(f"patching runs on the model's hooks (exact, slower): {self.fast_path_reason}", stacklevel=2)
-            self._hooks = HookPatcher(model, self.clean_tokens, self.corrupted_tokens, self.final_pos, self.metric,
-                                      group_size=self.arch.group_size, max_rows=max_rows)
+            self._hooks = HookPatcher(model, contrast, self.metric, group_size=self.arch.group_size, max_rows=max_rows)
 
     # -- public ----------------------------------------------------------------------------------
 
@@ -267,7 +262,7 @@ class PatchingEngine:
             task_metric=self.answers.name,
             clean_value=self.task_metric.clean,
             corrupted_value=self.task_metric.corrupted,
-            small_gap=_SMALL_GAP[self.answers.kind],
+            small_gap=self.contrast.small_gap,
             metric_name=self.metric_name,
             clean_metric=self.clean_metric,
             corrupted_metric=self.corrupted_metric,
@@ -412,9 +407,7 @@ class PatchingEngine:
 
     @property
     def _first_difference(self) -> int:
-        """The first position where any clean prompt differs from its corrupted version."""
-        differs = (self.clean_tokens != self.corrupted_tokens).any(dim=0).nonzero()
-        return int(differs[0]) if len(differs) else self.clean_tokens.shape[1]
+        return self.contrast.first_difference
 
     def patch_resid_positions(self, layer: int, positions: list[int]) -> float:
         """The metric after patching the clean residual stream at ``positions`` of ``layer`` (all

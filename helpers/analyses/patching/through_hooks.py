@@ -27,6 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from helpers.analyses.contrast import Contrast
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, Run
 from helpers.tasks.metrics import at_final_pos
 
@@ -36,13 +37,14 @@ _LOGIT_BUDGET = 2**28
 
 
 class HookPatcher:
-    """Patching by hooks on ``model`` (see the module docstring). ``metric`` maps final-position logits
+    """Patching by hooks on ``model`` of ``contrast``'s prompts (see the module docstring). ``metric`` maps final-position logits
     ``[batch, d_vocab]`` to a scalar; ``group_size`` is the number of query heads per key/value head."""
 
-    def __init__(self, model: Any, clean_tokens: Tensor, corrupted_tokens: Tensor, final_pos: Tensor,
-                 metric: FinalLogitsMetric, *, group_size: int = 1, max_rows: int = 256):
+    def __init__(self, model: Any, contrast: Contrast, metric: FinalLogitsMetric, *, group_size: int = 1,
+                 max_rows: int = 256):
         self.model, self.metric, self.group_size = model, metric, group_size
-        self.clean_tokens, self.corrupted_tokens, self.final_pos = clean_tokens, corrupted_tokens, final_pos
+        clean_tokens, corrupted_tokens = contrast.clean_tokens, contrast.corrupted_tokens
+        self.clean_tokens, self.corrupted_tokens, self.final_pos = clean_tokens, corrupted_tokens, contrast.final_pos
         self.n_layers, self.n_heads = model.cfg.n_layers, model.cfg.n_heads
         batch, width = corrupted_tokens.shape
         self.configs_per_run = max(1, min(max_rows, _LOGIT_BUDGET // (width * model.cfg.d_vocab)) // batch)
