@@ -5,8 +5,10 @@ is written, a path no template writes is refused where it is read, and every fil
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ from fake_templates import minimal_section
 
 from helpers import results as results_format
 from helpers.analyses import compare
+from helpers.notebook import reports
 from helpers.paths import TEMPLATES_DIR
 from helpers.results import ResultsFormatError
 from helpers.run import outputs
@@ -23,15 +26,37 @@ from helpers.run import outputs
 TEMPLATES = sorted(p.stem for p in TEMPLATES_DIR.glob("*.ipynb"))
 
 
+def _is_save_call(node: ast.AST) -> bool:
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    return getattr(func, "id", None) == "save_template_results" or (
+        isinstance(func, ast.Attribute) and func.attr == "save" and getattr(func.value, "id", None) == "reports")
+
+
+def _returned_keys(function: Any) -> list[str]:
+    """The keys of the dict literal ``function`` returns, read from its source."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(function)))
+    returned = [node.value for node in ast.walk(tree) if isinstance(node, ast.Return)]
+    assert len(returned) == 1 and isinstance(returned[0], ast.Dict), f"{function.__qualname__} returns one dict literal"
+    return [key.value for key in returned[0].keys if isinstance(key, ast.Constant)]
+
+
 def saved_keys(template: str) -> tuple[str, list[str]]:
-    """The section name and the keys a template's save cell passes to save_template_results, read from
-    its source (the dict literal), not from a run."""
+    """The section name and the keys a template's save cell writes, read from source, not from a run: the
+    report it passes to ``reports.save`` (its ``template`` and the dict its ``section`` returns), or the dict
+    literal it passes to save_template_results."""
     notebook = nbformat.read(TEMPLATES_DIR / f"{template}.ipynb", as_version=4)
-    calls = [node for cell in notebook.cells if cell.cell_type == "code" and "save_template_results(" in cell.source
-             for node in ast.walk(ast.parse(cell.source))
-             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "save_template_results"]
-    assert len(calls) == 1, f"{template}: one save_template_results call"
-    name, section = calls[0].args[1], calls[0].args[2]
+    calls = [node for cell in notebook.cells if cell.cell_type == "code"
+             for node in ast.walk(ast.parse(cell.source)) if _is_save_call(node)]
+    assert len(calls) == 1, f"{template}: one save call"
+    call = calls[0]
+    if isinstance(call.func, ast.Attribute):  # reports.save(results_path, reports.SomeReport(...))
+        built = call.args[1]
+        assert isinstance(built, ast.Call) and isinstance(built.func, ast.Attribute), f"{template}: a report is saved"
+        report = getattr(reports, built.func.attr)
+        return report.template, _returned_keys(report.section)
+    name, section = call.args[1], call.args[2]
     assert isinstance(name, ast.Constant) and isinstance(section, ast.Dict)
     return name.value, [key.value for key in section.keys if isinstance(key, ast.Constant)]
 

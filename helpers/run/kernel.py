@@ -77,7 +77,8 @@ TEMPLATE_MODULES = (
     "helpers.analyses.head_functions", "helpers.analyses.important_heads", "helpers.analyses.neurons",
     "helpers.analyses.vectors", "helpers.analyses.patching.engine", "helpers.analyses.circuits.head_circuits",
     "helpers.analyses.circuits.discovery", "helpers.analyses.circuits.graph", "helpers.analyses.circuits.head_roles",
-    "helpers.figures.plotting", "helpers.figures.viz", "helpers.notebook.session", "helpers.results",
+    "helpers.figures.plotting", "helpers.figures.viz", "helpers.notebook.reports", "helpers.notebook.session",
+    "helpers.results",
 )
 
 
