@@ -13,7 +13,7 @@ from reference import gpt2_head_dla
 
 from helpers.analyses import dla as attribution
 from helpers.analyses.heads import HeadScore, rank_heads
-from helpers.models.hooks import HookNotFoundError, cache_activations
+from helpers.models.hooks import HookNotFoundError, cache_activations, checked_hooks, run_with_checked_cache
 from helpers.tasks.metrics import AnswerMetric, at_final_pos, pearson_correlation
 from helpers.tasks.prompts import PromptSet
 
@@ -181,3 +181,27 @@ def test_attention_patterns_are_the_models_own(toy_model: Any, ioi_prompts: Prom
 def test_a_misspelled_hook_fails_loudly(toy_model: Any, ioi_prompts: PromptSet) -> None:
     with pytest.raises(HookNotFoundError, match="blocks.0.attn.hook_attn' is not a hook point.*hook_pattern"):
         cache_activations(toy_model, ioi_prompts.clean_tokens[:1], ["blocks.0.attn.hook_attn"])
+
+
+def test_the_hooks_that_patch_are_checked_as_the_hooks_that_read(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    """What the hooks path of patching uses (helpers/analyses/patching/through_hooks.py): a misspelt name is
+    refused before the run, a hook that did not fire is an error after it, and checked hooks compute the same."""
+    tokens = ioi_prompts.clean_tokens[:2]
+
+    def double(act: Tensor, hook: Any) -> Tensor:
+        return act * 2
+
+    with pytest.raises(HookNotFoundError, match="hook_attn' is not a hook point.*hook_pattern"):
+        with checked_hooks(toy_model, [("blocks.0.attn.hook_attn", double)]):
+            pass
+    with pytest.raises(HookNotFoundError, match=r"\['blocks.1.hook_resid_pre'\] exist but did not fire"):
+        with checked_hooks(toy_model, [("blocks.1.hook_resid_pre", double)]):
+            pass  # no forward pass: the hook never fires
+    plain = toy_model.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_resid_pre", double)])
+    with checked_hooks(toy_model, [("blocks.1.hook_resid_pre", double)]) as hooks:
+        checked = toy_model.run_with_hooks(tokens, fwd_hooks=hooks)
+    assert torch.equal(plain, checked)
+    with pytest.raises(HookNotFoundError, match="is not a hook point"):
+        run_with_checked_cache(toy_model, tokens, ["blocks.0.hook_resid_pree"])
+    logits, acts = run_with_checked_cache(toy_model, tokens, ["blocks.0.hook_resid_pre"])
+    assert torch.equal(logits, toy_model(tokens)) and set(acts) == {"blocks.0.hook_resid_pre"}

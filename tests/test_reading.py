@@ -225,3 +225,18 @@ def test_neuron_rankings_that_tie_are_flagged() -> None:
     assert "no neuron" in neurons([0.0] * 5).warning(2)
     assert "3 neurons tie" in neurons([0.5, 0.2, 0.2, 0.2, 0.1]).warning(2)
     assert neurons([0.5, 0.2, 0.2, 0.1, 0.0]).warning(3) is None  # the tie is inside the top 3
+
+
+def test_every_head_record_is_a_head_named_one_way() -> None:
+    """A head's score, an important head and a circuit's head are one record with more fields: the same name,
+    and results.json's entries start with the same keys."""
+    from helpers.analyses.circuits.head_circuits import CircuitHead
+    from helpers.analyses.heads import Head, HeadScore, head_name
+    from helpers.analyses.important_heads import ImportantHead
+
+    records = [HeadScore(1, 2, 0.5), ImportantHead(1, 2, 0.1, 0.2, 0.375, "late"), CircuitHead(1, 2, ("final",))]
+    for record in records:
+        assert isinstance(record, Head) and record.name == head_name(1, 2) == "L1H2"
+        entry = record.to_dict()
+        assert list(entry)[:3] == ["head", "layer", "head_index"] and entry["head"] == "L1H2", type(record).__name__
+    assert records[2].label() == "L1H2@final"

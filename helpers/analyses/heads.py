@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
@@ -11,19 +11,30 @@ from torch import Tensor
 
 
 @dataclass(frozen=True)
-class HeadScore:
-    """One head and its score on some analysis."""
+class Head:
+    """One attention head: its layer and index, named ``L{layer}H{head}`` (:func:`head_name`). The records
+    of a head in an analysis (:class:`HeadScore`, ``ImportantHead``, ``CircuitHead``) are heads with more."""
 
     layer: int
     head: int
-    value: float
 
     @property
     def name(self) -> str:
         return head_name(self.layer, self.head)
 
+    def identity(self) -> dict[str, Any]:
+        """The keys every head record in results.json starts with."""
+        return {"head": self.name, "layer": self.layer, "head_index": self.head}
+
+
+@dataclass(frozen=True)
+class HeadScore(Head):
+    """One head and its score on some analysis."""
+
+    value: float
+
     def to_dict(self) -> dict[str, object]:
-        return {"head": self.name, "layer": self.layer, "head_index": self.head, "value": self.value}
+        return {**self.identity(), "value": self.value}
 
 
 def head_name(layer: int, head: int) -> str:

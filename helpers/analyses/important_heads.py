@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from helpers.analyses.dla import FinalPositionCache, compute_head_attribution, run_final_position_cache
-from helpers.analyses.heads import HeadScore, head_name, rank_heads, rank_heads_by_magnitude
+from helpers.analyses.heads import Head, HeadScore, rank_heads, rank_heads_by_magnitude
 from helpers.analyses.patching.engine import PatchingEngine
 from helpers.results import read_section
 from helpers.tasks.prompts import PromptSet
@@ -34,21 +34,16 @@ class HeadImportance:
 
 
 @dataclass(frozen=True)
-class ImportantHead:
-    layer: int
-    head: int
+class ImportantHead(Head):
+    """A head important to the task, with its DLA and output patching and its depth group."""
+
     dla: float
     patching: float
     depth: float  # (layer + 0.5) / n_layers
     group: str
 
-    @property
-    def name(self) -> str:
-        return head_name(self.layer, self.head)
-
     def to_dict(self) -> dict[str, Any]:
-        return {"head": self.name, "layer": self.layer, "head_index": self.head, "dla": self.dla,
-                "patching": self.patching, "group": self.group}
+        return {**self.identity(), "dla": self.dla, "patching": self.patching, "group": self.group}
 
 
 def compute_head_importance(

@@ -3,14 +3,16 @@
 TransformerLens's ``run_with_cache(names_filter=...)`` silently returns nothing for a name that
 matches no hook. A misspelled name (``hook_attn`` for ``hook_pattern``) then reads as all zeros, which
 is how the research notebooks reported an induction score of exactly 0 for every head. Every analysis
-here reads activations through :func:`cache_activations`, which refuses unknown names before running
-and checks afterwards that each requested hook fired.
+here reads activations through :func:`cache_activations` (or :func:`run_with_checked_cache`, where the full
+logits are needed), which refuses unknown names before running and checks afterwards that each requested
+hook fired; hooks that edit a run go through :func:`checked_hooks`, with the same two checks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -84,6 +86,22 @@ def final_logits(
     Raises:
         HookNotFoundError: a hook name is not a hook point of ``model``, or its hook did not fire.
     """
+    keep = _unembed_only(model, final_pos, tokens, ())
+    with torch.no_grad(), checked_hooks(model, fwd_hooks) as hooks, model.hooks(fwd_hooks=[*hooks, *keep]):
+        logits = model(tokens)
+    return _at_final(logits, final_pos, kept=bool(keep))
+
+
+@contextlib.contextmanager
+def checked_hooks(model: Any, fwd_hooks: Sequence[tuple[str, Callable[..., Any]]]
+                  ) -> Iterator[list[tuple[str, Callable[..., Any]]]]:
+    """``fwd_hooks`` checked: every name a hook point of ``model`` (before the run), and every hook fired
+    (when the block ends). Yields the hooks to run, each recording that it fired; what they compute is
+    unchanged.
+
+    Raises:
+        HookNotFoundError: a name is not a hook point of ``model``, or its hook did not fire.
+    """
     check_hook_names(model, [name for name, _ in fwd_hooks])
     fired: set[str] = set()
 
@@ -93,14 +111,26 @@ def final_logits(
             return hook_fn(activation, hook)
         return wrapped
 
-    keep = _unembed_only(model, final_pos, tokens, ())
-    hooks = [(name, recording(name, fn)) for name, fn in fwd_hooks] + keep
-    with torch.no_grad(), model.hooks(fwd_hooks=hooks):
-        logits = model(tokens)
+    yield [(name, recording(name, fn)) for name, fn in fwd_hooks]
     missing = sorted({name for name, _ in fwd_hooks} - fired)
     if missing:
         raise HookNotFoundError(f"hooks {missing} exist but did not fire during the forward pass")
-    return _at_final(logits, final_pos, kept=bool(keep))
+
+
+def run_with_checked_cache(model: Any, tokens: Int[Tensor, "batch pos"], hook_names: Sequence[str]
+                           ) -> tuple[Tensor, dict[str, Tensor]]:
+    """``model.run_with_cache`` on ``tokens`` keeping ``hook_names``, with every name checked and every hook
+    fired: the full logits and the activations by name.
+
+    Raises:
+        HookNotFoundError: a name is not a hook point of ``model``, or its hook did not fire.
+    """
+    check_hook_names(model, hook_names)
+    logits, cache = model.run_with_cache(tokens, names_filter=list(hook_names))
+    missing = [name for name in hook_names if name not in cache]
+    if missing:
+        raise HookNotFoundError(f"hooks {missing} exist but did not fire during the forward pass")
+    return logits, {name: cache[name] for name in hook_names}
 
 
 def _unembed_only(model: Any, final_pos: Positions | None, tokens: Tensor,

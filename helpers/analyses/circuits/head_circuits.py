@@ -39,7 +39,7 @@ from torch import Tensor
 from helpers.analyses.ablation_kinds import REFERENCES
 from helpers.analyses.circuits.faithfulness import fraction_of_full
 from helpers.analyses.contrast import SMALL_GAP
-from helpers.analyses.heads import HeadScore, head_name
+from helpers.analyses.heads import Head, HeadScore, head_name
 from helpers.analyses.stats import Interval, ratio_interval
 from helpers.errors import SuiteError
 from helpers.models.hooks import cache_activations, final_logits
@@ -55,23 +55,16 @@ class CircuitError(SuiteError, ValueError):
 
 
 @dataclass(frozen=True)
-class CircuitHead:
+class CircuitHead(Head):
     """A head of a circuit, kept at every position (``positions=None``) or only at those named."""
 
-    layer: int
-    head: int
     positions: tuple[str | int, ...] | None = None
-
-    @property
-    def name(self) -> str:
-        return head_name(self.layer, self.head)
 
     def label(self) -> str:
         return self.name if self.positions is None else f"{self.name}@{','.join(map(str, self.positions))}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"head": self.name, "layer": self.layer, "head_index": self.head,
-                "positions": None if self.positions is None else list(self.positions)}
+        return {**self.identity(), "positions": None if self.positions is None else list(self.positions)}
 
 
 @dataclass(frozen=True)

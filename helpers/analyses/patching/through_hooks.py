@@ -1,8 +1,9 @@
 """Exact patching through the model's own hooks: the path for any architecture the engine's own forward
 pass does not cover, and an independent route to check the engine against.
 
-Each patch is made in the model's real forward pass by a hook; many patches run as one batch: the
-corrupted prompts repeated once per patch, copy ``i`` carrying patch ``i``. Head-level patches are made
+Each patch is made in the model's real forward pass by a hook (checked as every hook of the suite is,
+:mod:`helpers.models.hooks`: a name the model lacks, or a hook that never fired, is an error); many
+patches run as one batch: the corrupted prompts repeated once per patch, copy ``i`` carrying patch ``i``. Head-level patches are made
 on ``hook_z``, which every architecture's attention reads live (its input to the output projection):
 
 - a head's output: its clean ``z``;
@@ -29,6 +30,7 @@ from torch import Tensor
 
 from helpers.analyses.contrast import Contrast
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, Run
+from helpers.models.hooks import checked_hooks, run_with_checked_cache
 from helpers.tasks.metrics import at_final_pos
 
 FinalLogitsMetric = Callable[[Float[Tensor, "batch d_vocab"]], Tensor]
@@ -52,8 +54,8 @@ class HookPatcher:
         names = [f"blocks.{layer}.{name}" for layer in range(self.n_layers) for name in (
             *streams, "attn.hook_z", "attn.hook_v", "attn.hook_pattern", "mlp.hook_post")]
         with torch.no_grad():
-            _, self.clean = model.run_with_cache(clean_tokens, names_filter=names)
-            self.corrupted_logits, self.corrupted = model.run_with_cache(corrupted_tokens, names_filter=names)
+            _, self.clean = run_with_checked_cache(model, clean_tokens, names)
+            self.corrupted_logits, self.corrupted = run_with_checked_cache(model, corrupted_tokens, names)
 
     def by_query_head(self, v: Tensor) -> Tensor:
         return v if self.group_size == 1 else v.repeat_interleave(self.group_size, dim=2)
@@ -89,8 +91,8 @@ class HookPatcher:
         a head kind), one copy of the prompts per head: what per-prompt figures of a patch are made from."""
         source = self._head_z(kind, layer)
         hook = (f"blocks.{layer}.attn.hook_z", _patch_columns(source, heads, False))
-        with torch.no_grad():
-            logits = self.model.run_with_hooks(self.corrupted_tokens.repeat(len(heads), 1), fwd_hooks=[hook])
+        with torch.no_grad(), checked_hooks(self.model, [hook]) as hooks:
+            logits = self.model.run_with_hooks(self.corrupted_tokens.repeat(len(heads), 1), fwd_hooks=hooks)
         return at_final_pos(logits, self.final_pos.repeat(len(heads))).unflatten(0, (len(heads), -1))
 
     def patch_resid_positions(self, layer: int, positions: list[int]) -> float:
@@ -127,8 +129,8 @@ class HookPatcher:
 
     def _run(self, n_configs: int, hooks: list[tuple[str, Callable[..., Any]]]) -> Tensor:
         """The metric of each of ``n_configs`` copies of the corrupted prompts, run with ``hooks``."""
-        with torch.no_grad():
-            logits = self.model.run_with_hooks(self.corrupted_tokens.repeat(n_configs, 1), fwd_hooks=hooks)
+        with torch.no_grad(), checked_hooks(self.model, hooks) as checked:
+            logits = self.model.run_with_hooks(self.corrupted_tokens.repeat(n_configs, 1), fwd_hooks=checked)
         final = at_final_pos(logits, self.final_pos.repeat(n_configs)).unflatten(0, (n_configs, -1))
         return torch.stack([torch.as_tensor(self.metric(final[i])) for i in range(n_configs)]).float().cpu()
 
@@ -150,8 +152,8 @@ class HookPatcher:
 
         hooks = [("hook_embed", start_graph)] + [(f"blocks.{layer}.{name}", keep) for layer in range(self.n_layers)
                                                   for name in ("attn.hook_z", "mlp.hook_post")]
-        with torch.enable_grad():
-            logits = self.model.run_with_hooks(self.corrupted_tokens, fwd_hooks=hooks)
+        with torch.enable_grad(), checked_hooks(self.model, hooks) as checked:
+            logits = self.model.run_with_hooks(self.corrupted_tokens, fwd_hooks=checked)
             self.metric(at_final_pos(logits, self.final_pos)).backward()
         grads: dict[str, list[Tensor]] = {"z": [], "v": [], "pattern": [], "post": []}
         for layer in range(self.n_layers):
