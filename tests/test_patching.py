@@ -339,3 +339,31 @@ def test_each_variant_names_the_transformer_lens_function_the_tests_compare_with
 def test_an_unknown_kind_is_named_with_the_known_ones() -> None:
     with pytest.raises(ValueError, match="unknown patch kind 'head_k'; use one of resid_pre, attn_out"):
         variant("head_k")
+
+
+def test_the_layer_loop_is_the_models_forward_pass_whatever_it_keeps(toy_model: Any, ioi_prompts: PromptSet) -> None:
+    """ForwardPass.run_layers, the one loop every run goes through: an observer that keeps nothing changes no
+    bit, every layer's activations are reported once, the final stream unembedded is the model's logits, and
+    computing the last layer at the final positions alone gives those positions' streams."""
+    from helpers.models.forward import ForwardPass, LayerActivations, LayerObserver
+
+    class Count(LayerObserver):
+        def __init__(self) -> None:
+            self.layers: list[int] = []
+
+        def layer(self, layer: int, acts: LayerActivations) -> None:
+            self.layers.append(layer)
+            assert acts.resid_pre.shape == acts.mlp_out.shape
+
+    fw = ForwardPass(toy_model)
+    tokens, final_pos = ioi_prompts.clean_tokens, ioi_prompts.final_pos
+    with torch.no_grad():
+        x = fw.embed(tokens)
+        plain = fw.run_layers(x)
+        counted = Count()
+        assert torch.equal(fw.run_layers(x, observer=counted), plain)
+        assert counted.layers == list(range(toy_model.cfg.n_layers))
+        final_only = fw.run_layers(x, final_pos=final_pos)
+        reference = at_final_pos(toy_model(tokens), final_pos)
+    assert_matches(fw.unembed(at_final_pos(plain, final_pos)), reference, FLOAT32_FORWARD, what="run_layers' logits")
+    assert_matches(final_only, at_final_pos(plain, final_pos), FLOAT32_FORWARD, what="final positions alone")

@@ -169,6 +169,41 @@ def shared_weights(model: Any, arch: Architecture) -> Weights:
     return found
 
 
+@dataclass(frozen=True)
+class LayerActivations:
+    """One layer's activations in a run of :meth:`ForwardPass.run_layers`. ``mlp_in`` is the stream the MLP
+    reads: the stream after attention, or (parallel blocks) the stream entering the layer; ``k`` and ``v``
+    are the layer's own positions' (per key/value head)."""
+
+    resid_pre: Tensor
+    mlp_in: Tensor
+    attn_out: Tensor
+    mlp_out: Tensor
+    k: Tensor
+    v: Tensor
+    pattern: Tensor
+    z: Tensor
+
+
+class LayerObserver:
+    """What a run of the layers reports to, and the values its attention reads (a strategy of
+    :meth:`ForwardPass.run_layers`; this one keeps nothing and changes nothing)."""
+
+    def values(self, layer: int, v: Tensor) -> Tensor:
+        """The values ``layer``'s attention reads (``v`` as computed; an observer may lay them out per query
+        head to keep their gradient)."""
+        return v
+
+    def attention(self, layer: int, v: Tensor, pattern: Tensor, z: Tensor) -> None:
+        """The values read, the pattern and ``z`` of ``layer``, as its attention computed them."""
+
+    def hidden(self, layer: int, hidden: Tensor) -> None:
+        """The neuron activations of ``layer``'s MLP."""
+
+    def layer(self, layer: int, acts: LayerActivations) -> None:
+        """``layer``'s activations once it has run."""
+
+
 class ForwardPass:
     """One model's forward pass in pieces. Shapes: ``x`` is ``[batch, pos, d_model]``; ``q`` is
     ``[batch, pos, n_heads, d_head]``, ``k`` and ``v`` ``[batch, pos, n_kv_heads, d_head]``; a pattern is
@@ -283,47 +318,102 @@ class ForwardPass:
         cap = self.arch.final_softcap
         return logits if not cap else cap * torch.tanh(logits / cap)
 
-    def run_to_end(self, x: Tensor, layer: int, *, from_mlp: bool, start: int, prefix_k: Tensor, prefix_v: Tensor,
-                   final_pos: Int[Tensor, " rows"], repeat: int = 1) -> Float[Tensor, "rows d_model"]:
-        """Run streams to the end of the model and return each row's stream at its final position.
+    def run_layers(self, x: Tensor, layer: int = 0, *, from_mlp: bool = False, start: int = 0,
+                   prefix_k: Tensor | None = None, prefix_v: Tensor | None = None,
+                   final_pos: Int[Tensor, " rows"] | None = None, repeat: int = 1,
+                   observer: LayerObserver | None = None) -> Tensor:
+        """The layer loop: run streams from ``layer`` to the end of the model. Every sweep, patch and graph
+        run of the suite that runs whole layers runs them here; what differs between them is in the
+        arguments and in ``observer`` (:class:`LayerObserver`: what a run keeps, and the values it reads).
 
         ``x`` ``[rows, pos, d_model]`` holds positions ``start`` onwards, entering ``layer`` (or, with
         ``from_mlp``, entering its MLP). The positions before ``start`` are those of a run whose keys and
         values are ``prefix_k[layer]`` and ``prefix_v[layer]`` (``[layer, batch, >= start, kv_head, d_head]``,
-        each batch repeated ``repeat`` times to make the rows): a causal model never changes them. In the
-        last layer only each row's final position is computed.
-        Rows whose final position is before ``start`` are the caller's to handle (they are garbage here).
+        each batch repeated ``repeat`` times to make the rows): a causal model never changes them.
+
+        Returns every position's final stream ``[rows, pos, d_model]``, or with ``final_pos`` each row's
+        stream at its final position ``[rows, d_model]``, the last layer computing only that position. Rows
+        whose final position is before ``start`` are the caller's to handle (they are garbage here).
         """
         rows = torch.arange(x.shape[0], device=x.device)
-        within = (final_pos - start).clamp(min=0)
+        within = None if final_pos is None else (final_pos - start).clamp(min=0)
         suffix_pos = torch.arange(start, start + x.shape[1], device=x.device)
         at_final = False
         for current in range(layer, self.n_layers):
-            last = current == self.n_layers - 1
+            last = within is not None and current == self.n_layers - 1
+            resid_pre = x
+            attn = None
+            attn_out = None
             if from_mlp and current == layer:
                 mlp_in = x
             else:
                 q, k, v = self.qkv(current, x, suffix_pos)
-                before_k = prefix_k[current][:, :start].repeat(repeat, 1, 1, 1)
-                before_v = prefix_v[current][:, :start].repeat(repeat, 1, 1, 1)
-                k, v = torch.cat([before_k, k], dim=1), torch.cat([before_v, v], dim=1)
+                keys, values = k, v
+                if prefix_k is not None and prefix_v is not None:
+                    before_k = prefix_k[current][:, :start].repeat(repeat, 1, 1, 1)
+                    before_v = prefix_v[current][:, :start].repeat(repeat, 1, 1, 1)
+                    keys, values = torch.cat([before_k, k], dim=1), torch.cat([before_v, v], dim=1)
+                if observer is not None:
+                    values = observer.values(current, values)
                 if last:  # only the final position's query matters now
+                    assert within is not None and final_pos is not None
                     x, q = x[rows, within][:, None], q[rows, within][:, None]
-                    _, z = self.attend(current, q, k, v, final_pos[:, None])
+                    pattern, z = self.attend(current, q, keys, values, final_pos[:, None])
                     at_final = True
                 else:
-                    _, z = self.attend(current, q, k, v, suffix_pos)
+                    pattern, z = self.attend(current, q, keys, values, suffix_pos)
+                if observer is not None:
+                    observer.attention(current, values, pattern, z)
                 attn_out = self.attn_out(current, z)
-                if self.arch.parallel:
-                    mlp_in, x = x, x + attn_out
+                if observer is not None:  # else nothing holds the pattern past the attention
+                    attn = (k, v, pattern, z, attn_out)
+                if self.arch.parallel:  # the MLP reads the stream entering the layer
+                    mlp_in = x
                 else:
                     x = mlp_in = x + attn_out
             if last and not at_final:
+                assert within is not None
                 x, mlp_in, at_final = x[rows, within][:, None], mlp_in[rows, within][:, None], True
-            x = x + self.mlp_out_from_hidden(current, self.mlp_hidden(current, mlp_in))
+            hidden = self.mlp_hidden(current, mlp_in)
+            if observer is not None:
+                observer.hidden(current, hidden)
+            mlp_out = self.mlp_out_from_hidden(current, hidden)
+            # parallel blocks add both outputs in one expression: its gradients accumulate in one order
+            x = x + attn_out + mlp_out if self.arch.parallel and attn_out is not None else x + mlp_out
+            if observer is not None and attn is not None:
+                k, v, pattern, z, attn_output = attn
+                observer.layer(current, LayerActivations(resid_pre, mlp_in, attn_output, mlp_out, k, v, pattern, z))
+        if within is None:
+            return x
         return x[:, 0] if at_final else x[rows, within]
 
+    def per_head_qkv(self) -> tuple[Float[Tensor, "3 layer head d_model d_head"], Float[Tensor, "3 layer head d_head"]]:
+        """The query, key and value weights and biases of every query head (``W[kind, layer, head]``, kind 0 q,
+        1 k, 2 v), a key/value head's repeated for each query head of its group: what lets each head read an
+        input of its own (the graph of edges, :mod:`helpers.analyses.circuits.graph`)."""
+        arch, w = self.arch, self.w
+        n, kv, d_head = arch.n_heads, arch.n_kv_heads, arch.d_head
+        kv_of = torch.arange(n, device=w.W_E.device) // arch.group_size
+
+        def heads(part: Tensor, count: int) -> Tensor:  # [layer, d_model, count * d_head] -> [layer, count, d_model, d_head]
+            return part.unflatten(-1, (count, d_head)).permute(0, 2, 1, 3)
+
+        w_q, w_k, w_v = w.W_QKV.split([n * d_head, kv * d_head, kv * d_head], dim=-1)
+        b_q, b_k, b_v = w.b_QKV.split([n * d_head, kv * d_head, kv * d_head], dim=-1)
+        weights = torch.stack([heads(w_q, n), heads(w_k, kv)[:, kv_of], heads(w_v, kv)[:, kv_of]])
+        biases = torch.stack([b_q.unflatten(-1, (n, d_head)), b_k.unflatten(-1, (kv, d_head))[:, kv_of],
+                              b_v.unflatten(-1, (kv, d_head))[:, kv_of]])
+        return weights, biases
+
     # -- rotary ----------------------------------------------------------------------------------------
+
+    def rotate(self, x: Tensor, positions: Int[Tensor, " pos"]) -> Tensor:
+        """Queries or keys ``[..., pos, head, d_head]`` at absolute ``positions``, rotated (as they are where
+        positions are not rotary)."""
+        if not self.arch.rotary_dim:
+            return x
+        cos, sin = self._rotary(positions, x.dtype)
+        return self._rotate(x, cos, sin)
 
     def _rotary(self, positions: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """cos and sin ``[pos, rotary_dim]`` at ``positions``, from the model's own rotary module."""

@@ -460,7 +460,8 @@ class GraphRunner:
         self.clean_tokens, self.corrupted_tokens = contrast.clean_tokens, contrast.corrupted_tokens
         self.final_pos, self.answers = contrast.final_pos, contrast.answers
         self.positions = torch.arange(self.clean_tokens.shape[1], device=self.device)
-        self._split_weights()
+        self.W, self.b = fw.per_head_qkv()  # [3, layer, head, d_model, d_head], [3, layer, head, d_head]
+        assert self.W.shape[-2] == model.cfg.d_model
         with torch.no_grad():
             # the clean run's inputs (0.2 GB at GPT-2 small's size with 64 prompts) are read by exact path
             # patching only: :attr:`_clean_inputs` recomputes them, to the bit, when it first asks
@@ -487,33 +488,12 @@ class GraphRunner:
 
     # -- weights and the plain run --------------------------------------------------------------------
 
-    def _split_weights(self) -> None:
-        arch, w = self.arch, self.fw.w
-        n, kv, d_head, d_model = arch.n_heads, arch.n_kv_heads, arch.d_head, self.model.cfg.d_model
-        kv_of = torch.arange(n, device=self.device) // arch.group_size
-
-        def heads(part: Tensor, count: int) -> Tensor:  # [layer, d_model, count * d_head] -> [layer, count, d_model, d_head]
-            return part.unflatten(-1, (count, d_head)).permute(0, 2, 1, 3)
-
-        w_q, w_k, w_v = w.W_QKV.split([n * d_head, kv * d_head, kv * d_head], dim=-1)
-        b_q, b_k, b_v = w.b_QKV.split([n * d_head, kv * d_head, kv * d_head], dim=-1)
-        self.W = torch.stack([heads(w_q, n), heads(w_k, kv)[:, kv_of], heads(w_v, kv)[:, kv_of]])  # [3, L, H, D, dh]
-        self.b = torch.stack([b_q.unflatten(-1, (n, d_head)), b_k.unflatten(-1, (kv, d_head))[:, kv_of],
-                              b_v.unflatten(-1, (kv, d_head))[:, kv_of]])  # [3, L, H, dh]
-        assert self.W.shape[-2] == d_model
-
     def _project(self, layer: int, normed: Tensor, kind: int) -> Tensor:
         """One input kind (0 q, 1 k, 2 v) of every head from per-head normalised inputs ``[rows, pos, head, D]``
         (or one shared input ``[rows, pos, D]``)."""
         if normed.ndim == 3:
             return torch.einsum("bpd,hde->bphe", normed, self.W[kind, layer]) + self.b[kind, layer]
         return torch.einsum("bphd,hde->bphe", normed, self.W[kind, layer]) + self.b[kind, layer]
-
-    def _rotate(self, x: Tensor, positions: Tensor) -> Tensor:
-        if not self.arch.rotary_dim:
-            return x
-        cos, sin = self.fw._rotary(positions, x.dtype)
-        return self.fw._rotate(x, cos, sin)
 
     def _heads_out(self, layer: int, z: Tensor) -> Tensor:
         """Each head's output ``[rows, pos, head, d_model]`` (without ``b_O``)."""
@@ -568,7 +548,7 @@ class GraphRunner:
                 for name, tensor in (("q", q), ("k", k), ("v", v)):
                     tensor.retain_grad()
                     grads.setdefault(name, []).append(tensor)
-            q, k = self._rotate(q, positions), self._rotate(k, positions)
+            q, k = self.fw.rotate(q, positions), self.fw.rotate(k, positions)
             _, z = fw.attend(layer, q, k, v, positions, per_query_head=True)
             heads = self._heads_out(layer, z)
             attn = heads.sum(dim=2) + fw.w.b_O[layer]
@@ -721,7 +701,7 @@ class GraphRunner:
                 q, k, v = (self._project(layer, normed, kind) for kind in range(3))
             else:
                 q, k, v = (self._project(layer, normed[:, :, kind * n:(kind + 1) * n], kind) for kind in range(3))
-            q, k = self._rotate(q, positions), self._rotate(k, positions)
+            q, k = self.fw.rotate(q, positions), self.fw.rotate(k, positions)
             _, z = fw.attend(layer, q, k, v, positions, per_query_head=True)
             heads = self._heads_out(layer, z)
             attn = heads.sum(dim=2) + fw.w.b_O[layer]
@@ -895,7 +875,7 @@ class GraphRunner:
         parts = [inputs.q[layer], inputs.k[layer], inputs.v[layer]]
         qkv = [p[:, :, head: head + 1].repeat(n_cfg, 1, 1, 1) for p in parts]  # full positions, clean
         if index < 2:
-            new = self._rotate(new, suffix)
+            new = self.fw.rotate(new, suffix)
         qkv[index] = torch.cat([qkv[index][:, :start], new], dim=1)
         q, k, v = qkv
         stream = inputs.resid_pre[layer][:, start:].repeat(n_cfg, 1, 1)
@@ -936,7 +916,7 @@ class GraphRunner:
             rows = torch.arange(x.shape[0], device=self.device)
             return self._per_prompt(x[rows, (final - start).clamp(min=0)], None)
         k_heads, v_heads = self._clean_kv_heads
-        end = self.fw.run_to_end(x, layer, from_mlp=False, start=start, prefix_k=k_heads, prefix_v=v_heads,
+        end = self.fw.run_layers(x, layer, from_mlp=False, start=start, prefix_k=k_heads, prefix_v=v_heads,
                                  final_pos=final, repeat=n_cfg)
         return self._per_prompt(end, None)
 

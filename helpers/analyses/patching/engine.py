@@ -55,7 +55,7 @@ from helpers.analyses.patching.through_hooks import HookPatcher
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run, variant
 from helpers.analyses.stats import Interval, bootstrap_ratio
 from helpers.models.architectures import Architecture, describe
-from helpers.models.forward import ForwardPass, UnsupportedArchitecture
+from helpers.models.forward import ForwardPass, LayerActivations, LayerObserver, UnsupportedArchitecture
 from helpers.tasks.metrics import AnswerMetric, at_final_pos, pearson_correlation
 from helpers.tasks.prompts import PromptSet
 
@@ -178,6 +178,37 @@ class _Run:
 
     def resid_post(self, layer: int) -> Float[Tensor, "batch pos d_model"]:
         return self.resid_pre[layer + 1] if layer + 1 < self.resid_pre.shape[0] else self.resid_final
+
+
+class _KeepActivations(LayerObserver):
+    """Keeps each layer's activations, for :class:`_Run`."""
+
+    def __init__(self) -> None:
+        self.acts: dict[str, list[Tensor]] = {name: [] for name in _Run.__dataclass_fields__ if name != "resid_final"}
+
+    def layer(self, layer: int, acts: LayerActivations) -> None:
+        for name, values in self.acts.items():
+            values.append(getattr(acts, name))
+
+
+class _KeepGradients(LayerObserver):
+    """Retains the gradients attribution patching reads: values per query head, pattern, ``z`` and the
+    MLP's neuron activations, appended to ``grads[name]`` layer by layer."""
+
+    def __init__(self, fw: ForwardPass, grads: dict[str, list[Tensor]]):
+        self.fw, self.grads = fw, grads
+
+    def values(self, layer: int, v: Tensor) -> Tensor:
+        return self.fw.by_query_head(v)
+
+    def attention(self, layer: int, v: Tensor, pattern: Tensor, z: Tensor) -> None:
+        for name, tensor in (("v", v), ("pattern", pattern), ("z", z)):
+            tensor.retain_grad()
+            self.grads.setdefault(name, []).append(tensor)
+
+    def hidden(self, layer: int, hidden: Tensor) -> None:
+        hidden.retain_grad()
+        self.grads.setdefault("mlp_post", []).append(hidden)
 
 
 class PatchingEngine:
@@ -329,49 +360,17 @@ class PatchingEngine:
 
     def _forward(self, tokens: Tensor) -> _Run:
         """The whole model on ``tokens``, keeping every activation the sweeps reuse."""
-        x, acts = self._run_layers(tokens)
-        return _Run(resid_final=x, **{name: torch.stack(values) for name, values in acts.items()})
+        kept = _KeepActivations()
+        x = self.fw.run_layers(self.fw.embed(tokens), observer=kept)
+        return _Run(resid_final=x, **{name: torch.stack(values) for name, values in kept.acts.items()})
 
     def _final_stream_with_grads(self, tokens: Tensor, grads: dict[str, list[Tensor]]) -> Tensor:
         """The residual stream after the last layer, from an autograd graph the embeddings start; each
         layer's values (per query head), pattern, head outputs and neuron activations are appended to
         ``grads[name]`` with their gradients retained. Nothing is stacked (attribution patching reads the
         final stream and those gradients alone; the stacks were 0.3 GB at GPT-2 small's size, from their shapes)."""
-        return self._run_layers(tokens, grads=grads)[0]
-
-    def _run_layers(self, tokens: Tensor, *, grads: dict[str, list[Tensor]] | None = None,
-                    ) -> tuple[Tensor, dict[str, list[Tensor]]]:
-        """The final stream and, without ``grads``, each layer's activations (lists; see :meth:`_forward`
-        and :meth:`_final_stream_with_grads`)."""
-        fw = self.fw
-        x = fw.embed(tokens)
-        if grads is not None:
-            x = x.detach().requires_grad_(True)
-        positions = torch.arange(tokens.shape[1], device=tokens.device)
-        acts: dict[str, list[Tensor]] = {name: [] for name in _Run.__dataclass_fields__ if name != "resid_final"}
-        for layer in range(self.n_layers):
-            if grads is None:
-                acts["resid_pre"].append(x)
-            q, k, v = fw.qkv(layer, x, positions)
-            v_read = fw.by_query_head(v) if grads is not None else v
-            pattern, z = fw.attend(layer, q, k, v_read, positions)
-            if grads is not None:
-                for name, tensor in (("v", v_read), ("pattern", pattern), ("z", z)):
-                    tensor.retain_grad()
-                    grads.setdefault(name, []).append(tensor)
-            attn_out = fw.attn_out(layer, z)
-            mlp_in = x if self.arch.parallel else x + attn_out
-            hidden = fw.mlp_hidden(layer, mlp_in)
-            if grads is not None:
-                hidden.retain_grad()
-                grads.setdefault("mlp_post", []).append(hidden)
-            mlp_out = fw.mlp_out_from_hidden(layer, hidden)
-            x = x + attn_out + mlp_out if self.arch.parallel else mlp_in + mlp_out
-            if grads is None:
-                for name, value in (("mlp_in", mlp_in), ("attn_out", attn_out), ("mlp_out", mlp_out), ("k", k),
-                                    ("v", v), ("pattern", pattern), ("z", z)):
-                    acts[name].append(value)
-        return x, acts
+        x = self.fw.embed(tokens).detach().requires_grad_(True)
+        return self.fw.run_layers(x, observer=_KeepGradients(self.fw, grads))
 
     def _finish(self, x: Tensor, layer: int, *, from_mlp: bool, start: int) -> Float[Tensor, "rows d_model"]:
         """Run a patched residual stream to the end and return it at each row's final position.
@@ -379,12 +378,12 @@ class PatchingEngine:
         ``x`` holds positions ``start`` onwards of ``n_configs * batch`` sequences, entering ``layer``
         (or, with ``from_mlp``, entering its MLP). Positions before ``start`` are identical to the
         corrupted run (the model is causal), so their keys and values come from the corrupted cache
-        (:meth:`helpers.models.forward.ForwardPass.run_to_end`).
+        (:meth:`helpers.models.forward.ForwardPass.run_layers`).
         """
         batch = self.final_pos.shape[0]
         n_configs = x.shape[0] // batch
         final = self.final_pos.repeat(n_configs)
-        result = self.fw.run_to_end(x, layer, from_mlp=from_mlp, start=start, prefix_k=self.corrupted.k,
+        result = self.fw.run_layers(x, layer, from_mlp=from_mlp, start=start, prefix_k=self.corrupted.k,
                                     prefix_v=self.corrupted.v, final_pos=final, repeat=n_configs)
         # a prompt that ends before ``start`` never sees the patch: its final state is the corrupted one
         untouched = final < start
