@@ -9,6 +9,7 @@ small a difference in the task's metric is too small to normalise by.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +40,7 @@ class Contrast:
         return cls(prompts, prompts.clean_tokens.to(device), prompts.corrupted_tokens.to(device),
                    prompts.final_pos.to(device), prompts.metric.to(device))
 
-    @property
+    @functools.cached_property
     def first_difference(self) -> int:
         """The first position where any clean prompt differs from its corrupted version (the width if none)."""
         differs = (self.clean_tokens != self.corrupted_tokens).any(dim=0).nonzero()

@@ -342,8 +342,7 @@ class ForwardPass:
         for current in range(layer, self.n_layers):
             last = within is not None and current == self.n_layers - 1
             resid_pre = x
-            attn = None
-            attn_out = None
+            attn_out = None  # stays None where the layer starts at its MLP
             if from_mlp and current == layer:
                 mlp_in = x
             else:
@@ -365,8 +364,8 @@ class ForwardPass:
                 if observer is not None:
                     observer.attention(current, values, pattern, z)
                 attn_out = self.attn_out(current, z)
-                if observer is not None:  # else nothing holds the pattern past the attention
-                    attn = (k, v, pattern, z, attn_out)
+                if observer is None:  # nothing holds the pattern past the attention
+                    del pattern
                 if self.arch.parallel:  # the MLP reads the stream entering the layer
                     mlp_in = x
                 else:
@@ -380,9 +379,8 @@ class ForwardPass:
             mlp_out = self.mlp_out_from_hidden(current, hidden)
             # parallel blocks add both outputs in one expression: its gradients accumulate in one order
             x = x + attn_out + mlp_out if self.arch.parallel and attn_out is not None else x + mlp_out
-            if observer is not None and attn is not None:
-                k, v, pattern, z, attn_output = attn
-                observer.layer(current, LayerActivations(resid_pre, mlp_in, attn_output, mlp_out, k, v, pattern, z))
+            if observer is not None and attn_out is not None:
+                observer.layer(current, LayerActivations(resid_pre, mlp_in, attn_out, mlp_out, k, v, pattern, z))
         if within is None:
             return x
         return x[:, 0] if at_final else x[rows, within]

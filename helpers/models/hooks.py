@@ -65,14 +65,10 @@ def cache_activations(
     Raises:
         HookNotFoundError: a name is not a hook point of ``model``, or its hook did not fire.
     """
-    check_hook_names(model, list(hook_names) + [name for name, _ in fwd_hooks])
+    check_hook_names(model, [name for name, _ in fwd_hooks])
     keep = _unembed_only(model, final_pos, tokens, hook_names)
     with torch.no_grad(), model.hooks(fwd_hooks=[*fwd_hooks, *keep]):
-        logits, cache = model.run_with_cache(tokens, names_filter=list(hook_names))
-    missing = [name for name in hook_names if name not in cache]
-    if missing:
-        raise HookNotFoundError(f"hooks {missing} exist but did not fire during the forward pass")
-    acts = {name: cache[name] for name in hook_names}
+        logits, acts = run_with_checked_cache(model, tokens, hook_names)
     return (None if final_pos is None else _at_final(logits, final_pos, kept=bool(keep))), acts
 
 

@@ -3,8 +3,8 @@ pass does not cover, and an independent route to check the engine against.
 
 Each patch is made in the model's real forward pass by a hook (checked as every hook of the suite is,
 :mod:`helpers.models.hooks`: a name the model lacks, or a hook that never fired, is an error); many
-patches run as one batch: the corrupted prompts repeated once per patch, copy ``i`` carrying patch ``i``. Head-level patches are made
-on ``hook_z``, which every architecture's attention reads live (its input to the output projection):
+patches run as one batch: the corrupted prompts repeated once per patch, copy ``i`` carrying patch ``i``.
+Head-level patches are made on ``hook_z``, which every architecture's attention reads live (its input to the output projection):
 
 - a head's output: its clean ``z``;
 - its values: ``z = corrupted pattern @ clean values`` (the values that query head reads);
@@ -29,7 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from helpers.analyses.contrast import Contrast
-from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, Run
+from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run
 from helpers.models.hooks import checked_hooks, run_with_checked_cache
 from helpers.tasks.metrics import at_final_pos
 
@@ -60,19 +60,19 @@ class HookPatcher:
     def by_query_head(self, v: Tensor) -> Tensor:
         return v if self.group_size == 1 else v.repeat_interleave(self.group_size, dim=2)
 
-    def _head_z(self, kind: str, layer: int) -> Tensor:
+    def _head_z(self, kind: PatchKind, layer: int) -> Tensor:
         """Every head's patched ``z`` ``[batch, pos, head, d_head]`` for ``kind`` (its row, :mod:`.variants`)."""
         runs = {"clean": self.clean, "corrupted": self.corrupted}
 
         def read(name: str) -> Callable[[Run], Tensor]:
             return lambda run: runs[run][f"blocks.{layer}.attn.{name}"]
 
-        return VARIANTS[kind].patched_z(read("hook_z"), read("hook_pattern"),  # type: ignore[index]
+        return VARIANTS[kind].patched_z(read("hook_z"), read("hook_pattern"),
                                         lambda run: self.by_query_head(read("hook_v")(run)))
 
-    def patch(self, kind: str, layers: Iterator[int], first_difference: int) -> Float[Tensor, "layer column"]:
+    def patch(self, kind: PatchKind, layers: Iterator[int], first_difference: int) -> Float[Tensor, "layer column"]:
         """The metric after each patch of ``kind``: ``[layer, position]`` or ``[layer, head]``."""
-        row = VARIANTS[kind]  # type: ignore[index]
+        row = VARIANTS[kind]
         width = self.corrupted_tokens.shape[1]
         per_position = row.per_position
         n_columns = width if per_position else self.n_heads
@@ -86,7 +86,7 @@ class HookPatcher:
                 values[layer, chunk] = self._run(len(chunk), [(name, _patch_columns(source, chunk, per_position))])
         return values
 
-    def patch_heads_final_logits(self, kind: str, layer: int, heads: list[int]) -> Float[Tensor, "head batch d_vocab"]:
+    def patch_heads_final_logits(self, kind: PatchKind, layer: int, heads: list[int]) -> Float[Tensor, "head batch d_vocab"]:
         """The final-position logits of the corrupted run with each of ``heads`` of ``layer`` patched (``kind``
         a head kind), one copy of the prompts per head: what per-prompt figures of a patch are made from."""
         source = self._head_z(kind, layer)
