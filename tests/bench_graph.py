@@ -11,7 +11,7 @@ import time
 import torch
 from bench_common import matmul_flops_per_second, peak_memory_mib, shaped_model
 
-from helpers.analyses.circuits.graph import GraphRunner
+from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.tasks.prompts import build_prompts, load_task
 
 BUDGETS = {"EAP-IG (5 steps)": 90.0, "path patching, top 5 receivers x q/k/v": 120.0}

@@ -260,8 +260,7 @@ def test_the_two_faithfulness_formulas_have_two_names() -> None:
     """A head circuit's faithfulness is the IOI paper's (a fraction of the full model's metric), a circuit of
     edges' is MIB's (normalised between the empty circuit and the full model): with an empty circuit at -0.2
     they disagree, each as its formula says."""
-    from helpers.analyses.circuits.faithfulness import fraction_of_full, normalised_faithfulness
-    from helpers.analyses.circuits.graph import NormalisedFaithfulness
+    from helpers.analyses.circuits.faithfulness import NormalisedFaithfulness, fraction_of_full, normalised_faithfulness
     from helpers.analyses.circuits.head_circuits import Circuit, CircuitFaithfulness
 
     assert fraction_of_full(0.6, 2.0) == 0.3

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import torch
 
-from helpers.analyses.circuits.graph import GraphRunner
+from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.analyses.contrast import SMALL_GAP, Contrast
 from helpers.analyses.patching import PatchingEngine
 from helpers.tasks.prompts import PromptSet, build_prompts, load_task

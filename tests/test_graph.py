@@ -31,16 +31,11 @@ from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, SEEDS, a
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
 from helpers.analyses.ablation_kinds import ABLATION_KINDS
-from helpers.analyses.circuits import discovery, head_roles
+from helpers.analyses.circuits import discovery, edge_attribution, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
-from helpers.analyses.circuits.graph import (
-    MIB_FRACTIONS,
-    EdgeCircuit,
-    FaithfulnessByEdges,
-    Graph,
-    GraphError,
-    GraphRunner,
-)
+from helpers.analyses.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessByEdges
+from helpers.analyses.circuits.graph import EdgeCircuit, Graph, GraphError
+from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.models.architectures import describe
 from helpers.models.forward import UnsupportedArchitecture
 from helpers.models.load import load_model
@@ -171,7 +166,7 @@ def test_every_edge_kept_is_the_clean_run_and_none_the_corrupted_run(toy: Toy) -
 def test_the_clean_inputs_path_patching_recomputes_are_the_clean_runs_to_the_bit(toy: Toy) -> None:
     runner = toy.runner
     assert runner.clean.resid_pre is None and runner.clean.q is None  # not kept by the run every analysis reads
-    inputs = runner._clean_inputs
+    inputs = runner.exact.clean_inputs
     assert inputs.outputs is None  # the clean run's outputs are not kept twice
     assert torch.equal(inputs.final, runner.clean.final) and torch.equal(inputs.per_prompt, runner.clean.per_prompt)
     assert torch.equal(inputs.resid_pre[0], runner.clean.outputs[:, :, 0])  # the embeddings
@@ -180,7 +175,7 @@ def test_the_clean_inputs_path_patching_recomputes_are_the_clean_runs_to_the_bit
     receiver = "L0H0<k>"  # its patch runs the later layers from the clean keys and values
     before = runner.path_patching(receiver)
     runner.release_clean_inputs()
-    assert "_clean_inputs" not in vars(runner) and "_clean_kv_heads" not in vars(runner)
+    assert "exact" not in vars(runner)  # exact patching's clean inputs, and its keys and values with them
     assert runner.path_patching(receiver) == before  # recomputed, the same floats
 
 
@@ -361,7 +356,7 @@ def test_faithfulness_by_edges_at_mibs_sizes(demo: tuple[Any, PromptSet, GraphRu
 def discovered(demo: tuple[Any, PromptSet, GraphRunner]) -> dict[str, Any]:
     model, prompts, runner = demo
     walk = discovery.walk_paths(runner)
-    assert "_clean_inputs" not in vars(runner)  # the walk frees what path patching kept, before EAP runs
+    assert "exact" not in vars(runner)  # the walk frees what path patching kept, before EAP runs
     spec = load_task("ioi_abc").with_overrides(n_prompts=16)
     roles = head_roles.assign_roles(head_roles.measure_evidence(model, prompts, runner, spec=spec))
     attribution = runner.eap_ig(steps=5)  # where each node acts
@@ -477,8 +472,6 @@ def test_each_senders_sum_through_its_edges_is_the_expression_it_replaces() -> N
     equals the flip-cumsum-flip expression to the bit (GPT-2 small's graph and width)."""
     torch.manual_seed(0)
     summed, delta = torch.randn(445, 2, 18, 768), torch.randn(157, 2, 18, 768)
-    runner = GraphRunner.__new__(GraphRunner)  # only the graph's size and the senders' first receivers
-    runner._first_fed = torch.sort(torch.randint(0, 445, (157,))).values
-    runner.graph = Graph(12, 12, False)
-    expected = (summed.flip(0).cumsum(0).flip(0)[runner._first_fed] * delta).sum(-1)
-    assert torch.equal(runner._through_each_sender(summed, delta), expected)
+    first_fed = torch.sort(torch.randint(0, 445, (157,))).values
+    expected = (summed.flip(0).cumsum(0).flip(0)[first_fed] * delta).sum(-1)
+    assert torch.equal(edge_attribution.through_each_sender(summed, delta, first_fed.tolist()), expected)

@@ -342,12 +342,12 @@ def test_an_unknown_kind_is_named_with_the_known_ones() -> None:
 
 
 def test_the_layer_loop_is_the_models_forward_pass_whatever_it_keeps(toy_model: Any, ioi_prompts: PromptSet) -> None:
-    """ForwardPass.run_layers, the one loop every run goes through: an observer that keeps nothing changes no
+    """ForwardPass.run_layers, the one loop every run goes through: a strategy that keeps nothing changes no
     bit, every layer's activations are reported once, the final stream unembedded is the model's logits, and
     computing the last layer at the final positions alone gives those positions' streams."""
-    from helpers.models.forward import ForwardPass, LayerActivations, LayerObserver
+    from helpers.models.forward import ForwardPass, LayerActivations, LayerStrategy
 
-    class Count(LayerObserver):
+    class Count(LayerStrategy):
         def __init__(self) -> None:
             self.layers: list[int] = []
 
@@ -361,7 +361,7 @@ def test_the_layer_loop_is_the_models_forward_pass_whatever_it_keeps(toy_model: 
         x = fw.embed(tokens)
         plain = fw.run_layers(x)
         counted = Count()
-        assert torch.equal(fw.run_layers(x, observer=counted), plain)
+        assert torch.equal(fw.run_layers(x, strategy=counted), plain)
         assert counted.layers == list(range(toy_model.cfg.n_layers))
         final_only = fw.run_layers(x, final_pos=final_pos)
         reference = at_final_pos(toy_model(tokens), final_pos)

@@ -21,7 +21,7 @@ from helpers.analyses import ablation, compare, copy_scores, neurons, vectors
 from helpers.analyses import dla as attribution
 from helpers.analyses import head_functions as head_scores
 from helpers.analyses.ablation_kinds import ABLATION_KINDS
-from helpers.analyses.circuits import discovery, graph, head_roles
+from helpers.analyses.circuits import discovery, graph_runner, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.heads import HeadScore
 from helpers.analyses.patching.engine import PatchingEngine, PatchingResult, compare_attribution
@@ -59,7 +59,7 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
                                         {"mean logit difference": (2.0 * sign, (2.0 * sign - 0.5, 2.0 * sign + 0.25)),
                                          "output patching of L1H0": (0.4, (0.3, 0.5))})
                     for name, sign in (("a", 1.0), ("b", -1.0))]
-    runner = graph.GraphRunner(toy_model, ioi_prompts)
+    runner = graph_runner.GraphRunner(toy_model, ioi_prompts)
     walk = discovery.walk_paths(runner, threshold=0.05, max_receivers=4)
     edge_scores = runner.eap()
     roles = {name: head_roles.HeadRole("name_mover" if name == "L1H0" else "unknown", 1.0, ("by hand",))

@@ -20,7 +20,8 @@ from torch import Tensor
 from helpers.analyses.ablation import AblationResult
 from helpers.analyses.ablation_kinds import ABLATION_NAMES
 from helpers.analyses.circuits.discovery import CircuitDiagram, PathWalk
-from helpers.analyses.circuits.graph import Edge, FaithfulnessByEdges, NormalisedFaithfulness
+from helpers.analyses.circuits.faithfulness import FaithfulnessByEdges, NormalisedFaithfulness
+from helpers.analyses.circuits.graph import Edge
 from helpers.analyses.circuits.head_circuits import (
     Circuit,
     CircuitFaithfulness,

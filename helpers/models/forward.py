@@ -185,23 +185,39 @@ class LayerActivations:
     z: Tensor
 
 
-class LayerObserver:
-    """What a run of the layers reports to, and the values its attention reads (a strategy of
-    :meth:`ForwardPass.run_layers`; this one keeps nothing and changes nothing)."""
+class LayerStrategy:
+    """What sets one kind of run of :meth:`ForwardPass.run_layers` apart: what it keeps (the engine's
+    activations and gradients), and, for the graph of edges, how each layer reads its inputs and writes its
+    attention's output. This one keeps nothing and changes nothing: the model's own forward pass."""
+
+    def qkv(self, fw: ForwardPass, layer: int, x: Tensor, positions: Int[Tensor, " pos"]) -> tuple[Tensor, Tensor, Tensor]:
+        """The queries, keys and values ``layer`` reads from the stream ``x`` entering it (rotated)."""
+        return fw.qkv(layer, x, positions)
 
     def values(self, layer: int, v: Tensor) -> Tensor:
-        """The values ``layer``'s attention reads (``v`` as computed; an observer may lay them out per query
+        """The values ``layer``'s attention reads (``v`` as computed; a strategy may lay them out per query
         head to keep their gradient)."""
         return v
 
     def attention(self, layer: int, v: Tensor, pattern: Tensor, z: Tensor) -> None:
         """The values read, the pattern and ``z`` of ``layer``, as its attention computed them."""
 
+    def attn_out(self, fw: ForwardPass, layer: int, z: Tensor) -> Tensor:
+        """What ``layer``'s attention adds to the stream, from every head's ``z``."""
+        return fw.attn_out(layer, z)
+
+    def mlp_read(self, layer: int, mlp_in: Tensor) -> Tensor:
+        """What ``layer``'s MLP reads, from the stream ``mlp_in`` it would read in the model."""
+        return mlp_in
+
     def hidden(self, layer: int, hidden: Tensor) -> None:
         """The neuron activations of ``layer``'s MLP."""
 
     def layer(self, layer: int, acts: LayerActivations) -> None:
         """``layer``'s activations once it has run."""
+
+
+_MODEL_ITSELF = LayerStrategy()
 
 
 class ForwardPass:
@@ -321,10 +337,11 @@ class ForwardPass:
     def run_layers(self, x: Tensor, layer: int = 0, *, from_mlp: bool = False, start: int = 0,
                    prefix_k: Tensor | None = None, prefix_v: Tensor | None = None,
                    final_pos: Int[Tensor, " rows"] | None = None, repeat: int = 1,
-                   observer: LayerObserver | None = None) -> Tensor:
+                   strategy: LayerStrategy | None = None) -> Tensor:
         """The layer loop: run streams from ``layer`` to the end of the model. Every sweep, patch and graph
         run of the suite that runs whole layers runs them here; what differs between them is in the
-        arguments and in ``observer`` (:class:`LayerObserver`: what a run keeps, and the values it reads).
+        arguments and in ``strategy`` (:class:`LayerStrategy`: what a run keeps, and how the graph's runs
+        read each head's own input).
 
         ``x`` ``[rows, pos, d_model]`` holds positions ``start`` onwards, entering ``layer`` (or, with
         ``from_mlp``, entering its MLP). The positions before ``start`` are those of a run whose keys and
@@ -335,6 +352,8 @@ class ForwardPass:
         stream at its final position ``[rows, d_model]``, the last layer computing only that position. Rows
         whose final position is before ``start`` are the caller's to handle (they are garbage here).
         """
+        keeps = strategy is not None
+        run = strategy if strategy is not None else _MODEL_ITSELF
         rows = torch.arange(x.shape[0], device=x.device)
         within = None if final_pos is None else (final_pos - start).clamp(min=0)
         suffix_pos = torch.arange(start, start + x.shape[1], device=x.device)
@@ -346,14 +365,13 @@ class ForwardPass:
             if from_mlp and current == layer:
                 mlp_in = x
             else:
-                q, k, v = self.qkv(current, x, suffix_pos)
+                q, k, v = run.qkv(self, current, x, suffix_pos)
                 keys, values = k, v
                 if prefix_k is not None and prefix_v is not None:
                     before_k = prefix_k[current][:, :start].repeat(repeat, 1, 1, 1)
                     before_v = prefix_v[current][:, :start].repeat(repeat, 1, 1, 1)
                     keys, values = torch.cat([before_k, k], dim=1), torch.cat([before_v, v], dim=1)
-                if observer is not None:
-                    values = observer.values(current, values)
+                values = run.values(current, values)
                 if last:  # only the final position's query matters now
                     assert within is not None and final_pos is not None
                     x, q = x[rows, within][:, None], q[rows, within][:, None]
@@ -361,10 +379,9 @@ class ForwardPass:
                     at_final = True
                 else:
                     pattern, z = self.attend(current, q, keys, values, suffix_pos)
-                if observer is not None:
-                    observer.attention(current, values, pattern, z)
-                attn_out = self.attn_out(current, z)
-                if observer is None:  # nothing holds the pattern past the attention
+                run.attention(current, values, pattern, z)
+                attn_out = run.attn_out(self, current, z)
+                if not keeps:  # nothing holds the pattern past the attention
                     del pattern
                 if self.arch.parallel:  # the MLP reads the stream entering the layer
                     mlp_in = x
@@ -373,14 +390,13 @@ class ForwardPass:
             if last and not at_final:
                 assert within is not None
                 x, mlp_in, at_final = x[rows, within][:, None], mlp_in[rows, within][:, None], True
-            hidden = self.mlp_hidden(current, mlp_in)
-            if observer is not None:
-                observer.hidden(current, hidden)
+            hidden = self.mlp_hidden(current, run.mlp_read(current, mlp_in))
+            run.hidden(current, hidden)
             mlp_out = self.mlp_out_from_hidden(current, hidden)
             # parallel blocks add both outputs in one expression: its gradients accumulate in one order
             x = x + attn_out + mlp_out if self.arch.parallel and attn_out is not None else x + mlp_out
-            if observer is not None and attn_out is not None:
-                observer.layer(current, LayerActivations(resid_pre, mlp_in, attn_out, mlp_out, k, v, pattern, z))
+            if keeps and attn_out is not None:
+                run.layer(current, LayerActivations(resid_pre, mlp_in, attn_out, mlp_out, k, v, pattern, z))
         if within is None:
             return x
         return x[:, 0] if at_final else x[rows, within]

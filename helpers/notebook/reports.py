@@ -19,7 +19,9 @@ from torch import Tensor
 from helpers.analyses import compare
 from helpers.analyses.ablation import AblationResult
 from helpers.analyses.circuits.discovery import CircuitFileResult, PathWalk
-from helpers.analyses.circuits.graph import EdgeScores, FaithfulnessByEdges, GraphRunner, NormalisedFaithfulness
+from helpers.analyses.circuits.faithfulness import FaithfulnessByEdges, NormalisedFaithfulness
+from helpers.analyses.circuits.graph import EdgeScores
+from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.analyses.circuits.head_circuits import (
     CandidateChoice,
     CircuitFaithfulness,

@@ -24,7 +24,8 @@ import networkx as nx
 import torch
 
 from helpers.analyses.ablation_kinds import ABLATION_KINDS
-from helpers.analyses.circuits.graph import Edge, EdgeCircuit, EdgeScores, GraphRunner
+from helpers.analyses.circuits.graph import Edge, EdgeCircuit, EdgeScores
+from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.analyses.circuits.head_roles import EFFECT, HeadRole
 from helpers.models.forward import UnsupportedArchitecture
 from helpers.results import write_text

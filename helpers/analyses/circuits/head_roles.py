@@ -205,7 +205,7 @@ def measure_evidence(model: Any, prompts: Any, runner: Any, *, spec: Any = None,
     attention from the end to the answer's word.
 
     Args:
-        runner: a :class:`helpers.analyses.circuits.graph.GraphRunner` on ``prompts``.
+        runner: a :class:`helpers.analyses.circuits.graph_runner.GraphRunner` on ``prompts``.
         copy_scores: ``(copy, negative)`` tensors ``[layer, head]``, or None to compute them.
         role_scores: ``{"previous_token": ..., "duplicate_token": ..., "induction": ...}``, or None.
     """

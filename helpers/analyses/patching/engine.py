@@ -55,7 +55,7 @@ from helpers.analyses.patching.through_hooks import HookPatcher
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run, variant
 from helpers.analyses.stats import Interval, bootstrap_ratio
 from helpers.models.architectures import Architecture, describe
-from helpers.models.forward import ForwardPass, LayerActivations, LayerObserver, UnsupportedArchitecture
+from helpers.models.forward import ForwardPass, LayerActivations, LayerStrategy, UnsupportedArchitecture
 from helpers.tasks.metrics import AnswerMetric, at_final_pos, pearson_correlation
 from helpers.tasks.prompts import PromptSet
 
@@ -180,7 +180,7 @@ class _Run:
         return self.resid_pre[layer + 1] if layer + 1 < self.resid_pre.shape[0] else self.resid_final
 
 
-class _KeepActivations(LayerObserver):
+class _KeepActivations(LayerStrategy):
     """Keeps each layer's activations, for :class:`_Run`."""
 
     def __init__(self) -> None:
@@ -191,7 +191,7 @@ class _KeepActivations(LayerObserver):
             values.append(getattr(acts, name))
 
 
-class _KeepGradients(LayerObserver):
+class _KeepGradients(LayerStrategy):
     """Retains the gradients attribution patching reads: values per query head, pattern, ``z`` and the
     MLP's neuron activations, appended to ``grads[name]`` layer by layer."""
 
@@ -361,7 +361,7 @@ class PatchingEngine:
     def _forward(self, tokens: Tensor) -> _Run:
         """The whole model on ``tokens``, keeping every activation the sweeps reuse."""
         kept = _KeepActivations()
-        x = self.fw.run_layers(self.fw.embed(tokens), observer=kept)
+        x = self.fw.run_layers(self.fw.embed(tokens), strategy=kept)
         return _Run(resid_final=x, **{name: torch.stack(values) for name, values in kept.acts.items()})
 
     def _final_stream_with_grads(self, tokens: Tensor, grads: dict[str, list[Tensor]]) -> Tensor:
@@ -370,7 +370,7 @@ class PatchingEngine:
         ``grads[name]`` with their gradients retained. Nothing is stacked (attribution patching reads the
         final stream and those gradients alone; the stacks were 0.3 GB at GPT-2 small's size, from their shapes)."""
         x = self.fw.embed(tokens).detach().requires_grad_(True)
-        return self.fw.run_layers(x, observer=_KeepGradients(self.fw, grads))
+        return self.fw.run_layers(x, strategy=_KeepGradients(self.fw, grads))
 
     def _finish(self, x: Tensor, layer: int, *, from_mlp: bool, start: int) -> Float[Tensor, "rows d_model"]:
         """Run a patched residual stream to the end and return it at each row's final position.
