@@ -12,7 +12,8 @@ test_layout.py holds every import to it, function-level ones included, and refus
     analyses/     one module per analysis (dla, head_functions, copy_scores, neurons, vectors, ...), with
         |         patching/ (the exact engine, attribution patching, the hook route) and circuits/ (head
         |         circuits, the graph of edges, discovery, head roles); heads and stats are shared
-    figures/      plotly figures of the results (plotting), their static images, notebook display (viz)
+    figures/      one module of plotly figures per analysis (dla, patching, ..., on heads' building blocks),
+        |         their static images (static, images), notebook display (viz)
         |
     notebook/     what a template starts with (session) and the Colab set-up (colab)
         |

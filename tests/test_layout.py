@@ -111,15 +111,15 @@ def test_a_function_level_import_says_why_it_is_deferred() -> None:
 def test_the_layout_test_sees_an_upward_import_and_a_cycle(tmp_path: Path) -> None:
     """The checks above on modules written to fail them: tasks importing from figures, in a function, and
     two analyses importing each other."""
-    assert layer_of("helpers.tasks.spec") < layer_of("helpers.figures.plotting")
+    assert layer_of("helpers.tasks.spec") < layer_of("helpers.figures.dla")
     assert layer_of("helpers.results") == 0 and layer_of("helpers.run.cli") == len(LAYERS) - 1
     probe = tmp_path / "probe.py"
-    probe.write_text("from helpers.analyses import dla\n\ndef f():\n    from helpers.figures import plotting\n")
+    probe.write_text("from helpers.analyses import dla\n\ndef f():\n    from helpers.figures import dla\n")
     found = imports_of(probe)
-    assert found == [(1, "helpers.analyses.dla", True), (4, "helpers.figures.plotting", False)]
+    assert found == [(1, "helpers.analyses.dla", True), (4, "helpers.figures.dla", False)]
     assert upward_imports({"helpers.tasks.spec": found}) == ["helpers.tasks.spec:1 imports helpers.analyses.dla",
-                                                             "helpers.tasks.spec:4 imports helpers.figures.plotting"]
-    assert upward_imports({"helpers.analyses.vectors": found}) == ["helpers.analyses.vectors:4 imports helpers.figures.plotting"]
+                                                             "helpers.tasks.spec:4 imports helpers.figures.dla"]
+    assert upward_imports({"helpers.analyses.vectors": found}) == ["helpers.analyses.vectors:4 imports helpers.figures.dla"]
     assert upward_imports({"helpers.figures.viz": found}) == []
     pair = {"helpers.analyses.dla": [(3, "helpers.analyses.stats", True)],
             "helpers.analyses.stats": [(9, "helpers.analyses.dla", False)]}

@@ -1,12 +1,13 @@
 """Every figure shows the numbers of its result, on the right axes and scale.
 
-Each ``plot_*`` function of :mod:`helpers.figures.plotting` is called on results computed on the toy models, and
+Each ``plot_*`` function of the figure modules (:mod:`helpers.figures`) is called on results computed on the toy models, and
 what it draws is read back from the figure: the values, the labels, the colour scale. A test also fails
 when a new ``plot_*`` function has no check here.
 """
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import re
 from collections.abc import Callable
@@ -25,7 +26,18 @@ from helpers.analyses.circuits import discovery, graph_runner, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.heads import HeadScore
 from helpers.analyses.patching.engine import PatchingEngine, PatchingResult, compare_attribution
-from helpers.figures import plotting, static
+from helpers.figures import circuits as circuits_figures
+from helpers.figures import compare as compare_figures
+from helpers.figures import copy_scores as copy_scores_figures
+from helpers.figures import discovery as discovery_figures
+from helpers.figures import dla as dla_figures
+from helpers.figures import head_functions as head_functions_figures
+from helpers.figures import heads as head_figures
+from helpers.figures import neurons as neurons_figures
+from helpers.figures import patching as patching_figures
+from helpers.figures import static
+from helpers.figures import vectors as vectors_figures
+from helpers.paths import REPO_ROOT
 from helpers.tasks.prompts import PromptSet
 
 
@@ -95,7 +107,7 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
 
 def check_logit_diff(r: dict[str, Any]) -> go.Figure:
     result = r["logit_diff"]
-    fig = plotting.plot_logit_diff(result)
+    fig = dla_figures.plot_logit_diff(result)
     bar = fig.data[0]
     assert list(bar.y) == result.per_prompt.tolist() and len(bar.x) == len(result.prompts)
     assert list(bar.marker.color) == ["#2166ac" if v > 0 else "#b2182b" for v in result.per_prompt.tolist()]
@@ -104,7 +116,7 @@ def check_logit_diff(r: dict[str, Any]) -> go.Figure:
 
 def check_logit_lens(r: dict[str, Any]) -> go.Figure:
     result = r["lens"]
-    fig = plotting.plot_logit_lens(result)
+    fig = dla_figures.plot_logit_lens(result)
     assert len(fig.data) == result.per_prompt.shape[1] + 1  # one line per prompt, then the mean
     assert list(fig.data[-1].y) == pytest.approx(result.mean.tolist()) and list(fig.data[-1].x) == list(result.labels)
     return fig
@@ -112,25 +124,25 @@ def check_logit_lens(r: dict[str, Any]) -> go.Figure:
 
 def check_component_attribution(r: dict[str, Any]) -> go.Figure:
     result = r["components"]
-    fig = plotting.plot_component_attribution(result)
+    fig = dla_figures.plot_component_attribution(result)
     assert list(fig.data[0].x) == list(result.labels) and list(fig.data[0].y) == pytest.approx(result.mean.tolist())
     return fig
 
 
 def check_head_heatmap(r: dict[str, Any]) -> go.Figure:
     values = torch.tensor([[0.5, -2.0], [1.0, 0.25]])
-    fig = plotting.plot_head_heatmap(values.tolist(), "t", colorbar_title="unit")
+    fig = head_figures.plot_head_heatmap(values.tolist(), "t", colorbar_title="unit")
     trace = fig.data[0]
     assert values_of(trace, "z") == values.tolist() and trace.colorbar.title.text == "unit"
     assert_diverging_around_zero(trace, values)
     assert [list(row) for row in trace.customdata] == [["L0H0", "L0H1"], ["L1H0", "L1H1"]]
-    unit = plotting.plot_head_heatmap([[0.2, 0.9]], "u", unit_interval=True).data[0]
+    unit = head_figures.plot_head_heatmap([[0.2, 0.9]], "u", unit_interval=True).data[0]
     assert (unit.zmin, unit.zmax, unit.zmid) == (0, 1, None)
     return fig
 
 
 def check_head_attribution(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_head_attribution(r["heads"])
+    fig = dla_figures.plot_head_attribution(r["heads"])
     assert values_of(fig.data[0], "z") == r["heads"].mean.tolist()
     assert_diverging_around_zero(fig.data[0], r["heads"].mean)
     return fig
@@ -138,7 +150,7 @@ def check_head_attribution(r: dict[str, Any]) -> go.Figure:
 
 def check_attention_patterns(r: dict[str, Any]) -> go.Figure:
     result = r["patterns"]
-    fig = plotting.plot_attention_patterns(result)
+    fig = dla_figures.plot_attention_patterns(result)
     assert len(fig.data) == len(result.heads)
     for trace, pattern in zip(fig.data, result.patterns):
         assert values_of(trace, "z") == pattern.tolist() and (trace.zmin, trace.zmax) == (0, 1)
@@ -149,17 +161,17 @@ def check_attention_patterns(r: dict[str, Any]) -> go.Figure:
 
 def check_patching(r: dict[str, Any]) -> go.Figure:
     for result in (r["resid"], r["head_out"]):
-        fig = plotting.plot_patching(result)
+        fig = patching_figures.plot_patching(result)
         assert values_of(fig.data[0], "z") == result.values.tolist()
         assert_diverging_around_zero(fig.data[0], result.values)
     assert list(fig.data[0].x) == [0, 1, 2, 3]  # heads across
-    per_position = plotting.plot_patching(r["resid"]).data[0]
+    per_position = patching_figures.plot_patching(r["resid"]).data[0]
     assert list(per_position.x) == list(r["resid"].column_labels)
     return fig
 
 
 def check_head_scatter(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_head_scatter(r["head_out"], r["head_v"], x_title="out", y_title="v", title="t")
+    fig = patching_figures.plot_head_scatter(r["head_out"], r["head_v"], x_title="out", y_title="v", title="t")
     layers, diagonal = fig.data[:-1], fig.data[-1]
     assert [list(t.x) for t in layers] == r["head_out"].values.tolist() and [list(t.y) for t in layers] == r["head_v"].values.tolist()
     assert list(layers[0].text)[:2] == ["L0H0", "L0H1"] and diagonal.mode == "lines"
@@ -169,7 +181,7 @@ def check_head_scatter(r: dict[str, Any]) -> go.Figure:
 
 
 def check_attribution_agreement(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_attribution_agreement(r["head_out"], r["estimate"], r["agreement"])
+    fig = patching_figures.plot_attribution_agreement(r["head_out"], r["estimate"], r["agreement"])
     assert [list(t.y) for t in fig.data[:-1]] == r["estimate"].values.tolist()
     assert f"{r['agreement'].pearson:.3f}" in fig.layout.title.text
     return fig
@@ -177,14 +189,14 @@ def check_attribution_agreement(r: dict[str, Any]) -> go.Figure:
 
 def check_role_scores(r: dict[str, Any]) -> go.Figure:
     scores = r["roles"]
-    fig = plotting.plot_role_scores(scores, "induction")
+    fig = head_functions_figures.plot_role_scores(scores, "induction")
     assert values_of(fig.data[0], "z") == scores.scores["induction"].tolist() and fig.data[0].zmax == 1
     return fig
 
 
 def check_ablation_dla(r: dict[str, Any]) -> go.Figure:
     result = r["ablation"]
-    fig = plotting.plot_ablation_dla(result)
+    fig = head_functions_figures.plot_ablation_dla(result)
     assert [list(t.x) for t in fig.data[:-1]] == result.dla_before.tolist()
     assert [list(t.y) for t in fig.data[:-1]] == result.dla_after.tolist()
     return fig
@@ -192,14 +204,14 @@ def check_ablation_dla(r: dict[str, Any]) -> go.Figure:
 
 def check_copy_scores(r: dict[str, Any]) -> go.Figure:
     scores = r["copy"]
-    fig = plotting.plot_copy_scores(scores, negative=True)
+    fig = copy_scores_figures.plot_copy_scores(scores, negative=True)
     assert values_of(fig.data[0], "z") == scores.negative.tolist() and fig.layout.title.text.startswith("Negative")
     return fig
 
 
 def check_attention_vs_projection(r: dict[str, Any]) -> go.Figure:
     result = r["projection"]
-    fig = plotting.plot_attention_vs_projection(result)
+    fig = copy_scores_figures.plot_attention_vs_projection(result)
     roles = list(dict.fromkeys(result.roles))
     assert [t.name for t in fig.data] == roles
     assert sum(len(t.x) for t in fig.data) == len(result.roles)
@@ -210,14 +222,14 @@ def check_attention_vs_projection(r: dict[str, Any]) -> go.Figure:
 
 def check_faithfulness(r: dict[str, Any]) -> go.Figure:
     result = r["faithfulness"]
-    fig = plotting.plot_faithfulness(result)
+    fig = circuits_figures.plot_faithfulness(result)
     assert list(fig.data[0].y) == [1.0, result.faithfulness, result.empty_faithfulness]
     return fig
 
 
 def check_faithfulness_curve(r: dict[str, Any]) -> go.Figure:
     curve = r["curve"]
-    fig = plotting.plot_faithfulness_curve(curve, target=0.8, chosen=2)
+    fig = circuits_figures.plot_faithfulness_curve(curve, target=0.8, chosen=2)
     assert list(fig.data[0].y) == list(curve.fractions) and list(fig.layout.xaxis.ticktext)[1] == f"+{curve.heads[0]}"
     assert list(fig.data[1].x) == [2] and list(fig.data[1].y) == [curve.fractions[2]]  # where the candidate stops
     assert 0.8 in [shape.y0 for shape in fig.layout.shapes]  # the target line
@@ -226,13 +238,13 @@ def check_faithfulness_curve(r: dict[str, Any]) -> go.Figure:
 
 def check_minimality(r: dict[str, Any]) -> go.Figure:
     result = r["minimality"]
-    fig = plotting.plot_minimality(result)
+    fig = circuits_figures.plot_minimality(result)
     assert list(fig.data[0].y) == list(result.drops) and list(fig.data[0].x) == list(result.heads)
     return fig
 
 
 def check_circuit_comparison(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_circuit_comparison(r["comparison"], r["baseline"])
+    fig = circuits_figures.plot_circuit_comparison(r["comparison"], r["baseline"])
     assert list(fig.data[0].y) == [c.faithfulness for c in r["comparison"]]
     assert list(fig.data[0].error_y.array) == [c.ci95.high - c.faithfulness for c in r["comparison"]]
     assert list(fig.data[1].y) == list(r["baseline"].faithfulness) and list(fig.data[2].y) == [r["baseline"].mean]
@@ -241,14 +253,14 @@ def check_circuit_comparison(r: dict[str, Any]) -> go.Figure:
 
 def check_vector_effect(r: dict[str, Any]) -> go.Figure:
     result = r["vector"]
-    fig = plotting.plot_vector_effect(result)
+    fig = vectors_figures.plot_vector_effect(result)
     assert list(fig.data[0].y) == [result.before.top_share, result.after.top_share] + [x.top_share for x in result.random]
     return fig
 
 
 def check_vector_logit_lens(r: dict[str, Any]) -> go.Figure:
     result = r["vector"]
-    fig = plotting.plot_vector_logit_lens(result)
+    fig = vectors_figures.plot_vector_logit_lens(result)
     assert list(fig.data[0].y) == pytest.approx(result.before.lens_probs.mean(dim=1).tolist())
     assert list(fig.data[1].y) == pytest.approx(result.after.lens_probs.mean(dim=1).tolist())
     return fig
@@ -256,7 +268,7 @@ def check_vector_logit_lens(r: dict[str, Any]) -> go.Figure:
 
 def check_neuron_patching(r: dict[str, Any]) -> go.Figure:
     result = r["neurons"]
-    fig = plotting.plot_neuron_patching(result, 3)
+    fig = neurons_figures.plot_neuron_patching(result, 3)
     colours = list(fig.data[0].marker.color)
     assert list(fig.data[0].y) == result.effect.tolist()
     assert [n for n, c in enumerate(colours) if c == "#b2182b"] == sorted(result.top(3))
@@ -265,14 +277,14 @@ def check_neuron_patching(r: dict[str, Any]) -> go.Figure:
 
 def check_neuron_attribution(r: dict[str, Any]) -> go.Figure:
     result = r["neurons"]
-    fig = plotting.plot_neuron_attribution(result)
+    fig = neurons_figures.plot_neuron_attribution(result)
     assert list(fig.data[0].x) == result.effect.tolist() and list(fig.data[0].y) == result.estimated_effect.tolist()
     return fig
 
 
 def check_neuron_screen(r: dict[str, Any]) -> go.Figure:
     result = r["neurons"]
-    fig = plotting.plot_neuron_screen(result)
+    fig = neurons_figures.plot_neuron_screen(result)
     assert [t.name for t in fig.data] == ["L0", "L1"]
     assert list(fig.data[1].y) == pytest.approx((result.estimate[1] - result.corrupted_metric).tolist())
     return fig
@@ -280,14 +292,14 @@ def check_neuron_screen(r: dict[str, Any]) -> go.Figure:
 
 def check_neuron_activations(r: dict[str, Any]) -> go.Figure:
     result = r["activations"]
-    fig = plotting.plot_neuron_activations(result)
+    fig = neurons_figures.plot_neuron_activations(result)
     assert len(fig.data) == 2 * len(result.neurons)
     assert list(fig.data[0].y) == result.clean[0].tolist() and list(fig.data[1].y) == result.corrupted[0].tolist()
     return fig
 
 
 def check_importance_by_task(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_importance_by_task(r["tasks"], "patching")
+    fig = compare_figures.plot_importance_by_task(r["tasks"], "patching")
     assert [a.text for a in fig.layout.annotations] == ["a", "b"]
     assert values_of(fig.data[1], "z") == r["tasks"][1].heads["patching"].tolist()
     return fig
@@ -295,7 +307,7 @@ def check_importance_by_task(r: dict[str, Any]) -> go.Figure:
 
 def check_task_matrix(r: dict[str, Any]) -> go.Figure:
     values = torch.tensor([[1.0, -0.5], [-0.5, 1.0]])
-    fig = plotting.plot_task_matrix(values, ["a", "b"], "t", colorbar_title="r", signed=True)
+    fig = compare_figures.plot_task_matrix(values, ["a", "b"], "t", colorbar_title="r", signed=True)
     trace = fig.data[0]
     assert values_of(trace, "z") == values.tolist() and values_of(trace, "text") == [["1.00", "-0.50"], ["-0.50", "1.00"]]
     assert (trace.zmin, trace.zmax, trace.zmid) == (-1, 1, 0)
@@ -305,7 +317,7 @@ def check_task_matrix(r: dict[str, Any]) -> go.Figure:
 def check_path_map(r: dict[str, Any]) -> go.Figure:
     walk, senders = r["walk"], r["runner"].graph.senders
     [receiver, *_] = [name for name in walk.receivers if name.startswith("L")]  # a head: three inputs
-    fig = plotting.plot_path_map(walk, receiver, senders)
+    fig = discovery_figures.plot_path_map(walk, receiver, senders)
     trace = fig.data[0]
     assert list(trace.y) == ["q", "k", "v"] and list(trace.x) == [s for s in senders if s in walk.maps[f"{receiver}<q>"]]
     assert values_of(trace, "z")[1] == [walk.maps[f"{receiver}<k>"][s] for s in trace.x]
@@ -315,14 +327,14 @@ def check_path_map(r: dict[str, Any]) -> go.Figure:
 
 def check_edge_faithfulness(r: dict[str, Any]) -> go.Figure:
     [curve] = r["edge_curves"]
-    fig = plotting.plot_edge_faithfulness(r["edge_curves"])
+    fig = discovery_figures.plot_edge_faithfulness(r["edge_curves"])
     assert list(fig.data[0].y) == list(curve.faithfulness) and list(fig.data[0].customdata) == list(curve.n_edges)
     assert f"CPR {curve.cpr:.2f}" in fig.data[0].name and list(fig.layout.xaxis.ticktext) == ["10%", "50%", "100%"]
     return fig
 
 
 def check_ablation_kinds(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_ablation_kinds(r["by_ablation"])
+    fig = circuits_figures.plot_ablation_kinds(r["by_ablation"])
     assert [t.y[0] for t in fig.data] == [rows[0].faithfulness for rows in r["by_ablation"].values()]
     assert len({t.name for t in fig.data}) == 3
     return fig
@@ -330,7 +342,7 @@ def check_ablation_kinds(r: dict[str, Any]) -> go.Figure:
 
 def check_circuit_diagram(r: dict[str, Any]) -> go.Figure:
     diagram = r["diagram"]
-    fig = plotting.plot_circuit_diagram(diagram)
+    fig = discovery_figures.plot_circuit_diagram(diagram)
     *edges, nodes = fig.data
     assert len(edges) == diagram.graph.number_of_edges() and len(nodes.x) == diagram.graph.number_of_nodes()
     labels = dict(zip(diagram.graph.nodes, nodes.text))
@@ -344,7 +356,7 @@ def check_circuit_diagram(r: dict[str, Any]) -> go.Figure:
 
 
 def check_task_intervals(r: dict[str, Any]) -> go.Figure:
-    fig = plotting.plot_task_intervals(r["tasks"])
+    fig = compare_figures.plot_task_intervals(r["tasks"])
     [trace] = fig.data  # only the mean logit difference has intervals here (head intervals are in the table)
     assert list(trace.x) == ["a", "b"] and list(trace.y) == [2.0, -2.0]
     assert list(trace.error_y.array) == [0.25, 0.25] and list(trace.error_y.arrayminus) == [0.5, 0.5]
@@ -352,14 +364,16 @@ def check_task_intervals(r: dict[str, Any]) -> go.Figure:
     return fig
 
 
+FIGURE_MODULES = [importlib.import_module(f"helpers.figures.{path.stem}") for path in
+                  sorted((REPO_ROOT / "helpers" / "figures").glob("*.py")) if path.stem not in ("__init__", "static", "images", "viz")]
 CHECKS: dict[str, Callable[[dict[str, Any]], go.Figure]] = {
     name.replace("check_", "plot_"): function for name, function in globals().items() if name.startswith("check_")
 }
 
 
 def test_every_plot_function_has_a_check() -> None:
-    plots = {name for name, member in inspect.getmembers(plotting, inspect.isfunction)
-             if name.startswith("plot_") and member.__module__ == plotting.__name__}
+    plots = {name for module in FIGURE_MODULES for name, member in inspect.getmembers(module, inspect.isfunction)
+             if name.startswith("plot_") and member.__module__ == module.__name__}
     assert plots == set(CHECKS), f"without a check: {sorted(plots - set(CHECKS))}"
 
 
@@ -370,24 +384,24 @@ def test_each_figure_shows_its_results_values(name: str, results: dict[str, Any]
 
 
 def test_head_table_pads_the_shorter_side() -> None:
-    table = plotting.head_table([HeadScore(0, 1, 0.5), HeadScore(1, 0, 0.2)], [HeadScore(1, 1, -0.3)], value_name="x")
+    table = head_figures.head_table([HeadScore(0, 1, 0.5), HeadScore(1, 0, 0.2)], [HeadScore(1, 1, -0.3)], value_name="x")
     assert list(table["positive head"]) == ["L0H1", "L1H0"] and list(table["negative head"])[0] == "L1H1"
     assert table["negative head"].isna().tolist() == [False, True] and list(table.index) == [1, 2]
 
 
 def test_tables_hold_the_results_numbers(results: dict[str, Any]) -> None:
     anchors = results["anchors"]
-    table = plotting.anchors_table(anchors)
+    table = patching_figures.anchors_table(anchors)
     assert list(table.index) == ["clean", "corrupted"]
     assert list(table[f"mean {anchors.task_metric}"]) == [anchors.clean_value, anchors.corrupted_value]
-    comparison = plotting.circuit_comparison_table(results["comparison"], results["baseline"])
+    comparison = circuits_figures.circuit_comparison_table(results["comparison"], results["baseline"])
     assert list(comparison["faithfulness"]) == [c.faithfulness for c in results["comparison"]] + [results["baseline"].mean]
     assert list(comparison["95% interval"])[:2] == [str(c.ci95) for c in results["comparison"]]
-    differences = plotting.differences_table(compare.compute_differences(results["tasks"]))
+    differences = compare_figures.differences_table(compare.compute_differences(results["tasks"]))
     assert list(differences["figure"]) == ["mean logit difference", "output patching of L1H0"]  # beyond noise first
     assert list(differences["beyond noise"]) == ["yes", "no"]
     assert list(differences["95% intervals"])[0] == "[+1.500, +2.250] vs [-2.500, -1.750]"
-    agreement = plotting.agreement_table([results["agreement"]])
+    agreement = patching_figures.agreement_table([results["agreement"]])
     assert list(agreement["Pearson r"]) == [results["agreement"].pearson]
 
 
@@ -411,10 +425,10 @@ def test_float_noise_is_not_drawn_as_an_effect() -> None:
     """A patch that changes nothing leaves float noise (+/-5e-6): the colour range does not stretch to it."""
     noise = PatchingResult("mlp_out", torch.tensor([[5e-6, -4e-6, 0.0], [1e-6, -5e-6, 2e-6]]), ("0", "1", "2"),
                            "normalised logit difference")
-    figure = plotting.plot_patching(noise)
-    assert figure.data[0].zmax == plotting.NOISE_FLOOR and figure.data[0].zmin == -plotting.NOISE_FLOOR
+    figure = patching_figures.plot_patching(noise)
+    assert figure.data[0].zmax == head_figures.NOISE_FLOOR and figure.data[0].zmin == -head_figures.NOISE_FLOOR
     assert figure.data[0].colorbar.title.text == "normalised logit difference"  # as on the per-head maps
-    real = plotting.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
+    real = head_figures.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
     assert real.data[0].zmax == 0.4 and list(real.layout.xaxis.dtick for _ in [0]) == [1]
 
 
@@ -425,7 +439,7 @@ def test_the_runner_adds_the_static_image_a_kernel_left_out(tmp_path: Path) -> N
 
     from helpers.figures import images
 
-    figure = plotting.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
+    figure = head_figures.plot_head_heatmap([[0.4, -0.2], [0.1, 0.0]], "t")
     bundle = {images.PLOTLY_MIME: figure.to_plotly_json()}
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("fig", outputs=[
         nbformat.v4.new_output("display_data", data=bundle)])])
@@ -484,6 +498,6 @@ def test_copy_score_table_leaves_the_shorter_side_empty() -> None:
     negative[0, 0, 0] = True  # only L0H0 copies negatively
     inputs = CopyInputs(prompt_index=torch.tensor([0, 0]), position=torch.tensor([1, 2]), token=torch.tensor([5, 6]),
                         roles=("IO", "S"), str_tokens=(" A", " B"))
-    table = plotting.copy_score_table(CopyScores(in_top, negative, inputs, k=5), 5)
+    table = copy_scores_figures.copy_score_table(CopyScores(in_top, negative, inputs, k=5), 5)
     assert list(table["copying head"]) == ["L0H1", "L1H0"] and list(table.index) == [1, 2]
     assert table["negative head"].tolist()[0] == "L0H0" and table["negative copy score"].isna().tolist() == [False, True]

@@ -57,7 +57,7 @@ def test_the_role_table_leaves_blank_rows_where_a_role_has_fewer_heads() -> None
     """Roles with different numbers of heads above 0 (on the GPT-Neo toy: 8 for one, 4 for another) share
     one table: each role lists its own heads, and the shorter columns end in blanks, not an error."""
     from helpers.analyses.head_functions import ROLES, HeadRoleScores
-    from helpers.figures.plotting import role_score_table
+    from helpers.figures.head_functions import role_score_table
 
     scores = {role: -torch.ones(3, 4) for role in ROLES}
     scores[ROLES[0]] = MOSTLY_NEGATIVE.abs() + 0.01  # 12 heads above 0

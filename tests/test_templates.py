@@ -9,8 +9,9 @@ import nbformat
 import papermill as pm
 import pytest
 
-from helpers.paths import TEMPLATES_DIR
+from helpers.paths import REPO_ROOT, TEMPLATES_DIR
 from helpers.run.cli import CROSS_TASK_TEMPLATES, TEMPLATE_ORDER, available_templates
+from helpers.run.kernel import TEMPLATE_MODULES
 
 TEMPLATES = sorted(TEMPLATES_DIR.glob("*.ipynb"))
 # What the runner injects into every per-task template (helpers.run.cli.execute), and into the cross-task ones
@@ -67,3 +68,33 @@ def test_every_section_has_how_it_works_and_how_to_interpret(path: Path) -> None
         assert "**How it works.**" in source, source[:60]
     interpret = [c for c in nb.cells if c.cell_type == "markdown" and "**How to interpret.**" in c.source]
     assert len(interpret) == len(analyses)
+
+
+def is_module(name: str) -> bool:
+    path = REPO_ROOT.joinpath(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def helpers_modules_imported(path: Path) -> set[str]:
+    """Every helpers module a template's code imports (``from helpers.a import b`` counts ``helpers.a.b``
+    where ``b`` is a module, else ``helpers.a``)."""
+    found = set()
+    for cell in nbformat.read(path, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("helpers"):
+                for alias in node.names:
+                    name = f"{node.module}.{alias.name}"
+                    found.add(name if is_module(name) else node.module)
+            elif isinstance(node, ast.Import):
+                found |= {a.name for a in node.names if a.name.startswith("helpers")}
+    return found
+
+
+def test_the_kernel_warm_up_imports_every_module_a_template_imports() -> None:
+    """The warm-up (helpers.run.kernel.TEMPLATE_MODULES) imports what the templates will, before the first
+    one runs: a module missing from it is imported inside a template's timed cells instead."""
+    imported = set().union(*(helpers_modules_imported(path) for path in TEMPLATES))
+    assert "helpers.figures.dla" in imported and "helpers.notebook.reports" in imported
+    assert imported <= set(TEMPLATE_MODULES), f"not warmed up: {sorted(imported - set(TEMPLATE_MODULES))}"

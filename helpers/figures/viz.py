@@ -31,6 +31,7 @@ from circuitsvis.utils.render import convert_props, render_local
 from IPython.display import Markdown, display
 
 from helpers.analyses.dla import AttentionPatterns
+from helpers.figures.dla import plot_attention_patterns
 from helpers.figures.images import (
     CIRCUITSVIS_METADATA,
     PENDING_FIGURE_METADATA,
@@ -38,7 +39,6 @@ from helpers.figures.images import (
     STATIC_IMAGES_BY_RUNNER,
     StaticImageRenderer,
 )
-from helpers.figures.plotting import plot_attention_patterns
 from helpers.figures.static import png
 
 PLOTLY_RENDERERS = "plotly_mimetype+suite_static_png"

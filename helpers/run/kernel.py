@@ -73,12 +73,16 @@ del __release_memory
 # What the templates import (the warm-up imports them ahead of the first one; tests/test_templates.py checks
 # that this lists every helpers module a template imports).
 TEMPLATE_MODULES = (
-    "helpers.analyses.ablation", "helpers.analyses.dla", "helpers.analyses.compare", "helpers.analyses.copy_scores",
-    "helpers.analyses.head_functions", "helpers.analyses.important_heads", "helpers.analyses.neurons",
-    "helpers.analyses.vectors", "helpers.analyses.patching.engine", "helpers.analyses.circuits.head_circuits",
-    "helpers.analyses.circuits.discovery", "helpers.analyses.circuits.graph", "helpers.analyses.circuits.head_roles",
-    "helpers.figures.plotting", "helpers.figures.viz", "helpers.notebook.reports", "helpers.notebook.session",
-    "helpers.results",
+    "helpers.analyses.ablation", "helpers.analyses.ablation_kinds", "helpers.analyses.compare",
+    "helpers.analyses.copy_scores", "helpers.analyses.dla", "helpers.analyses.head_functions", "helpers.analyses.heads",
+    "helpers.analyses.important_heads", "helpers.analyses.neurons", "helpers.analyses.vectors",
+    "helpers.analyses.patching", "helpers.analyses.patching.engine", "helpers.analyses.circuits.head_circuits",
+    "helpers.analyses.circuits.discovery", "helpers.analyses.circuits.graph", "helpers.analyses.circuits.graph_runner",
+    "helpers.analyses.circuits.head_roles",
+    "helpers.figures.circuits", "helpers.figures.compare", "helpers.figures.copy_scores", "helpers.figures.discovery",
+    "helpers.figures.dla", "helpers.figures.head_functions", "helpers.figures.heads", "helpers.figures.neurons",
+    "helpers.figures.patching", "helpers.figures.vectors", "helpers.figures.viz",
+    "helpers.notebook.reports", "helpers.notebook.session", "helpers.results",
 )
 
 
