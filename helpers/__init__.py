@@ -17,7 +17,8 @@ test_layout.py holds every import to it, function-level ones included, and refus
         |
     notebook/     what a template starts with (session) and the Colab set-up (colab)
         |
-    run/          the command line (cli), its kernel, the output folders and the offline pages (export)
+    run/          the command line (cli), what a run will do (plan), running and landing it (execute), the
+                  cross-task comparison, the kernel, the output folders and the offline pages (export)
 
 Templates call ``notebook``, ``analyses``, ``figures`` and ``results``; nothing here imports from
 ``tests/`` or reads a template except ``run``, which executes them.

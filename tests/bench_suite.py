@@ -24,8 +24,10 @@ from typing import Any
 
 from bench_common import matmul_flops_per_second, shaped_model_dir
 
-from helpers.run import cli as run
+from helpers.run import execute as running
+from helpers.run import plan as planning
 from helpers.run.kernel import TemplateKernel
+from helpers.tasks import spec
 
 BUDGETS_S = {"demo": 60.0, "gpt2-small": 180.0}
 FIXED_BUDGET_S = 3.0
@@ -128,7 +130,7 @@ def run_suite(model: str, n_prompts: int | None, *, timing: bool = True, count_f
         started = time.perf_counter()
         kernel = MeasuredKernel(timing=timing, count_flops=count_flops)
         try:
-            plan = run.prepare_run("ioi", model=model, n_prompts=n_prompts, notebooks_dir=Path(folder),
+            plan = planning.prepare_run("ioi", model=model, n_prompts=n_prompts, notebooks_dir=Path(folder),
                                    templates=templates,
                                    when_checked=lambda spec, templates: kernel.warm_up(spec.model))
             lines: list[str] = []
@@ -138,7 +140,7 @@ def run_suite(model: str, n_prompts: int | None, *, timing: bool = True, count_f
                 if line.startswith("["):
                     print("    " + line, flush=True)
 
-            code = run.execute(plan, log=log, kernel=kernel)
+            code = running.execute(plan, log=log, kernel=kernel)
         finally:
             kernel.close()
         if code != 0:
@@ -151,7 +153,7 @@ def report(name: str, model: str, n_prompts: int | None, rate: float, *, flops: 
     """Run and print. ``flops``: "separate" counts them in a second run (the counter's per-operation cost and
     its memory kept out of the timed run's figures), "same" in the timed run (one run: its times and peaks
     then include the counter's), "none" not at all."""
-    prompts = n_prompts or run.load_task(run.resolve_task_path("ioi")).n_prompts
+    prompts = n_prompts or spec.load_task(spec.resolve_task_path("ioi")).n_prompts
     print(f"\n{name}: IOI, {prompts} prompts" + (f"; templates {', '.join(templates)} only" if templates else ""),
           flush=True)
     total, figures = run_suite(model, n_prompts, count_flops=flops == "same", templates=templates)

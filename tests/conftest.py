@@ -130,10 +130,10 @@ def ioi_prompts(toy_model: Any) -> PromptSet:
 def two_task_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str], int]:
     """``make run TASK="ioi greater_than"`` on the toy model: a logit-difference and a probability-difference
     task, every template, into a notebooks folder of its own. Returns the folder, the log and the exit code."""
-    from helpers.run import cli as run
+    from helpers.run import execute as running
 
     notebooks = tmp_path_factory.mktemp("notebooks")
     lines: list[str] = []
-    code = run.run_tasks(["ioi", "greater_than"], model=str(toy_model_dir), n_prompts=8, device="cpu",
+    code = running.run_tasks(["ioi", "greater_than"], model=str(toy_model_dir), n_prompts=8, device="cpu",
                          notebooks_dir=notebooks, log=lines.append)
     return notebooks, lines, code

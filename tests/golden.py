@@ -55,7 +55,8 @@ def model_for(name: str, folder: Path, tokenizer: Any) -> str:
 def run_sections(name: str, folder: Path, tokenizer: Any, *, model: str | None = None) -> dict[str, Any]:
     """Run every template of IOI on the golden run's model into ``folder`` and return results.json's
     ``templates`` section (``model``: a toy already built for it)."""
-    from helpers.run.cli import TEMPLATE_ORDER, run_tasks
+    from helpers.run.execute import run_tasks
+    from helpers.run.plan import TEMPLATE_ORDER
 
     notebooks = folder / f"notebooks-{name}"
     lines: list[str] = []

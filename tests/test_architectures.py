@@ -351,16 +351,17 @@ def test_the_whole_suite_runs_through_the_runner(architecture: str, tmp_path_fac
 
     import nbformat
 
-    from helpers.run import cli as run
+    from helpers.run import execute as running
+    from helpers.run import plan as planning
 
     directory = build_toy_model(tmp_path_factory.mktemp(f"run-{architecture}"), architecture=architecture,
                                 tokenizer=gpt2_tokenizer, weight_std=0.3, seed=SEEDS[architecture])
     notebooks = tmp_path_factory.mktemp(f"notebooks-{architecture}")
     lines: list[str] = []
-    assert run.run_tasks(["ioi"], model=str(directory), n_prompts=8, device="cpu", notebooks_dir=notebooks,
+    assert running.run_tasks(["ioi"], model=str(directory), n_prompts=8, device="cpu", notebooks_dir=notebooks,
                          log=lines.append) == 0, "\n".join(lines)
     out = notebooks / "ioi"
-    for template in run.TEMPLATE_ORDER:
+    for template in planning.TEMPLATE_ORDER:
         nb = nbformat.read(out / f"{template}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
         assert not [o for o in outputs if o.output_type == "error"], template

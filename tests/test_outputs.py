@@ -26,8 +26,9 @@ from helpers.errors import RunLockedError
 from helpers.models import load as model_module
 from helpers.models import sources as model_sources
 from helpers.paths import PARAMS_DIR, REPO_ROOT
-from helpers.run import cli as run
-from helpers.run import outputs
+from helpers.run import cli, outputs
+from helpers.run import execute as running
+from helpers.run import plan as planning
 from helpers.tasks.prompts import TaskError
 
 STAMPED = saving(task_name='task["name"]', seed='task["seed"]')
@@ -45,7 +46,7 @@ def strict(path: Path) -> Any:
 def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Two fast templates in the places of dla and patching."""
     folder = write_templates(tmp_path / "templates", dla=STAMPED, patching=STAMPED)
-    monkeypatch.setattr(run, "TEMPLATES_DIR", folder)
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", folder)
     return folder
 
 
@@ -55,10 +56,10 @@ def test_a_partial_run_merges_its_templates_and_the_index_says_which_ran_when(
     notebooks = tmp_path / "notebooks"
     options: dict[str, Any] = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
                                    log=lambda line: None)
-    assert run.run_tasks(["ioi"], **options) == 0
+    assert running.run_tasks(["ioi"], **options) == 0
     first = strict(notebooks / "ioi" / "results.json")
     time.sleep(1.1)  # a later finished_at
-    assert run.run_tasks(["ioi"], templates=["dla"], **options) == 0
+    assert running.run_tasks(["ioi"], templates=["dla"], **options) == 0
     merged = strict(notebooks / "ioi" / "results.json")
     assert set(merged["templates"]) == {"dla", "patching"}  # patching kept, not dropped
     runs = merged["provenance"]["template_runs"]
@@ -77,13 +78,13 @@ def test_a_run_estimates_what_remains_from_the_last_run_with_its_settings(
     lines: list[str] = []
     options: dict[str, Any] = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
                                    log=lines.append)
-    assert run.run_tasks(["ioi"], **options) == 0
+    assert running.run_tasks(["ioi"], **options) == 0
     assert not [line for line in lines if "left for" in line]  # one template after the first: no basis yet
     took = {name: data["seconds"] for name, data in strict(notebooks / "ioi" / "results.json")[
         "provenance"]["template_runs"].items()}
     assert set(took) == {"dla", "patching"} and all(seconds > 0 for seconds in took.values())
     lines.clear()
-    assert run.run_tasks(["ioi"], **options) == 0
+    assert running.run_tasks(["ioi"], **options) == 0
     said = [line for line in lines if line.startswith("[1/2] dla: done")]
     assert said and said[0].endswith(f"(the last run with these settings took {took['patching']:.0f} s for them)"), said
 
@@ -92,8 +93,8 @@ def test_a_run_with_other_settings_keeps_the_earlier_outputs_apart(fake: Path, t
     notebooks = tmp_path / "notebooks"
     lines: list[str] = []
     options: dict[str, Any] = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks)
-    assert run.run_tasks(["ioi"], log=lines.append, **options) == 0
-    assert run.run_tasks(["ioi"], seed=5, templates=["dla"], log=lines.append, **options) == 0
+    assert running.run_tasks(["ioi"], log=lines.append, **options) == 0
+    assert running.run_tasks(["ioi"], seed=5, templates=["dla"], log=lines.append, **options) == 0
     out = notebooks / "ioi"
     latest = strict(out / "results.json")
     assert set(latest["templates"]) == {"dla"} and stamps(latest["templates"]["dla"])["seed"] == "5"
@@ -106,7 +107,7 @@ def test_a_run_with_other_settings_keeps_the_earlier_outputs_apart(fake: Path, t
 
 def test_a_template_listed_twice_is_refused(toy_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="TEMPLATES=dla,dla: dla listed more than once. Fix: list each template once"):
-        run.prepare_run("ioi", model=str(toy_model_dir), templates=["dla", "dla"])
+        planning.prepare_run("ioi", model=str(toy_model_dir), templates=["dla", "dla"])
 
 
 @pytest.mark.parametrize("name", ["compare", "failed", "earlier"])
@@ -114,15 +115,15 @@ def test_a_task_may_not_take_a_reserved_folders_name(name: str, tmp_path: Path) 
     task = tmp_path / "mine.yaml"
     task.write_text((PARAMS_DIR / "ioi.yaml").read_text().replace("name: ioi", f"name: {name}"))
     with pytest.raises(TaskError, match=f"field 'name' = '{name}': is reserved"):
-        run.prepare_run(str(task))
+        planning.prepare_run(str(task))
     with pytest.raises(TaskError, match="names one of the suite's own folders"):
-        run.prepare_run(name)
+        planning.prepare_run(name)
 
 
 def test_html_and_lab_never_reach_outside_notebooks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     templates_before = sorted(p.name for p in (REPO_ROOT / "templates").iterdir())
-    assert run.export_html(["../templates"], notebooks_dir=tmp_path) == 2
-    assert run.open_lab("../templates", notebooks_dir=tmp_path) == 2
+    assert cli.export_html(["../templates"], notebooks_dir=tmp_path) == 2
+    assert cli.open_lab("../templates", notebooks_dir=tmp_path) == 2
     assert "not an existing .yaml file" in capsys.readouterr().err
     assert sorted(p.name for p in (REPO_ROOT / "templates").iterdir()) == templates_before
     assert outputs.output_name("ioi") == "ioi" and outputs.output_name("compare") == "compare"
@@ -134,7 +135,7 @@ def test_a_second_run_of_the_same_task_is_refused_while_the_first_writes(
 ) -> None:
     notebooks = tmp_path / "notebooks"
     with outputs.RunLock(notebooks / "ioi"):  # this process plays the first run
-        code = run.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
+        code = running.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
                              log=lambda line: None)
     assert code == 2
     err = capsys.readouterr().err
@@ -161,7 +162,7 @@ def test_a_prompt_longer_than_the_models_context_is_refused_before_it_runs(toy_m
     data.update(name="long", templates=[long_template], n_prompts=2)
     task.write_text(yaml.safe_dump(data))
     with pytest.raises(TaskError) as err:
-        run.prepare_run(str(task), model=str(toy_model_dir))
+        planning.prepare_run(str(task), model=str(toy_model_dir))
     message = str(err.value)
     assert "tokens, but model" in message and "reads at most 128" in message and "they walked" in message
     assert "Fix: shorten the prompt" in message
@@ -175,7 +176,7 @@ def test_a_prompt_longer_than_the_models_context_is_refused_before_it_runs(toy_m
 ])
 def test_command_line_values_are_reported_as_command_line_values(options: dict[str, int], message: str) -> None:
     with pytest.raises(ValueError) as err:
-        run.prepare_run("ioi", **options)
+        planning.prepare_run("ioi", **options)
     assert message in str(err.value) and "field" not in str(err.value)
 
 
@@ -218,9 +219,9 @@ def test_a_task_path_with_spaces_is_one_task(fake: Path, toy_model_dir: Path, tm
     folder = tmp_path / "my tasks"
     folder.mkdir()
     shutil.copy(PARAMS_DIR / "ioi.yaml", folder / "x.yaml")
-    assert run._split([f"{folder / 'x.yaml'}"]) == [str(folder / "x.yaml")]
-    assert run._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
-    assert run.main(["--task", str(folder / "x.yaml"), "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
+    assert cli._split([f"{folder / 'x.yaml'}"]) == [str(folder / "x.yaml")]
+    assert cli._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
+    assert cli.main(["--task", str(folder / "x.yaml"), "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
                      "--templates", "dla", "--notebooks-dir", str(tmp_path / "out")]) == 0
     assert stamps(strict(tmp_path / "out" / "ioi" / "results.json")["templates"]["dla"])["task_name"] == "ioi"
 
@@ -243,8 +244,8 @@ def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_kernel_running(toy_model
 
     templates = write_templates(tmp_path / "templates", dla="import time\ntime.sleep(120)")
     script = tmp_path / "runner.py"
-    script.write_text(f"import sys\nfrom pathlib import Path\nfrom helpers.run import cli\n"
-                      f"cli.TEMPLATES_DIR = Path({str(templates)!r})\nsys.exit(cli.main(sys.argv[1:]))\n")
+    script.write_text(f"import sys\nfrom pathlib import Path\nfrom helpers.run import cli, plan\n"
+                      f"plan.TEMPLATES_DIR = Path({str(templates)!r})\nsys.exit(cli.main(sys.argv[1:]))\n")
     out = tmp_path / "notebooks"
     previous = out / "ioi"
     previous.mkdir(parents=True)
@@ -277,28 +278,28 @@ def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_kernel_running(toy_model
 def test_a_notebook_or_page_over_the_size_budget_is_named(tmp_path: Path) -> None:
     (tmp_path / "dla.ipynb").write_text("{}")
     with open(tmp_path / "dla.html", "wb") as page:
-        page.truncate(run.SIZE_BUDGET_BYTES + 1)
-    assert run.over_size_budget(tmp_path, ["dla", "patching"]) == ["dla.html (10.0 MB)"]
+        page.truncate(running.SIZE_BUDGET_BYTES + 1)
+    assert running.over_size_budget(tmp_path, ["dla", "patching"]) == ["dla.html (10.0 MB)"]
     with open(tmp_path / "dla.html", "wb") as page:
-        page.truncate(run.SIZE_BUDGET_BYTES)
-    assert run.over_size_budget(tmp_path, ["dla"]) == []
+        page.truncate(running.SIZE_BUDGET_BYTES)
+    assert running.over_size_budget(tmp_path, ["dla"]) == []
 
 
 def test_the_command_line_estimates_what_remains() -> None:
     left = ["copy_scores", "circuit_discovery", "circuit"]
-    assert run.remaining_estimate({"dla": 20.0}, left) is None  # the first template also loads the model: no basis yet
+    assert running.remaining_estimate({"dla": 20.0}, left) is None  # the first template also loads the model: no basis yet
     so_far = {"dla": 20.0, "patching": 4.0, "head_functions": 6.0}
-    assert run.remaining_estimate(so_far, left) == "about 15 s left for 3 more (at 5.0 s each so far)"
-    assert run.remaining_estimate({"dla": 20.0, "patching": 4.0}, []) is None
+    assert running.remaining_estimate(so_far, left) == "about 15 s left for 3 more (at 5.0 s each so far)"
+    assert running.remaining_estimate({"dla": 20.0, "patching": 4.0}, []) is None
     # the last run with these settings: its times for what is left, scaled as this run compares with it
     # on the templates after the first (which also waits for the model)
     before = {"dla": 30.0, "patching": 100.0, "head_functions": 4.0, "copy_scores": 20.0, "circuit_discovery": 250.0,
               "circuit": 60.0}
-    assert run.remaining_estimate({"dla": 10.0, "patching": 50.0, "head_functions": 2.0}, left, before) == \
+    assert running.remaining_estimate({"dla": 10.0, "patching": 50.0, "head_functions": 2.0}, left, before) == \
         "about 165 s left for 3 more (the last run with these settings took 330 s for them)"
-    assert run.remaining_estimate({"dla": 10.0}, left, before).startswith("about 330 s left")
+    assert running.remaining_estimate({"dla": 10.0}, left, before).startswith("about 330 s left")
     # a template the last run did not time: back to the mean so far
-    assert run.remaining_estimate(so_far, [*left, "new"], before) == "about 20 s left for 4 more (at 5.0 s each so far)"
+    assert running.remaining_estimate(so_far, [*left, "new"], before) == "about 20 s left for 4 more (at 5.0 s each so far)"
 
 
 def test_the_next_run_reads_each_templates_time_from_results_with_the_same_settings(tmp_path: Path) -> None:

@@ -26,8 +26,9 @@ from helpers import results as results_format
 from helpers.figures import images, viz
 from helpers.models.load import load_tokenizer
 from helpers.paths import PARAMS_DIR, REPO_ROOT, TEMPLATES_DIR
-from helpers.run import cli as run
-from helpers.run import export
+from helpers.run import cli, comparison, export
+from helpers.run import execute as running
+from helpers.run import plan as planning
 from helpers.tasks.prompts import TaskError, build_prompts, load_task
 
 
@@ -63,7 +64,7 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
         notebooks + pages + ["results.json", "circuit.json", "index.html", "README.md"])
     for name in notebooks:
         assert error_outputs(out / name) == [], name
-    assert run.over_size_budget(out, [n.removesuffix(".ipynb") for n in notebooks]) == []  # each within 10 MB
+    assert running.over_size_budget(out, [n.removesuffix(".ipynb") for n in notebooks]) == []  # each within 10 MB
     assert not [line for line in lines if "weigh more than" in line]
     results = json.loads((out / "results.json").read_text())
     for path in sorted(out.parent.rglob("results.json")):  # every results file, as a strict parser reads it
@@ -225,15 +226,15 @@ def test_a_failing_template_keeps_it_and_leaves_earlier_results_alone(
     ])
     broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(broken, templates / "dla.ipynb")
-    monkeypatch.setattr(run, "TEMPLATES_DIR", templates)
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", templates)
     out = tmp_path / "notebooks" / "ioi"
     out.mkdir(parents=True)
     (out / "dla.ipynb").write_text("previous good notebook")
     (out / "results.json").write_text('{"previous": true}')
 
     lines: list[str] = []
-    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=4, device="cpu", notebooks_dir=tmp_path / "notebooks")
-    assert run.execute(plan, log=lines.append) == 1
+    plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=4, device="cpu", notebooks_dir=tmp_path / "notebooks")
+    assert running.execute(plan, log=lines.append) == 1
     report = "\n".join(lines)
     assert "template 'dla'" in report and "RuntimeError: planted failure" in report and "cell [3]" in report  # as numbered in the notebook
     assert (out / "dla.ipynb").read_text() == "previous good notebook"
@@ -246,20 +247,20 @@ def test_bad_task_fails_before_any_model_runs(tmp_path: Path, capsys: pytest.Cap
     task = tmp_path / "bad.yaml"
     shutil.copy(PARAMS_DIR / "ioi.yaml", task)
     task.write_text(task.read_text().replace("n_prompts: 64", "n_prompts: lots"))
-    assert run.main(["--task", str(task), "--notebooks-dir", str(tmp_path / "out")]) == 2
+    assert cli.main(["--task", str(task), "--notebooks-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert "bad.yaml" in err and "n_prompts" in err and "'lots'" in err and "Fix:" in err
     assert not (tmp_path / "out").exists()
 
 
 def test_task_outside_params_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
-    assert run.main(["--task", "../ioi"]) == 2
+    assert cli.main(["--task", "../ioi"]) == 2
     assert "not an existing .yaml file" in capsys.readouterr().err
 
 
 def test_unknown_template_is_refused(toy_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="no template named 'dlaa'"):
-        run.prepare_run("ioi", model=str(toy_model_dir), templates=["dlaa"])
+        planning.prepare_run("ioi", model=str(toy_model_dir), templates=["dlaa"])
 
 
 def test_multi_token_answers_fail_after_the_tokenizer_loads(toy_model_dir: Path, tmp_path: Path) -> None:
@@ -267,7 +268,7 @@ def test_multi_token_answers_fail_after_the_tokenizer_loads(toy_model_dir: Path,
     text = (PARAMS_DIR / "ioi.yaml").read_text()
     task.write_text(text.replace("name: ioi", "name: long_names").replace("NAME: [Mary,", "NAME: [Xanthippe, Mary,"))
     with pytest.raises(TaskError, match="Xanthippe"):
-        run.prepare_run(str(task), model=str(toy_model_dir))
+        planning.prepare_run(str(task), model=str(toy_model_dir))
 
 
 @pytest.mark.slow
@@ -283,7 +284,7 @@ def test_several_tasks_run_in_turn_and_end_with_a_summary(two_task_run: tuple[Pa
 def test_every_template_honours_a_probability_difference_metric(two_task_run: tuple[Path, list[str], int]) -> None:
     notebooks, lines, _ = two_task_run
     results = json.loads((notebooks / "greater_than" / "results.json").read_text())["templates"]
-    for name in run.TEMPLATE_ORDER:
+    for name in planning.TEMPLATE_ORDER:
         assert error_outputs(notebooks / "greater_than" / f"{name}.ipynb") == [], name
     dla, patching, circuit = results["dla"], results["patching"], results["circuit"]
     assert dla["logit_diff"]["metric"] == patching["metric"]["task_metric"] == "probability difference"
@@ -327,17 +328,17 @@ def test_the_same_task_twice_gives_identical_figures(
     here every template gets a kernel of its own, with none of that: every figure of results.json is the
     same, to the bit."""
     notebooks, _, _ = two_task_run
-    assert run.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=tmp_path,
+    assert running.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=tmp_path,
                          fresh_kernels=True, log=lambda line: None) == 0
     first, again = (json.loads((folder / "ioi" / "results.json").read_text()) for folder in (notebooks, tmp_path))
-    assert list(again["templates"]) == run.available_templates()
+    assert list(again["templates"]) == planning.available_templates()
     assert first["templates"] == again["templates"]
 
 
 def test_a_failing_task_does_not_stop_the_others(toy_model_dir: Path, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     lines: list[str] = []
-    code = run.run_tasks(["no_such_task", "ioi"], model=str(toy_model_dir), n_prompts=4, device="cpu",
+    code = running.run_tasks(["no_such_task", "ioi"], model=str(toy_model_dir), n_prompts=4, device="cpu",
                          templates=["dla"], notebooks_dir=tmp_path, log=lines.append)
     assert code == 1
     assert "there is no params/no_such_task.yaml" in capsys.readouterr().err
@@ -346,14 +347,14 @@ def test_a_failing_task_does_not_stop_the_others(toy_model_dir: Path, tmp_path: 
 
 
 def test_task_lists_are_split_on_spaces_and_commas() -> None:
-    assert run._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
+    assert cli._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
 
 
 @pytest.mark.slow
 def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], int], toy_model_dir: Path) -> None:
     notebooks, _, _ = two_task_run
     lines: list[str] = []
-    assert run.compare(["ioi", "greater_than"], model=str(toy_model_dir), notebooks_dir=notebooks,
+    assert comparison.compare(["ioi", "greater_than"], model=str(toy_model_dir), notebooks_dir=notebooks,
                        log=lines.append) == 0
     assert not any("Running first" in line for line in lines), "both tasks had results: nothing to rerun"
     out = notebooks / "compare"
@@ -383,9 +384,9 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
 
 
 def test_compare_names_the_tasks_to_run_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run.compare(["numseq", "months"], run_missing=False, notebooks_dir=tmp_path) == 2
+    assert comparison.compare(["numseq", "months"], run_missing=False, notebooks_dir=tmp_path) == 2
     assert 'make run TASK="numseq months"' in capsys.readouterr().err
-    assert run.compare(["numseq"], notebooks_dir=tmp_path) == 2
+    assert comparison.compare(["numseq"], notebooks_dir=tmp_path) == 2
     assert "at least two tasks" in capsys.readouterr().err
 
 
@@ -423,10 +424,10 @@ def test_the_index_lists_the_run_and_links_every_notebook_and_page(successful_ru
     for text in (index, readme):
         assert results["provenance"]["model"] in text and results["provenance"]["finished_at"] in text
         assert results["templates"]["dla"]["summary"][0].split(";")[0] in html.unescape(text)
-        for name in run.TEMPLATE_ORDER:
+        for name in planning.TEMPLATE_ORDER:
             assert f"{name}.ipynb" in text and f"{name}.html" in text
     links = re.findall(r'href="([^"]+)"', index)
-    assert sorted(links) == sorted([f"{n}.ipynb" for n in run.TEMPLATE_ORDER] + [f"{n}.html" for n in run.TEMPLATE_ORDER])
+    assert sorted(links) == sorted([f"{n}.ipynb" for n in planning.TEMPLATE_ORDER] + [f"{n}.html" for n in planning.TEMPLATE_ORDER])
     assert all((out / link).is_file() for link in links)
 
 
@@ -438,11 +439,11 @@ def test_html_re_exports_without_running(two_task_run: tuple[Path, list[str], in
     page.unlink()
     (notebooks / "greater_than" / "index.html").unlink()
     lines: list[str] = []
-    assert run.export_html(["greater_than"], notebooks_dir=notebooks, log=lines.append) == 0
+    assert cli.export_html(["greater_than"], notebooks_dir=notebooks, log=lines.append) == 0
     assert page.read_text() == before and (notebooks / "greater_than" / "index.html").is_file()
-    assert lines == [f"greater_than: {len(run.TEMPLATE_ORDER)} pages written to {notebooks / 'greater_than'}/ "
+    assert lines == [f"greater_than: {len(planning.TEMPLATE_ORDER)} pages written to {notebooks / 'greater_than'}/ "
                      "with index.html and README.md"]
-    assert run.export_html(["numseq"], notebooks_dir=notebooks) == 2
+    assert cli.export_html(["numseq"], notebooks_dir=notebooks) == 2
     assert "holds no executed notebooks. Fix: make run TASK=numseq" in capsys.readouterr().err
 
 
@@ -463,12 +464,12 @@ def previous_results(out: Path) -> None:
 def test_a_template_that_dies_or_writes_nothing_fails_and_replaces_nothing(
     body: str, problem: str, toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=body))
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=body))
     out = tmp_path / "notebooks" / "ioi"
     previous_results(out)
     lines: list[str] = []
-    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "notebooks")
-    assert run.execute(plan, log=lines.append) == 1
+    plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "notebooks")
+    assert running.execute(plan, log=lines.append) == 1
     report = "\n".join(lines)
     assert f"FAILED: template 'dla' {problem}" in report and "previous results" in report and "Traceback" not in report
     assert (out / "dla.ipynb").read_text() == "previous good notebook"
@@ -480,11 +481,11 @@ def test_failed_notebooks_are_cleared_by_a_later_success(toy_model_dir: Path, tm
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     notebooks = tmp_path / "notebooks"
     options = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks)
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "broken", dla='raise RuntimeError("no")'))
-    assert run.execute(run.prepare_run("ioi", **options), log=lambda line: None) == 1
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "broken", dla='raise RuntimeError("no")'))
+    assert running.execute(planning.prepare_run("ioi", **options), log=lambda line: None) == 1
     assert (notebooks / "ioi" / "failed" / "dla.ipynb").is_file()
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "fixed", dla=GOOD_TEMPLATE))
-    assert run.execute(run.prepare_run("ioi", **options), log=lambda line: None) == 0
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "fixed", dla=GOOD_TEMPLATE))
+    assert running.execute(planning.prepare_run("ioi", **options), log=lambda line: None) == 0
     assert not (notebooks / "ioi" / "failed").exists()
     results = json.loads((notebooks / "ioi" / "results.json").read_text())
     assert results["templates"]["dla"]["summary"] == ["it ran", "task_name=ioi"]
@@ -498,8 +499,8 @@ def test_all_runs_every_task_in_params(toy_model_dir: Path, tmp_path: Path, monk
     for name in ("ioi", "numseq"):
         shutil.copy(taskfile.PARAMS_DIR / f"{name}.yaml", params / f"{name}.yaml")
     monkeypatch.setattr(taskfile, "PARAMS_DIR", params)
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=GOOD_TEMPLATE))
-    assert run.main(["--all", "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=GOOD_TEMPLATE))
+    assert cli.main(["--all", "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
                      "--notebooks-dir", str(tmp_path / "notebooks")]) == 0
     for name in ("ioi", "numseq"):
         results = json.loads((tmp_path / "notebooks" / name / "results.json").read_text())
@@ -512,14 +513,14 @@ def test_a_failing_comparison_keeps_its_notebook_and_the_previous_comparison(
     notebooks = tmp_path / "notebooks"
     for task in ("ioi", "numseq"):  # results the comparison accepts, so nothing is run first
         (notebooks / task).mkdir(parents=True)
-        templates = {name: {} for name in run.COMPARED_TEMPLATES}
+        templates = {name: {} for name in planning.COMPARED_TEMPLATES}
         (notebooks / task / "results.json").write_text(json.dumps({"templates": templates, "provenance": {"model": "m"}}))
     (notebooks / "compare").mkdir()
     (notebooks / "compare" / "results.json").write_text('{"previous": true}')
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates",
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "templates",
                                                              compare='raise ValueError("planted comparison failure")'))
     lines: list[str] = []
-    assert run.compare(["ioi", "numseq"], notebooks_dir=notebooks, log=lines.append) == 1
+    assert comparison.compare(["ioi", "numseq"], notebooks_dir=notebooks, log=lines.append) == 1
     report = "\n".join(lines)
     assert "template 'compare' stopped in cell" in report and "ValueError: planted comparison failure" in report
     assert (notebooks / "compare" / "failed" / "compare.ipynb").is_file()
@@ -551,7 +552,7 @@ def test_two_processes_with_the_same_seed_write_identical_results(toy_model_dir:
     assert again == first
     assert first["provenance"]["seed"] == 3 and first["provenance"]["task"]["seed"] == 3
     tokenizer = load_tokenizer(str(toy_model_dir))
-    seeded = {seed: build_prompts(run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, seed=seed).spec,
+    seeded = {seed: build_prompts(planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, seed=seed).spec,
                                   tokenizer).clean_prompts for seed in (3, 4)}
     assert first["templates"]["dla"]["top_prediction"]["prompt"] == seeded[3][0] and seeded[3] != seeded[4]
 
@@ -563,10 +564,10 @@ def test_templates_share_a_kernel_but_never_a_namespace(toy_model_dir: Path, tmp
     marker = 'import os\nleftover = 1\n' + saving(pid="os.getpid()")
     check = ('import os\nassert "leftover" not in globals(), "the previous template\'s variable is still here"\n'
              + saving(pid="os.getpid()"))
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=marker, patching=check))
-    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=marker, patching=check))
+    plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
     lines: list[str] = []
-    assert run.execute(plan, log=lines.append) == 0, "\n".join(lines)
+    assert running.execute(plan, log=lines.append) == 0, "\n".join(lines)
     results = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]
     assert stamps(results["dla"])["pid"] == stamps(results["patching"])["pid"]  # the same kernel process
     counts = [c.execution_count for c in nbformat.read(tmp_path / "out" / "ioi" / "patching.ipynb", as_version=4).cells
@@ -589,12 +590,12 @@ def test_a_template_starts_without_the_memory_its_predecessor_freed(toy_model_di
     """What a template freed is handed back to the system before the next one starts (helpers.run.kernel
     .release_memory), so each template's peak is its own: here 1 GB of freed tensors stays resident
     through the first template and is gone when the second starts."""
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(
         tmp_path / "templates", dla=_FREED_BUT_RESIDENT + saving(before="before", after=_RSS),
         patching=saving(start=_RSS)))
-    plan = run.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
+    plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
     lines: list[str] = []
-    assert run.execute(plan, log=lines.append) == 0, "\n".join(lines)
+    assert running.execute(plan, log=lines.append) == 0, "\n".join(lines)
     results = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]
     first, second = stamps(results["dla"]), stamps(results["patching"])
     assert int(first["after"]) > int(first["before"]) - 100  # freed, still resident (the test's premise)
@@ -632,9 +633,9 @@ def test_the_kernel_converts_the_model_while_the_task_is_validated(toy_model_dir
     first = ("import gc\nfrom helpers.models import load as models\nfrom helpers.notebook.session import start_session\n"
              "kept = list(models._KEPT.values())\nsession = start_session(task, device=device, dtype=dtype)\n"
              + saving(warmed="len(kept) == 1 and kept[0] is session.model", frozen="gc.get_freeze_count() > 0"))
-    monkeypatch.setattr(run, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=first, patching=GOOD_TEMPLATE))
-    assert run.loads_model(["dla"]) and not run.loads_model(["patching"])
-    assert run.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out",
+    monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=first, patching=GOOD_TEMPLATE))
+    assert planning.loads_model(["dla"]) and not planning.loads_model(["patching"])
+    assert running.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out",
                          log=lambda line: None) == 0
     section = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]["dla"]
     assert stamps(section) == {"warmed": "True", "frozen": "True"}

@@ -10,12 +10,12 @@ import papermill as pm
 import pytest
 
 from helpers.paths import REPO_ROOT, TEMPLATES_DIR
-from helpers.run.cli import CROSS_TASK_TEMPLATES, TEMPLATE_ORDER, available_templates
 from helpers.run.kernel import TEMPLATE_MODULES
+from helpers.run.plan import CROSS_TASK_TEMPLATES, TEMPLATE_ORDER, available_templates
 
 TEMPLATES = sorted(TEMPLATES_DIR.glob("*.ipynb"))
-# What the runner injects into every per-task template (helpers.run.cli.execute), and into the cross-task ones
-# (helpers.run.cli.compare).
+# What the runner injects into every per-task template (helpers.run.execute.execute), and into the cross-task
+# ones (helpers.run.comparison.compare).
 INJECTED = {"task", "device", "dtype", "results_path"}
 INJECTED_CROSS_TASK = {"tasks", "notebooks_dir", "results_path"}
 

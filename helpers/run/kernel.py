@@ -123,7 +123,7 @@ _RUNNER_SETTINGS = {**_NO_PROGRESS_BARS, "SUITE_STATIC_IMAGES_BY_RUNNER": "1"}
 
 
 # torch's worker threads sleep as soon as a parallel operation ends instead of spinning for the next one
-# (OpenMP's default), so the core they leave is free for the runner's notebook finisher (helpers.run.cli). On
+# (OpenMP's default), so the core they leave is free for the runner's notebook finisher (helpers.run.execute). On
 # the demo (2 cores) the cells took 21.6 s in all instead of 31.8 s. Only the waiting changes: the threads
 # and how the work is split between them are the same, and so are the numbers. A value you set is kept.
 _THREADS_WAIT = {"OMP_WAIT_POLICY": "PASSIVE"}
