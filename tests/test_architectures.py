@@ -33,6 +33,7 @@ from checks import (
 from reference import hf_head_dla, hf_mean_ablated_metric, transformer_lens_patch
 from test_golden import assert_as_stored
 
+from helpers.analyses import ablations
 from helpers.analyses import dla as attribution
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.patching import PATCH_KINDS, PatchingEngine
@@ -214,7 +215,7 @@ def test_direct_logit_attribution_adds_up_and_matches_plain_transformers(toy: To
 
 def test_mean_ablation_equals_explicit_hooks_in_plain_transformers(toy: Toy, hf: Any) -> None:
     prompts, model = toy.prompts, toy.model
-    reference = circuit.reference_prompts("corrupted", prompts)
+    reference = ablations.reference_prompts("corrupted", prompts)
     evaluator = circuit.CircuitEvaluator(model, prompts, circuit.compute_mean_ablation(model, prompts, reference))
     kept = circuit.parse_circuit(["L0H1", {"head": "L1H2", "positions": ["final"]}], name="c",
                                  n_layers=model.cfg.n_layers, n_heads=model.cfg.n_heads)

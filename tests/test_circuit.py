@@ -10,6 +10,7 @@ import pytest
 import torch
 from checks import FLOAT32_FORWARD, assert_scalar_matches
 
+from helpers.analyses import ablations
 from helpers.analyses.circuits import head_circuits as circuits
 from helpers.analyses.heads import HeadScore
 from helpers.models.toys import PLANTED
@@ -29,7 +30,7 @@ INDUCTION_TASK = {
 
 @pytest.fixture(scope="module")
 def evaluator(toy_model: Any, ioi_prompts: PromptSet) -> circuits.CircuitEvaluator:
-    ablation = circuits.compute_mean_ablation(toy_model, ioi_prompts, circuits.reference_prompts("corrupted", ioi_prompts))
+    ablation = circuits.compute_mean_ablation(toy_model, ioi_prompts, ablations.reference_prompts("corrupted", ioi_prompts))
     return circuits.CircuitEvaluator(toy_model, ioi_prompts, ablation)
 
 
@@ -57,7 +58,7 @@ def test_circuits_evaluated_together_get_the_numbers_they_get_alone(evaluator: c
     assert len({r.metric for r in together}) > 1  # the circuits differ
 
 
-def _hf_mean_ablated_logit_diff(hf: Any, prompts: PromptSet, reference: circuits.ReferencePrompts,
+def _hf_mean_ablated_logit_diff(hf: Any, prompts: PromptSet, reference: ablations.ReferencePrompts,
                                 keep: torch.Tensor) -> float:
     """Mean logit difference of plain transformers GPT-2 with head outputs mean-ablated where ``keep`` is
     False: each head's slice of the input to ``c_proj`` (its ``z``, value bias included) is replaced by its
@@ -115,7 +116,7 @@ def test_keeping_no_head_matches_a_fully_mean_ablated_plain_gpt2(
     evaluator: circuits.CircuitEvaluator, hf_toy: Any, ioi_prompts: PromptSet
 ) -> None:
     keep = torch.zeros(*ioi_prompts.clean_tokens.shape, 2, 4, dtype=torch.bool)
-    expected = _hf_mean_ablated_logit_diff(hf_toy, ioi_prompts, circuits.reference_prompts("corrupted", ioi_prompts),
+    expected = _hf_mean_ablated_logit_diff(hf_toy, ioi_prompts, ablations.reference_prompts("corrupted", ioi_prompts),
                                            keep)
     # the baseline: the unablated model, which an ablation that did nothing would give
     assert_scalar_matches(evaluator.empty_metric, expected, FLOAT32_FORWARD, baseline=evaluator.full_metric,
@@ -126,7 +127,7 @@ def test_mean_ablation_at_named_positions_with_other_prompts_matches_explicit_ho
     toy_model: Any, hf_toy: Any, ioi_prompts: PromptSet
 ) -> None:
     spec = load_task("ioi").with_overrides(n_prompts=len(ioi_prompts))
-    reference = circuits.reference_prompts("other_prompts", ioi_prompts, spec=spec, model=toy_model)
+    reference = ablations.reference_prompts("other_prompts", ioi_prompts, spec=spec, model=toy_model)
     assert not torch.equal(reference.tokens, ioi_prompts.clean_tokens)
     evaluator = circuits.CircuitEvaluator(toy_model, ioi_prompts,
                                           circuits.compute_mean_ablation(toy_model, ioi_prompts, reference))
@@ -155,7 +156,7 @@ def test_mean_ablation_at_named_positions_with_other_prompts_matches_explicit_ho
 @pytest.fixture(scope="module")
 def planted_evaluator(planted: Any) -> circuits.CircuitEvaluator:
     prompts = build_prompts(parse_task(INDUCTION_TASK, source="induction.yaml"), planted.tokenizer)
-    ablation = circuits.compute_mean_ablation(planted, prompts, circuits.reference_prompts("corrupted", prompts))
+    ablation = circuits.compute_mean_ablation(planted, prompts, ablations.reference_prompts("corrupted", prompts))
     return circuits.CircuitEvaluator(planted, prompts, ablation)
 
 
@@ -232,10 +233,10 @@ def test_other_prompts_need_templates_and_references_are_named(toy_model: Any) -
         {"clean": "When John and Mary went out, John gave it to", "corrupted": "When John and Mary went out, Mary gave it to",
          "correct": " Mary", "incorrect": " John"}]}, source="pairs.yaml")
     prompts = build_prompts(spec, toy_model.tokenizer)
-    with pytest.raises(circuits.CircuitError, match="reference = 'corrupted'"):
-        circuits.reference_prompts("other_prompts", prompts, spec=spec, model=toy_model)
-    with pytest.raises(circuits.CircuitError, match="corrupted, other_prompts"):
-        circuits.reference_prompts("clean", prompts)  # type: ignore[arg-type]
+    with pytest.raises(ablations.AblationError, match="reference = 'corrupted'"):
+        ablations.reference_prompts("other_prompts", prompts, spec=spec, model=toy_model)
+    with pytest.raises(ablations.AblationError, match="corrupted, other_prompts"):
+        ablations.reference_prompts("clean", prompts)  # type: ignore[arg-type]
 
 
 def test_the_default_comparison_says_why_the_ioi_circuit_is_left_out(toy_model: Any, ioi_prompts: PromptSet) -> None:
@@ -251,7 +252,7 @@ def test_a_model_that_does_not_do_the_task_is_flagged(planted: Any) -> None:
     task = {**INDUCTION_TASK, "correct": " [C]", "incorrect": " [D]"}
     prompts = build_prompts(parse_task(task, source="reversed.yaml"), planted.tokenizer)
     evaluator = circuits.CircuitEvaluator(
-        planted, prompts, circuits.compute_mean_ablation(planted, prompts, circuits.reference_prompts("corrupted", prompts)))
+        planted, prompts, circuits.compute_mean_ablation(planted, prompts, ablations.reference_prompts("corrupted", prompts)))
     assert evaluator.full_metric < 0
     assert evaluator.warning is not None and "does not prefer the correct answer" in evaluator.warning
 

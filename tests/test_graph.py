@@ -30,7 +30,8 @@ import torch
 from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, SEEDS, assert_matches
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
-from helpers.analyses.ablation_kinds import ABLATION_KINDS
+from helpers.analyses import ablations
+from helpers.analyses.ablations import ABLATION_KINDS
 from helpers.analyses.circuits import discovery, edge_attribution, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessByEdges
@@ -189,7 +190,7 @@ def test_a_node_circuit_under_each_ablation_is_the_circuit_notebooks_hook_evalua
     runner = GraphRunner(model, prompts)
     heads = ["L0H1", "L1H0", "L1H3"]
     graph = runner.graph
-    reference = circuit.reference_prompts("corrupted", prompts)
+    reference = ablations.reference_prompts("corrupted", prompts)
     mean = circuit.compute_mean_ablation(model, prompts, reference)
     with torch.no_grad():
         _, cache = model.run_with_cache(prompts.corrupted_tokens, names_filter=lambda n: n.endswith("hook_z"))

@@ -11,8 +11,8 @@ from checks import FLOAT32_FOLDED, FLOAT32_FORWARD, FLOAT32_PATCHING, FLOAT32_RE
 from reference import gpt2_head_dla, normalised_task_metric, transformer_lens_patch
 from transformer_lens.head_detector import detect_head
 
-from helpers.analyses import ablation
 from helpers.analyses import dla as attribution
+from helpers.analyses import head_ablation
 from helpers.analyses import head_functions as head_scores
 from helpers.analyses import important_heads as roles
 from helpers.models.toys import PLANTED
@@ -80,7 +80,7 @@ def test_scores_never_count_bos_and_sequences_are_seeded(planted: Any) -> None:
 def test_ablating_the_silent_head_changes_nothing(planted: Any, induction_prompts: PromptSet) -> None:
     before = attribution.run_final_position_cache(planted, induction_prompts)
     for method in ("zero", "mean"):
-        result = ablation.compute_head_ablation(planted, induction_prompts, before, *PLANTED.silent, method=method)
+        result = head_ablation.compute_head_ablation(planted, induction_prompts, before, *PLANTED.silent, method=method)
         # the head's rows of W_O are exactly zero, so whatever its z becomes it adds exactly nothing
         assert torch.equal(result.logit_diff_after, result.logit_diff_before), method
         assert torch.equal(result.dla_after, result.dla_before), method
@@ -91,7 +91,7 @@ def test_ablating_the_copying_head_changes_the_logit_diff_as_its_dla_predicts(
 ) -> None:
     before = attribution.run_final_position_cache(planted, induction_prompts)
     assert (before.logit_diff > 1.0).all(), "the planted copying head should answer these prompts"
-    result = ablation.compute_head_ablation(planted, induction_prompts, before, *PLANTED.induction)
+    result = head_ablation.compute_head_ablation(planted, induction_prompts, before, *PLANTED.induction)
     head_dla = attribution.compute_head_attribution(planted, before).per_prompt[PLANTED.induction]
     assert (head_dla > 1.0).all()
     assert_matches(result.predicted_after, before.logit_diff - head_dla, FLOAT32_REORDERED, what="the prediction")

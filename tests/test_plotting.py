@@ -18,10 +18,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from helpers.analyses import ablation, compare, copy_scores, neurons, vectors
+from helpers.analyses import ablations, compare, copy_scores, head_ablation, neurons, vectors
 from helpers.analyses import dla as attribution
 from helpers.analyses import head_functions as head_scores
-from helpers.analyses.ablation_kinds import ABLATION_KINDS
+from helpers.analyses.ablations import ABLATION_KINDS
 from helpers.analyses.circuits import discovery, graph_runner, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.heads import HeadScore
@@ -57,9 +57,9 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
     engine = PatchingEngine(toy_model, ioi_prompts, progress=False)
     head_out, head_v = engine.patch("head_out"), engine.patch("head_v")
     estimate = engine.attribution_patching()["head_out"]
-    ablation_result = ablation.compute_head_ablation(toy_model, ioi_prompts, cache, 1, 0)
+    ablation_result = head_ablation.compute_head_ablation(toy_model, ioi_prompts, cache, 1, 0)
     evaluator = circuit.CircuitEvaluator(toy_model, ioi_prompts, circuit.compute_mean_ablation(
-        toy_model, ioi_prompts, circuit.reference_prompts("corrupted", ioi_prompts)))
+        toy_model, ioi_prompts, ablations.reference_prompts("corrupted", ioi_prompts)))
     candidate = circuit.parse_circuit(["L1H0", "L0H2", "L1H3"], name="c", n_layers=2, n_heads=4)
     neuron_result = neurons.compute_neuron_patching(engine, 1)
     targets = vectors.target_prompts("corrupted", ioi_prompts, toy_model)

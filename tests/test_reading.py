@@ -12,7 +12,7 @@ import pytest
 import torch
 from checks import FLOAT32_PATCHING, assert_matches, fast_engine
 
-from helpers.analyses import stats
+from helpers.analyses import ablations, stats
 from helpers.analyses.circuits import head_circuits as circuits
 from helpers.analyses.dla import HeadAttribution
 from helpers.analyses.heads import HeadScore, top_of_sign
@@ -150,7 +150,7 @@ def test_head_intervals_are_built_from_the_per_prompt_values_patching_averages(
 
 
 def test_faithfulness_has_an_interval_and_a_metric_of_your_own_has_none(toy_model: Any, ioi_prompts: PromptSet) -> None:
-    ablation = circuits.compute_mean_ablation(toy_model, ioi_prompts, circuits.reference_prompts("corrupted", ioi_prompts))
+    ablation = circuits.compute_mean_ablation(toy_model, ioi_prompts, ablations.reference_prompts("corrupted", ioi_prompts))
     evaluator = circuits.CircuitEvaluator(toy_model, ioi_prompts, ablation)
     result = evaluator.evaluate(circuits.parse_circuit(["L1H0", "L1H2"], name="c", n_layers=2, n_heads=4))
     assert result.ci95 is not None and result.ci95.low < result.faithfulness < result.ci95.high
@@ -187,7 +187,7 @@ def test_the_default_circuit_is_the_smallest_prefix_reaching_the_target(
 
 
 def test_random_baselines_are_several_seeds_of_the_candidates_size(toy_model: Any, ioi_prompts: PromptSet) -> None:
-    ablation = circuits.compute_mean_ablation(toy_model, ioi_prompts, circuits.reference_prompts("corrupted", ioi_prompts))
+    ablation = circuits.compute_mean_ablation(toy_model, ioi_prompts, ablations.reference_prompts("corrupted", ioi_prompts))
     evaluator = circuits.CircuitEvaluator(toy_model, ioi_prompts, ablation)
     baseline = circuits.compute_random_baseline(evaluator, 3, n_seeds=4, seed=7)
     assert baseline.seeds == (7, 8, 9, 10) and all(len(r.circuit) == 3 for r in baseline.results)

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from helpers.analyses.ablation_kinds import ABLATION_NAMES
+from helpers.analyses.ablations import ABLATION_NAMES
 from helpers.analyses.circuits.faithfulness import NormalisedFaithfulness
 from helpers.analyses.circuits.head_circuits import (
     Circuit,

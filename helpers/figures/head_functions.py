@@ -1,5 +1,5 @@
 """Figures of the heads' functions on repeated random tokens and of head ablation
-(:mod:`helpers.analyses.head_functions`, :mod:`helpers.analyses.ablation`).
+(:mod:`helpers.analyses.head_functions`, :mod:`helpers.analyses.head_ablation`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import pandas as pd
 import plotly.graph_objects as go
 
-from helpers.analyses.ablation import AblationResult
+from helpers.analyses.head_ablation import AblationResult
 from helpers.analyses.head_functions import ROLE_NAMES, ROLES, HeadRoleScores
 from helpers.analyses.important_heads import ImportantHead
 from helpers.figures.heads import head_scatter, plot_head_heatmap

@@ -17,7 +17,6 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from torch import Tensor
 
 from helpers.analyses import compare
-from helpers.analyses.ablation import AblationResult
 from helpers.analyses.circuits.discovery import CircuitFileResult, PathWalk
 from helpers.analyses.circuits.faithfulness import FaithfulnessByEdges, NormalisedFaithfulness
 from helpers.analyses.circuits.graph import EdgeScores
@@ -40,6 +39,7 @@ from helpers.analyses.dla import (
     LogitLensResult,
     TopPredictions,
 )
+from helpers.analyses.head_ablation import AblationResult
 from helpers.analyses.head_functions import HeadRoleScores
 from helpers.analyses.heads import HeadScore
 from helpers.analyses.important_heads import HeadImportance, ImportantHead

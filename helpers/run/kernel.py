@@ -73,7 +73,7 @@ del __release_memory
 # What the templates import (the warm-up imports them ahead of the first one; tests/test_templates.py checks
 # that this lists every helpers module a template imports).
 TEMPLATE_MODULES = (
-    "helpers.analyses.ablation", "helpers.analyses.ablation_kinds", "helpers.analyses.compare",
+    "helpers.analyses.head_ablation", "helpers.analyses.ablations", "helpers.analyses.compare",
     "helpers.analyses.copy_scores", "helpers.analyses.dla", "helpers.analyses.head_functions", "helpers.analyses.heads",
     "helpers.analyses.important_heads", "helpers.analyses.neurons", "helpers.analyses.vectors",
     "helpers.analyses.patching", "helpers.analyses.patching.engine", "helpers.analyses.circuits.head_circuits",

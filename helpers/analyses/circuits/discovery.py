@@ -23,7 +23,7 @@ from typing import Any
 import networkx as nx
 import torch
 
-from helpers.analyses.ablation_kinds import ABLATION_KINDS
+from helpers.analyses.ablations import ABLATION_KINDS
 from helpers.analyses.circuits.graph import Edge, EdgeCircuit, EdgeScores
 from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.analyses.circuits.head_roles import EFFECT, HeadRole

@@ -39,10 +39,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from helpers.analyses.ablation_kinds import ABLATION_KINDS, AblationKind
+from helpers.analyses.ablations import ABLATION_KINDS, AblationKind, ReferencePrompts, template_position_table
 from helpers.analyses.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessByEdges, NormalisedFaithfulness
 from helpers.analyses.circuits.graph import EdgeCircuit, EdgeScores, Graph, GraphError
-from helpers.analyses.circuits.head_circuits import ReferencePrompts, template_position_table
 from helpers.analyses.contrast import Contrast
 from helpers.models.forward import ForwardPass, LayerActivations, LayerStrategy, UnsupportedArchitecture
 from helpers.models.hooks import final_logits
@@ -75,7 +74,7 @@ class GraphRuns:
         model: a model loaded by :func:`helpers.models.load.load_model`.
         prompts: the task's prompts (clean and corrupted of equal lengths).
         reference: what ``mean`` ablation averages over (a
-            :class:`helpers.analyses.circuits.head_circuits.ReferencePrompts`); the corrupted prompts when None.
+            :class:`helpers.analyses.ablations.ReferencePrompts`); the corrupted prompts when None.
         max_rows: at most this many prompts in one forward pass that carries every sender's output (running
             circuits, attribution).
         edge_rows: at most this many rows (a copy of a prompt each, one residual stream) in one run of exact

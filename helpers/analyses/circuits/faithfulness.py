@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from helpers.analyses.ablation_kinds import AblationKind
+from helpers.analyses.ablations import AblationKind
 
 # The MIB benchmark's circuit sizes, as fractions of the graph's edges.
 MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)

@@ -33,17 +33,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
-from jaxtyping import Bool, Float, Int
+from jaxtyping import Bool, Float
 from torch import Tensor
 
-from helpers.analyses.ablation_kinds import REFERENCES
+from helpers.analyses.ablations import ReferencePrompts, template_position_means
 from helpers.analyses.circuits.faithfulness import fraction_of_full
 from helpers.analyses.contrast import SMALL_GAP
 from helpers.analyses.heads import Head, HeadScore, head_name
 from helpers.analyses.stats import Interval, ratio_interval
 from helpers.errors import SuiteError
 from helpers.models.hooks import cache_activations, final_logits
-from helpers.tasks.prompts import PromptSet, TaskSpec, build_prompts
+from helpers.tasks.prompts import PromptSet
 
 FINAL = "final"
 _POSITION_RE = re.compile(r"^(?P<word>[A-Za-z][A-Za-z0-9_]*)(?:#(?P<occurrence>\d+))?(?P<offset>[+-]\d+)?$")
@@ -233,36 +233,6 @@ def keep_mask(circuit: Circuit, prompts: PromptSet, n_layers: int, n_heads: int)
 
 
 @dataclass(frozen=True)
-class ReferencePrompts:
-    """The prompts whose mean head outputs replace ablated ones."""
-
-    name: str
-    tokens: Int[Tensor, "ref_batch ref_pos"]
-    final_pos: Int[Tensor, " ref_batch"]
-    template_index: tuple[int, ...]
-
-
-def reference_prompts(kind: str, prompts: PromptSet, *, spec: TaskSpec | None = None,
-                      model: Any = None) -> ReferencePrompts:
-    """``corrupted``: the task's corrupted prompts. ``other_prompts``: as many fresh clean prompts from the
-    task's templates, drawn with another seed (needs ``spec`` and ``model`` for its tokenizer)."""
-    if kind == "corrupted":
-        return ReferencePrompts("the task's corrupted prompts", prompts.corrupted_tokens, prompts.final_pos,
-                                prompts.template_index)
-    if kind != "other_prompts":
-        raise CircuitError(f"reference = {kind!r} is not a reference distribution. Fix: use one of {', '.join(REFERENCES)}.")
-    if spec is None or model is None:
-        raise CircuitError("reference = 'other_prompts' needs the task and the model to draw fresh prompts.")
-    if spec.is_explicit:
-        raise CircuitError(f"reference = 'other_prompts': task {spec.name!r} lists its prompts explicitly, so there are "
-                           "no templates to draw others from. Fix: use reference = 'corrupted'.")
-    other = build_prompts(spec.with_overrides(seed=spec.seed + 1, n_prompts=len(prompts)), model.tokenizer,
-                          prepend_bos=bool(model.cfg.default_prepend_bos))
-    return ReferencePrompts(f"{len(other)} other prompts of the task's templates (seed {spec.seed + 1})",
-                            other.clean_tokens, other.final_pos, other.template_index)
-
-
-@dataclass(frozen=True)
 class MeanAblation:
     """For each of the task's prompts, every head's mean ``z`` over the reference prompts of the same
     template, at each position."""
@@ -297,52 +267,6 @@ def compute_mean_ablation(model: Any, prompts: PromptSet, reference: ReferencePr
     z = torch.stack([acts[name].float().cpu() for name in names], dim=2)  # [ref_batch, ref_pos, layer, head, d_head]
     means = template_position_means(z, reference, prompts)  # [batch, pos, layer, head, d_head]
     return MeanAblation(means.permute(2, 0, 1, 3, 4).contiguous(), reference.name)
-
-
-def template_position_means(values: Float[Tensor, "ref_batch ref_pos *rest"], reference: ReferencePrompts,
-                            prompts: PromptSet) -> Float[Tensor, "batch pos *rest"]:
-    """Means of ``values`` (one row per reference prompt) per template and position, laid out like
-    ``prompts``: each prompt gets the mean over the reference prompts of its template, position by position.
-
-    A position that no reference prompt of the template reaches takes the mean over all reference
-    prompts there (and zero if none reaches it).
-    """
-    table, row_of = template_position_table(values, reference, prompts)
-    return table[row_of]
-
-
-def template_position_table(values: Float[Tensor, "ref_batch ref_pos *rest"], reference: ReferencePrompts,
-                            prompts: PromptSet) -> tuple[Float[Tensor, "template pos *rest"], Int[Tensor, " batch"]]:
-    """:func:`template_position_means` one row per template of ``prompts`` (the table), and each prompt's
-    row in it: ``table[row_of]`` is the means laid out like the prompts, without holding them per prompt."""
-    ref_width = values.shape[1]
-    final_pos = reference.final_pos.to(values.device)
-    valid = (torch.arange(ref_width, device=values.device)[None] <= final_pos[:, None]).to(values.dtype)
-
-    def mean_over(rows: list[int]) -> tuple[Tensor, Tensor]:
-        weights = valid[rows]  # [rows, ref_pos]
-        # every row: the values themselves, not a copy (0.6 GB of senders' outputs at GPT-2 small's size)
-        chosen = values.contiguous() if rows == list(range(values.shape[0])) else values[rows]
-        total = torch.einsum("bp...,bp->p...", chosen, weights)
-        count = weights.sum(dim=0)  # [ref_pos]
-        shape = (-1,) + (1,) * (values.ndim - 2)
-        return total / count.clamp(min=1).view(shape), count
-
-    everything, _ = mean_over(list(range(len(reference.template_index))))
-    by_template: dict[int, Tensor] = {}
-    for template in set(prompts.template_index):
-        rows = [i for i, t in enumerate(reference.template_index) if t == template]
-        mean, count = mean_over(rows) if rows else (everything, torch.zeros(ref_width, device=values.device))
-        reached = (count > 0).view((-1,) + (1,) * (values.ndim - 2))
-        by_template[template] = torch.where(reached, mean, everything)
-    width = prompts.clean_tokens.shape[1]
-    templates = sorted(by_template)
-    table = values.new_zeros(len(templates), width, *values.shape[2:])
-    shared = min(width, ref_width)
-    for row, template in enumerate(templates):
-        table[row, :shared] = by_template[template][:shared]
-    row_of = torch.tensor([templates.index(t) for t in prompts.template_index], device=values.device)
-    return table, row_of
 
 
 # ---------------------------------------------------------------------------------------------------

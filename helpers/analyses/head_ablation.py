@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from helpers.analyses.ablation_kinds import HeadAblationKind
+from helpers.analyses.ablations import HeadAblationKind
 from helpers.analyses.dla import (
     FinalPositionCache,
     compute_head_attribution,
