@@ -1,6 +1,6 @@
 """The contrast every causal analysis measures: a task's clean prompts against their corrupted versions.
 
-Patching (:mod:`helpers.analyses.patching`), the graph of edges (:mod:`helpers.analyses.circuits.graph`) and
+Patching (:mod:`helpers.analyses.patching`), the graph of edges (:mod:`helpers.analyses.circuits.edge_runs`) and
 circuit evaluation (:mod:`helpers.analyses.circuits.head_circuits`) each run the model their own way, but
 they start from the same things, which live here once: the two prompt sets and the answers on the
 model's device, the first position where the prompts differ (nothing before it can change), and how
