@@ -415,6 +415,59 @@ def test_the_walk_follows_the_planted_paths_down_from_the_logits(discovered: dic
     assert heads_on_edges <= set(planted_names())  # no head without a job is on a path
 
 
+def test_every_node_of_the_walked_circuit_reads_something_in_each_of_its_inputs(
+        discovered: dict[str, Any], demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    """The walk explores every node it adds; each input of each node has a kept edge into it (a path of at
+    least the threshold, or, where the threshold closed it, its measured edge from the input), so pruning
+    keeps every node the walk found."""
+    _, _, runner = demo
+    walk, graph = discovered["walk"], runner.graph
+    assert walk.complete and not walk.unexplored
+    circuit_ = discovery.circuit_of_walk(runner, walk)
+    found = [n for n in circuit_.nodes if n != "input"]
+    assert set(found) <= set(walk.receivers)  # every head or MLP in it was explored
+    fed = {graph.receivers[r] for _, r in circuit_.edges}
+    for node in found:
+        inputs = [f"{node}<{kind}>" for kind in "qkv"] if node.startswith("L") else [node]
+        assert set(inputs) <= fed, f"{node}: an input with no edge into it"
+    assert set(circuit_.pruned().nodes) == set(circuit_.nodes)  # nothing the walk found is pruned away
+    for edge in walk.input_edges:  # each closed input's edge from the input is the walk's own measurement
+        receiver = edge.receiver if edge.input is None else f"{edge.receiver}<{edge.input}>"
+        assert edge.sender == "input" and edge.score == walk.maps[receiver]["input"]
+        assert all(abs(v) < walk.threshold for v in walk.maps[receiver].values())
+
+
+def test_the_walked_circuit_does_the_task_under_resample_ablation(discovered: dict[str, Any],
+                                                                demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    _, _, runner = demo
+    attribution = runner.eap_ig(steps=5)
+    proposal = discovery.propose_circuit(runner, discovered["walk"], attribution, target=0.8)
+    assert proposal.added == 0 and proposal.circuit == proposal.walked and proposal.reached
+    assert proposal.faithfulness["resample"].faithfulness >= 0.8
+    assert set(proposal.faithfulness) == set(ABLATION_KINDS)
+    assert "reaches the target" in proposal.describe()
+
+
+def test_a_walk_that_falls_short_is_completed_by_the_fewest_eap_ig_edges_that_reach_the_target(
+        demo: tuple[Any, PromptSet, GraphRunner]) -> None:
+    """With a threshold that keeps only the name mover's direct path, the walked circuit falls short; the
+    proposal adds EAP-IG's edges by rank, reaches the target, and one edge fewer does not."""
+    _, _, runner = demo
+    walk = discovery.walk_paths(runner, threshold=0.5, start=1, max_receivers=0)
+    assert walk.unexplored and len(walk.edges) == 1  # the budget stopped it at once: the walk says so
+    attribution = runner.eap_ig(steps=5)
+    proposal = discovery.propose_circuit(runner, walk, attribution, target=0.8)
+    assert proposal.walked_faithfulness["resample"].faithfulness < 0.8 and proposal.added > 0 and proposal.reached
+    assert proposal.faithfulness["resample"].faithfulness >= 0.8
+    extra = [e for e in attribution.ranked() if e not in proposal.walked.edges]
+    assert proposal.circuit.edges == proposal.walked.edges | frozenset(extra[:proposal.added])
+    fewer = EdgeCircuit(runner.graph, proposal.walked.edges | frozenset(extra[:proposal.added - 1]), "one fewer")
+    assert runner.evaluate(fewer, "resample").faithfulness < 0.8
+    text = proposal.describe()
+    assert "stopped at its budget" in text and f"{proposal.added} EAP-IG edges were added" in text
+    assert "the fewest found to reach faithfulness 0.8" in proposal.how
+
+
 def test_the_diagram_places_nodes_by_layer_and_where_they_act(discovered: dict[str, Any]) -> None:
     graph = discovered["diagram"].graph
     dup, s_inhibition, mover = (f"L{layer}H{head}" for layer, head in (
@@ -430,8 +483,10 @@ def test_the_circuit_file_round_trips_and_circuit_ipynb_reads_it(discovered: dic
                                                               demo: tuple[Any, PromptSet, GraphRunner]) -> None:
     model, prompts, runner = demo
     circuit_ = discovery.circuit_of_walk(runner, discovered["walk"])
-    path = discovery.write_circuit_file(tmp_path / "circuit.json", circuit_, roles=discovered["roles"], task="ioi_abc")
+    path = discovery.write_circuit_file(tmp_path / "circuit.json", circuit_, roles=discovered["roles"], task="ioi_abc",
+                                        how="path-patching walk")
     data = json.loads(path.read_text())
+    assert data["how_built"] == "path-patching walk"
     assert data["format"].startswith("circuit-notebooks") and data["roles"]["L2H0"]["role"] == "name_mover"
     assert discovery.read_circuit_file(path, runner).edges == circuit_.edges
     result = discovery.evaluate_circuit_file(model, prompts, path)

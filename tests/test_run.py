@@ -131,9 +131,19 @@ def test_run_writes_executed_notebooks_and_results(successful_run: tuple[Path, l
     assert set(discovery["ablation_kinds"]) == {"resample", "mean", "zero"} and discovery["circuit_file"] == "circuit.json"
     written = json.loads((out / "circuit.json").read_text())
     assert written["cfg"]["n_layers"] == 2 and set(written["roles"]) == set(discovery["roles"])
-    # the file holds the walk's edges as in_graph, in MIB's spelling
+    # the file holds the proposed circuit as in_graph, in MIB's spelling: the walk's edges, the input edges of
+    # the inputs its threshold closed, and the EAP-IG edges the proposal added
     in_graph = {name for name, edge in written["edges"].items() if edge["in_graph"]}
-    assert len(in_graph) == len({(e["sender"], e["receiver"], e["input"]) for e in discovery["edges"]})
+    proposed = discovery["proposed_circuit"]
+    assert len(in_graph) == proposed["edges"] == proposed["walked_edges"] + proposed["added_eap_ig_edges"]
+
+    def mib(name: str) -> str:
+        return re.sub(r"^L(\d+)H(\d+)$", r"a\1.h\2", re.sub(r"^MLP(\d+)$", r"m\1", name))
+
+    walked = {f"{mib(e['sender'])}->{mib(e['receiver'])}" + (f"<{e['input']}>" if e["input"] else "")
+              for e in discovery["edges"] + discovery["walk"]["input_edges"]}
+    assert len(walked) == proposed["walked_edges"] and walked <= in_graph
+    assert written["how_built"] == proposed["how"]
     arithmetic = results["templates"]["vector_arithmetic"]["vector_arithmetic"]
     assert arithmetic["add_at"] == [results["templates"]["vector_arithmetic"]["layer"]] and arithmetic["scale"] == 1.0
     assert len(arithmetic["top_share"]["random"]) == 5 and arithmetic["norm"] > 0

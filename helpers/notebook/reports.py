@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from torch import Tensor
 
 from helpers.analyses import compare
-from helpers.analyses.circuits.discovery import CircuitFileResult, PathWalk
+from helpers.analyses.circuits.discovery import CircuitFileResult, CircuitProposal, PathWalk
 from helpers.analyses.circuits.faithfulness import FaithfulnessByEdges, NormalisedFaithfulness
 from helpers.analyses.circuits.graph import EdgeScores
 from helpers.analyses.circuits.graph_runner import GraphRunner
@@ -196,6 +196,7 @@ class CircuitDiscoveryReport:
     threshold: float | int
     top_edges: Sequence[EdgeScores]  # EAP and EAP-IG
     faithfulness_curves: Sequence[FaithfulnessByEdges]
+    proposal: CircuitProposal
     ablation_kinds: Mapping[str, Sequence[NormalisedFaithfulness]]
     circuit_file: Path | None
 
@@ -205,9 +206,12 @@ class CircuitDiscoveryReport:
             "graph": {"senders": graph.n_senders, "receivers": graph.n_receivers, "edges": graph.n_edges},
             "roles": dict(self.roles),
             "edges": [e.to_dict() for e in self.walk.edges],
-            "walk": {"threshold": self.threshold, "receivers": list(self.walk.receivers)},
+            "walk": {"threshold": self.threshold, "receivers": list(self.walk.receivers),
+                     "input_edges": [e.to_dict() for e in self.walk.input_edges],
+                     "unexplored": list(self.walk.unexplored)},
             "top_edges": {s.method: [e.to_dict() for e in s.top(20)] for s in self.top_edges},
             "faithfulness_curves": list(self.faithfulness_curves),
+            "proposed_circuit": self.proposal.to_dict(),
             "ablation_kinds": {kind: [f.to_dict() for f in rows] for kind, rows in self.ablation_kinds.items()},
             "circuit_file": self.circuit_file.name if self.circuit_file else None,
         }
@@ -216,7 +220,11 @@ class CircuitDiscoveryReport:
         return ["roles: " + (", ".join(f"{h} {r.label}" for h, r in self.roles.items() if r.role != "unknown")
                              or "none found"),
                 f"path patching: {len(self.walk.edges)} edges >= {self.threshold}; " + ", ".join(
-                    f"{c.method} CPR {c.cpr:.2f} CMD {c.cmd:.2f}" for c in self.faithfulness_curves)]
+                    f"{c.method} CPR {c.cpr:.2f} CMD {c.cmd:.2f}" for c in self.faithfulness_curves),
+                f"proposed circuit: {len(self.proposal.circuit)} edges, faithfulness " + ", ".join(
+                    f"{kind} {f.faithfulness:.2f}" for kind, f in self.proposal.faithfulness.items())
+                + (f" ({self.proposal.added} EAP-IG edges added to the walk's {len(self.proposal.walked)})"
+                   if self.proposal.added else " (the walk's own)")]
 
 
 @dataclass(frozen=True)
