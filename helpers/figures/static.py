@@ -5,9 +5,12 @@ the suite shows is therefore also stored as a PNG (:mod:`helpers.figures.viz` pu
 here with matplotlib from the figure's own data, so no browser and no network is needed (plotly's own
 image export, kaleido, drives a Chrome).
 
-It draws what the suite's figures use (heatmaps, bars, box plots, scatter and line traces, subplots by
-their domains, reference lines, subplot titles and axis labels), not all of plotly: :func:`png` raises
+It draws what the suite's figures use (heatmaps; bars, grouped, stacked or overlaid as the layout's
+``barmode`` says, with error bars and text; box plots; scatter and line traces; subplots by their domains;
+reference lines, subplot titles, axis labels and a legend), each trace in the colour plotly gives it (its
+own, else the template's colour way by trace order), not all of plotly: :func:`draw` raises
 :class:`UnsupportedFigure` for anything else, and the output then holds the interactive figure alone.
+:func:`draw` returns the matplotlib figure (what tests compare with the plotly one), :func:`png` its image.
 """
 
 from __future__ import annotations
@@ -81,6 +84,13 @@ class _Categories:
 
 def png(fig: Any) -> bytes:
     """The figure as a PNG, drawn with matplotlib (see the module docstring)."""
+    buffer = io.BytesIO()
+    draw(fig).savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def draw(fig: Any) -> Any:
+    """The plotly figure drawn as a matplotlib ``Figure`` (see the module docstring)."""
     # deferred: matplotlib loads only when a PNG is drawn (the runner imports this module for every notebook)
     import matplotlib
 
@@ -101,7 +111,8 @@ def png(fig: Any) -> bytes:
 
     axes: dict[tuple[str, str], Any] = {}
     categories: dict[str, _Categories] = {}
-    for trace in fig.data:
+    bars = _BarLayout(fig)
+    for index, trace in enumerate(fig.data):
         if trace.type not in ("heatmap", "bar", "box", "scatter"):
             raise UnsupportedFigure(f"{trace.type} traces are not drawn as static images")
         xname, yname = _axis_names(trace)
@@ -114,16 +125,62 @@ def png(fig: Any) -> bytes:
         ax = axes[(xname, yname)]
         cx = categories.setdefault(xname, _Categories())
         cy = categories.setdefault(yname, _Categories())
-        _draw(canvas, ax, trace, cx, cy, fig)
+        _draw(canvas, ax, trace, cx, cy, bars, index, _default_color(fig, index))
 
     for (xname, yname), ax in axes.items():
         _style_axes(ax, _layout_axis(fig, xname, "x"), _layout_axis(fig, yname, "y"), categories[xname], categories[yname])
     _draw_shapes(fig, axes, categories)
     _legend(fig, axes)
     _draw_annotations(fig, canvas, axes, categories, (left, right, bottom, top))
-    buffer = io.BytesIO()
-    canvas.savefig(buffer, format="png", dpi=DPI)
-    return buffer.getvalue()
+    return canvas
+
+
+_PLOTLY_COLORWAY = ("#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692", "#B6E880",
+                    "#FF97FF", "#FECB52")  # plotly's default template's, for a figure without a template
+
+
+def _default_color(fig: Any, index: int) -> str:
+    """The colour plotly gives trace ``index`` when the trace sets none: the layout's colour way, else the
+    template's, by trace order."""
+    template = fig.layout.template.layout if fig.layout.template is not None else None
+    colorway = fig.layout.colorway or (template.colorway if template is not None else None) or _PLOTLY_COLORWAY
+    return colorway[index % len(colorway)]
+
+
+class _BarLayout:
+    """Where each bar trace stands, as plotly's ``barmode`` lays them out: side by side within each
+    category (``group``, plotly's default), on top of each other (``stack``; ``relative`` stacks
+    negative values down from zero), or in front of each other (``overlay``). Bars take ``1 - bargap``
+    of a category; a group shares it between its traces."""
+
+    def __init__(self, fig: Any) -> None:
+        self.mode = fig.layout.barmode or "group"
+        if self.mode not in ("group", "stack", "relative", "overlay"):
+            raise UnsupportedFigure(f"barmode {self.mode!r} is not drawn as a static image")
+        self.width = 1.0 - (fig.layout.bargap if fig.layout.bargap is not None else 0.2)
+        self.groups: dict[tuple[str, str], list[int]] = {}
+        for index, trace in enumerate(fig.data):
+            if trace.type == "bar":
+                self.groups.setdefault(_axis_names(trace), []).append(index)
+        self.tops: dict[tuple[tuple[str, str], float, bool], float] = {}  # stacked so far, per x (and sign)
+
+    def place(self, index: int, trace: Any, xs: Sequence[float], ys: Sequence[float]
+              ) -> tuple[list[float], float, list[float]]:
+        """The centres, the width and the bottoms of the bars of trace ``index`` (drawn in trace order)."""
+        axes = _axis_names(trace)
+        group = self.groups[axes]
+        if self.mode != "group" or len(group) == 1:
+            centres, width = list(xs), self.width
+        else:
+            width = self.width / len(group)
+            centres = [x - self.width / 2 + width * (group.index(index) + 0.5) for x in xs]
+        bottoms = [0.0] * len(xs)
+        if self.mode in ("stack", "relative"):
+            for i, (x, y) in enumerate(zip(xs, ys)):
+                key = (axes, x, self.mode == "relative" and y < 0)
+                bottoms[i] = self.tops.get(key, 0.0)
+                self.tops[key] = bottoms[i] + y
+        return centres, width, bottoms
 
 
 def _bottom_margin(fig: Any, height: int) -> float:
@@ -137,17 +194,22 @@ def _bottom_margin(fig: Any, height: int) -> float:
     return min(0.45, max(0.1, pixels / height))
 
 
-def _draw(canvas: Any, ax: Any, trace: Any, cx: _Categories, cy: _Categories, fig: Any) -> None:
+def _draw(canvas: Any, ax: Any, trace: Any, cx: _Categories, cy: _Categories, bars: _BarLayout, index: int,
+          color: str) -> None:
     if trace.type == "heatmap":
         _heatmap(canvas, ax, trace, cx, cy)
     elif trace.type == "bar":
-        _bar(ax, trace, cx, cy)
+        _bar(ax, trace, cx, cy, bars.place(index, trace, *_bar_values(trace, cx)), color)
     elif trace.type == "box":
         values = list(trace.y or [])
         position = cx.positions([trace.name or ""])[0]
-        ax.boxplot([values], positions=[position], widths=0.6, showfliers=True)  # named by its x tick
+        edge = _plotly_color(trace.marker.color if trace.marker is not None and isinstance(trace.marker.color, str)
+                             else color)
+        ax.boxplot([values], positions=[position], widths=0.6, showfliers=True, patch_artist=True,  # named by its x tick
+                   boxprops={"facecolor": (*edge[:3], 0.5), "edgecolor": edge}, medianprops={"color": edge},
+                   whiskerprops={"color": edge}, capprops={"color": edge}, flierprops={"markeredgecolor": edge})
     else:
-        _scatter(ax, trace, cx, cy)
+        _scatter(ax, trace, cx, cy, color)
 
 
 def _heatmap(canvas: Any, ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
@@ -180,10 +242,10 @@ def _heatmap(canvas: Any, ax: Any, trace: Any, cx: _Categories, cy: _Categories)
             bar.set_label(_text(title), fontsize=9)
 
 
-def _colors(marker: Any, n: int) -> Any:
+def _colors(marker: Any, default: str) -> Any:
     color = marker.color if marker is not None else None
     if color is None:
-        return "#636efa"
+        return _plotly_color(default)
     if isinstance(color, str):
         return color
     color = list(color)
@@ -194,7 +256,7 @@ def _colors(marker: Any, n: int) -> Any:
         low, high = (marker.cmin, marker.cmax) if marker.cmin is not None else (min(color), max(color))
         span = (high - low) or 1.0
         return [cmap((c - low) / span) for c in color]
-    return "#636efa"
+    return _plotly_color(default)
 
 
 def _plotly_color(color: str) -> Any:
@@ -208,18 +270,24 @@ def _plotly_color(color: str) -> Any:
     return to_rgba(color)
 
 
-def _bar(ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
+def _bar_values(trace: Any, cx: _Categories) -> tuple[list[float], list[float]]:
     if trace.orientation == "h":
         raise UnsupportedFigure("horizontal bars are not drawn as static images")
     xs = cx.positions(list(trace.x) if trace.x is not None else list(range(len(trace.y))))
-    ys = [0.0 if v is None else float(v) for v in trace.y]
+    return xs, [0.0 if v is None else float(v) for v in trace.y]
+
+
+def _bar(ax: Any, trace: Any, cx: _Categories, cy: _Categories,
+         placed: tuple[list[float], float, list[float]], color: str) -> None:
+    xs, ys = _bar_values(trace, cx)
+    centres, width, bottoms = placed
     error = _error_y(trace)
-    ax.bar(xs, ys, width=0.7, color=_colors(trace.marker, len(ys)), yerr=error, capsize=3 if error else 0,
-           ecolor="#444444", label=_label(trace))
+    ax.bar(centres, ys, width=width, bottom=bottoms, color=_colors(trace.marker, color), yerr=error,
+           capsize=3 if error else 0, ecolor="#444444", label=_label(trace))
     if trace.text is not None and not isinstance(trace.text, str):
-        for x, y, label in zip(xs, ys, trace.text):
-            ax.annotate(_text(label), (x, y), textcoords="offset points", xytext=(0, 3 if y >= 0 else -10),
-                        ha="center", fontsize=8)
+        for x, y, bottom, label in zip(centres, ys, bottoms, trace.text):
+            ax.annotate(_text(label), (x, bottom + y), textcoords="offset points", xytext=(0, 3 if y >= 0 else -10),
+                        ha="center", fontsize=8 if len(centres) * len(_text(label)) < 120 else 6)
 
 
 def _error_y(trace: Any) -> list[list[float]] | None:
@@ -235,14 +303,14 @@ def _label(trace: Any) -> str | None:
     return _text(trace.name) if trace.name and trace.showlegend is not False else None
 
 
-def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
+def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories, color: str) -> None:
     ys_raw = list(trace.y) if trace.y is not None else []
     xs = cx.positions(list(trace.x) if trace.x is not None else list(range(len(ys_raw))))
     ys = cy.positions(ys_raw)
     mode = trace.mode or "lines+markers"
-    style: dict[str, Any] = {}
-    if trace.line is not None and trace.line.color:
-        style["color"] = _plotly_color(trace.line.color)
+    style: dict[str, Any] = {"color": _plotly_color(trace.line.color if trace.line is not None and trace.line.color
+                                                    else trace.marker.color if trace.marker is not None
+                                                    and isinstance(trace.marker.color, str) else color)}
     if trace.line is not None and trace.line.dash in ("dash", "dot"):
         style["linestyle"] = "--" if trace.line.dash == "dash" else ":"
     if "lines" in mode:
@@ -252,8 +320,9 @@ def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories) -> None:
     elif "markers" in mode:
         size = trace.marker.size if trace.marker is not None and isinstance(trace.marker.size, (int, float)) else 7
         symbol = "D" if trace.marker is not None and trace.marker.symbol == "diamond" else "o"
-        ax.scatter(xs, ys, c=_colors(trace.marker, len(xs)), s=size**2 * 0.8, marker=symbol, zorder=3,
-                   label=_label(trace))
+        colors = _colors(trace.marker, color)
+        ax.scatter(xs, ys, **({"c": colors} if isinstance(colors, list) else {"color": colors}), s=size**2 * 0.8,
+                   marker=symbol, zorder=3, label=_label(trace))
     error = _error_y(trace)
     if error is not None:
         ax.errorbar(xs, ys, yerr=error, fmt="none", ecolor="#444444", capsize=3, zorder=2)
