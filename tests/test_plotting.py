@@ -343,14 +343,23 @@ def check_ablation_kinds(r: dict[str, Any]) -> go.Figure:
 def check_circuit_diagram(r: dict[str, Any]) -> go.Figure:
     diagram = r["diagram"]
     fig = discovery_figures.plot_circuit_diagram(diagram)
-    *edges, nodes = fig.data
-    assert len(edges) == diagram.graph.number_of_edges() and len(nodes.x) == diagram.graph.number_of_nodes()
-    labels = dict(zip(diagram.graph.nodes, nodes.text))
-    if "L1H0" in labels:
-        assert labels["L1H0"] == "L1H0<br>name mover"
-    assert {round(x) for x in nodes.x} <= set(range(-1, 3))  # input, layers 0-1, logits
+    edges = [t for t in fig.data if t.meta == "edge"]
+    [nodes] = [t for t in fig.data if t.meta == "nodes"]
+    legend = [t.name for t in fig.data if t.meta == "legend"]
+    g = diagram.graph
+    # one line per input an edge enters
+    assert len(edges) == sum(max(1, len(d["inputs"])) for _, _, d in g.edges(data=True))
+    assert list(nodes.text) == list(g.nodes) and len(nodes.x) == g.number_of_nodes()
+    roles = {g.nodes[n]["role"] for n in g.nodes} - {"input", "logits"}
+    assert set(legend) >= {head_roles.ROLE_LABELS.get(r, r) for r in roles}  # each role's colour named
+    hover = dict(zip(g.nodes, nodes.hovertext))
+    if "L1H0" in hover and g.nodes["L1H0"]["role"] == "name_mover":
+        assert hover["L1H0"].startswith("L1H0: name mover, acts at ")
+    layers = sorted({d["layer"] for _, d in g.nodes(data=True)})
+    assert [layers[int(x)] for x in nodes.x] == [g.nodes[n]["layer"] for n in g.nodes]  # a column per layer value
+    assert list(fig.layout.xaxis.ticktext)[0] == "input" and list(fig.layout.xaxis.ticktext)[-1] == "logits"
     widths = [t.line.width for t in edges]
-    scores = [abs(d["score"]) for _, _, d in diagram.graph.edges(data=True)]
+    scores = [abs(float(t.text.rsplit(": ", 1)[1])) for t in edges]
     assert widths.index(max(widths)) == scores.index(max(scores))  # the strongest edge is the widest
     return fig
 

@@ -5,6 +5,7 @@ path map, edge tables, faithfulness by edges, roles and the circuit diagram.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import pandas as pd
 import plotly.graph_objects as go
@@ -81,43 +82,114 @@ def roles_table(roles: Mapping[str, HeadRole], *, include_unknown: bool = False)
                         index=pd.Index(list(shown), name="head"))
 
 
-def plot_circuit_diagram(diagram: CircuitDiagram, *, title: str = "") -> go.Figure:
-    """The circuit: nodes by layer (across) and by the position they act at (up), coloured and labelled by
-    role; edges drawn with width by effect (blue helps, red hurts), each labelled with the inputs it enters."""
+# The diagram's geometry, in pixels: a node's marker, its label's font, a node's slot (one per node, up the
+# figure) and the room each column leaves its label (to the node's right; see DiagramLayout).
+NODE_SIZE, LABEL_FONT, SLOT = 18, 10, 30
+LABEL_GAP = 3  # between a marker's edge and its label
+CHAR_WIDTH = 0.68  # of the font size: wider than any sans-serif digit or capital, so labels are never underestimated
+DIAGRAM_MARGIN = {"l": 80, "r": 30, "t": 60, "b": 150}
+INPUT_DASH = {"q": "dash", "k": "dot", "v": "solid", None: "solid"}
+INPUT_NAMES = {"q": "into a query (dashed)", "k": "into a key (dotted)", "v": "into a value", None: "into an MLP or the logits"}
+
+
+@dataclass(frozen=True)
+class DiagramLayout:
+    """Where the diagram puts each node, so that no label overlaps another or a node: one column per layer
+    value present (the input, each layer's heads, each MLP, the logits), as wide as the longest label
+    beside its marker; one slot per node up the figure, each word role (``acts at``) as many slots as its
+    fullest column. A node's label is its name, to the right of its marker, within its column and slot;
+    its role is its colour (named in the legend)."""
+
+    xy: dict[str, tuple[float, float]]  # node -> (column, slot)
+    columns: tuple[float, ...]  # each column's layer value, left to right
+    rows: dict[str, tuple[int, int]]  # word role -> (first slot, slots)
+    column_width: float  # pixels
+    width: int
+    height: int
+
+    @property
+    def slots(self) -> int:
+        return sum(n for _, n in self.rows.values()) + len(self.rows) - 1  # a free slot between word roles
+
+
+def diagram_layout(diagram: CircuitDiagram) -> DiagramLayout:
     g = diagram.graph
-    rows = {p: i for i, p in enumerate(diagram.positions)}
     cells: dict[tuple[float, str], list[str]] = {}
     for name, data in g.nodes(data=True):
         cells.setdefault((data["layer"], data["position"]), []).append(name)
+    columns = tuple(sorted({layer for layer, _ in cells}))
+    rows, first = {}, 0
+    for position in diagram.positions:
+        n = max((len(names) for (_, p), names in cells.items() if p == position), default=1)
+        rows[position] = (first, n)
+        first += n + 1
     xy = {}
     for (layer, position), names in cells.items():
-        for i, name in enumerate(names):
-            xy[name] = (layer, rows.get(position, 0) + 0.3 * (i - (len(names) - 1) / 2))
+        base, n = rows.get(position, (0, 1))
+        for i, name in enumerate(names):  # in graph order (build_diagram adds them so)
+            xy[name] = (float(columns.index(layer)), base + (n - len(names)) / 2 + i)
+    longest = max((len(str(n)) for n in g.nodes), default=6)
+    column_width = NODE_SIZE + LABEL_GAP + CHAR_WIDTH * LABEL_FONT * longest + 12
+    layout = DiagramLayout(xy, columns, rows, column_width, 0, 0)
+    width = int(DIAGRAM_MARGIN["l"] + DIAGRAM_MARGIN["r"] + column_width * (len(columns) + 0.5))
+    height = int(DIAGRAM_MARGIN["t"] + DIAGRAM_MARGIN["b"] + SLOT * (layout.slots + 1))
+    return DiagramLayout(xy, columns, rows, column_width, max(width, 600), max(height, 360))
+
+
+def _column_name(layer: float, n_layers: float) -> str:
+    if layer < 0:
+        return "input"
+    if layer >= n_layers:
+        return "logits"
+    return f"MLP {int(layer)}" if layer % 1 else str(int(layer))
+
+
+def plot_circuit_diagram(diagram: CircuitDiagram, *, title: str = "") -> go.Figure:
+    """The circuit: nodes by layer (across) and by the position they act at (up), each coloured by its role
+    and labelled with its name (:class:`DiagramLayout`: no label overlaps another or a node); edges drawn
+    with width by effect (blue helps, red hurts) and dashed by the input they enter (one line per input)."""
+    g = diagram.graph
+    layout = diagram_layout(diagram)
+    xy = layout.xy
+    n_layers = max((d["layer"] for _, d in g.nodes(data=True)), default=0.0)
     fig = go.Figure()
     largest = max((abs(d["score"]) for _, _, d in g.edges(data=True)), default=1.0) or 1.0
+    kinds_drawn = set()
     for sender, receiver, data in g.edges(data=True):
         (x0, y0), (x1, y1) = xy[sender], xy[receiver]
-        inputs = ",".join(data["inputs"])
-        fig.add_trace(go.Scatter(
-            x=[x0, x1], y=[y0, y1], mode="lines", showlegend=False, hoverinfo="text",
-            line=dict(width=1 + 7 * abs(data["score"]) / largest, color="#2166ac" if data["score"] > 0 else "#b2182b"),
-            text=f"{sender} -> {receiver}{f' ({inputs})' if inputs else ''}: {data['score']:+.3f}"))
-        if inputs:
-            fig.add_annotation(x=(x0 + x1) / 2, y=(y0 + y1) / 2, text=inputs, showarrow=False, font=dict(size=10),
-                               bgcolor="rgba(255,255,255,0.8)")
+        inputs = data["inputs"] or [None]
+        for i, kind in enumerate(inputs):
+            offset = 0.12 * (i - (len(inputs) - 1) / 2)
+            kinds_drawn.add(kind)
+            fig.add_trace(go.Scatter(
+                x=[x0, x1], y=[y0 + offset, y1 + offset], mode="lines", showlegend=False, hoverinfo="text", meta="edge",
+                line=dict(width=1 + 7 * abs(data["score"]) / largest, dash=INPUT_DASH[kind],
+                          color="rgba(33,102,172,0.7)" if data["score"] > 0 else "rgba(178,24,43,0.7)"),
+                text=f"{sender} -> {receiver}{f' ({kind})' if kind else ''}: {data['score']:+.3f}"))
     names = list(g.nodes)
     roles = [g.nodes[n]["role"] for n in names]
     fig.add_trace(go.Scatter(
-        x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text", showlegend=False,
-        marker=dict(size=22, color=[ROLE_COLOURS.get(r, "#999999") for r in roles], line=dict(color="white", width=1)),
-        text=[n if r in ("input", "logits", "mlp") else f"{n}<br>{ROLE_LABELS.get(r, r)}" for n, r in zip(names, roles)],
-        textposition="top center", hoverinfo="text"))
-    n_layers = max((d["layer"] for _, d in g.nodes(data=True)), default=0)
+        x=[xy[n][0] for n in names], y=[xy[n][1] for n in names], mode="markers+text", showlegend=False, meta="nodes",
+        marker=dict(size=NODE_SIZE, color=[ROLE_COLOURS.get(r, "#999999") for r in roles], line=dict(color="white", width=1)),
+        text=names, textposition="middle right", hoverinfo="text",
+        textfont=dict(size=LABEL_FONT, shadow="0px 0px 3px white"),  # a white halo: readable where lines pass
+        hovertext=[f"{n}: {ROLE_LABELS.get(r, r)}, acts at {g.nodes[n]['position']}" for n, r in zip(names, roles)]))
+    for role in dict.fromkeys(r for r in roles if r not in ("input", "logits")):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name=ROLE_LABELS.get(role, role), meta="legend",
+                                 marker=dict(size=10, color=ROLE_COLOURS.get(role, "#999999"))))
+    for kind in (k for k in INPUT_DASH if k in kinds_drawn):
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=INPUT_NAMES[kind], meta="legend",
+                                 line=dict(color="#555555", dash=INPUT_DASH[kind])))
     fig.update_layout(
-        title=title or f"Circuit from {diagram.method.replace('_', ' ')}: nodes by layer and by where they act",
-        xaxis=dict(title="layer", tickmode="array", tickvals=list(range(-1, int(n_layers) + 1)),
-                   ticktext=["input", *map(str, range(int(n_layers))), "logits"], range=[-1.6, n_layers + 0.6]),
-        yaxis=dict(title="acts at", tickmode="array", tickvals=list(rows.values()), ticktext=list(rows),
-                   range=[-0.8, len(rows) - 0.2]),
-        height=260 + 90 * len(rows), plot_bgcolor="white")
+        title=title or f"Circuit from {diagram.method.replace('_', ' ')}: nodes by layer and by where they act "
+                       "(blue helps, red hurts)",
+        xaxis=dict(title="layer", tickmode="array", tickvals=list(range(len(layout.columns))), tickfont=dict(size=10),
+                   ticktext=[_column_name(c, n_layers) for c in layout.columns], range=[-0.5, len(layout.columns)],
+                   showgrid=False, zeroline=False),
+        yaxis=dict(title="acts at", tickmode="array", tickvals=[first + (n - 1) / 2 for first, n in layout.rows.values()],
+                   ticktext=list(layout.rows), range=[-1, layout.slots], showgrid=False, zeroline=False),
+        width=layout.width, height=layout.height, margin=DIAGRAM_MARGIN, plot_bgcolor="white",
+        # the legend under the axis title, clear of the plot: 60 pixels below the plot area
+        legend=dict(orientation="h", x=0, y=-60 / (layout.height - DIAGRAM_MARGIN["t"] - DIAGRAM_MARGIN["b"]),
+                    yanchor="top", font=dict(size=10)))
     return fig

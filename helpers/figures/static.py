@@ -106,6 +106,11 @@ def draw(fig: Any) -> Any:
     top = 1 - (0.06 + 0.035 * title.count("\n") + 0.03 * subplot_titles) * (520 / height) ** 0.5 if title else 0.95
     left, right = 0.09, 0.87
     bottom = _bottom_margin(fig, height)
+    margin = fig.layout.margin  # margins the figure sets, in pixels, are kept: its geometry is drawn as designed
+    left = margin.l / width if margin.l is not None else left
+    right = 1 - margin.r / width if margin.r is not None else right
+    bottom = margin.b / height if margin.b is not None else bottom
+    top = 1 - margin.t / height if margin.t is not None else top
     if title:
         canvas.suptitle(title, fontsize=11, x=left, ha="left", y=0.995)
 
@@ -305,8 +310,11 @@ def _label(trace: Any) -> str | None:
 
 def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories, color: str) -> None:
     ys_raw = list(trace.y) if trace.y is not None else []
-    xs = cx.positions(list(trace.x) if trace.x is not None else list(range(len(ys_raw))))
-    ys = cy.positions(ys_raw)
+    xs_raw = list(trace.x) if trace.x is not None else list(range(len(ys_raw)))
+    drawn = [i for i, (x, y) in enumerate(zip(xs_raw, ys_raw)) if x is not None and y is not None]
+    # a trace of None points only names something in the legend (plotly's idiom): drawn empty, for its handle
+    xs = cx.positions([xs_raw[i] for i in drawn]) if drawn else []
+    ys = cy.positions([ys_raw[i] for i in drawn]) if drawn else []
     mode = trace.mode or "lines+markers"
     style: dict[str, Any] = {"color": _plotly_color(trace.line.color if trace.line is not None and trace.line.color
                                                     else trace.marker.color if trace.marker is not None
@@ -321,14 +329,34 @@ def _scatter(ax: Any, trace: Any, cx: _Categories, cy: _Categories, color: str) 
         size = trace.marker.size if trace.marker is not None and isinstance(trace.marker.size, (int, float)) else 7
         symbol = "D" if trace.marker is not None and trace.marker.symbol == "diamond" else "o"
         colors = _colors(trace.marker, color)
-        ax.scatter(xs, ys, **({"c": colors} if isinstance(colors, list) else {"color": colors}), s=size**2 * 0.8,
+        ax.scatter(xs, ys, **({"c": colors} if isinstance(colors, list) else {"color": colors}),
+                   s=(size * 72 / DPI) ** 2,  # plotly's size is the marker's diameter in pixels
                    marker=symbol, zorder=3, label=_label(trace))
     error = _error_y(trace)
     if error is not None:
         ax.errorbar(xs, ys, yerr=error, fmt="none", ecolor="#444444", capsize=3, zorder=2)
     if "text" in mode and trace.text is not None and not isinstance(trace.text, str):
-        for x, y, label in zip(xs, ys, trace.text):
-            ax.annotate(_text(label), (x, y), textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8)
+        texts = [trace.text[i] for i in drawn]
+        font = trace.textfont.size if trace.textfont is not None and trace.textfont.size else 11
+        size = 0.0 if "markers" not in mode else (trace.marker.size if trace.marker is not None and isinstance(
+            trace.marker.size, (int, float)) else 7)
+        vertical, _, horizontal = (trace.textposition or "top center").partition(" ")
+        # beside the marker as plotly puts it: offsets in points, from the marker's edge (size in pixels)
+        reach = size * 72 / DPI / 2 + 2
+        dx = {"left": -reach, "center": 0.0, "right": reach}.get(horizontal, 0.0)
+        dy = {"top": reach if horizontal == "center" else 0.0, "middle": 0.0,
+              "bottom": -reach if horizontal == "center" else 0.0}.get(vertical, 0.0)
+        ha = {"left": "right", "right": "left"}.get(horizontal, "center")
+        va = {"top": "bottom", "bottom": "top"}.get(vertical, "center") if horizontal == "center" else "center"
+        halo = {}
+        if trace.textfont is not None and trace.textfont.shadow and "white" in str(trace.textfont.shadow):
+            # deferred: matplotlib loads only when a PNG is drawn (the runner imports this module for every notebook)
+            from matplotlib import patheffects
+
+            halo = {"path_effects": [patheffects.withStroke(linewidth=3, foreground="white")]}
+        for x, y, label in zip(xs, ys, texts):
+            ax.annotate(_text(label), (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, va=va,
+                        fontsize=font * 72 / DPI, zorder=4, **halo)  # over lines, as plotly draws a trace's text
 
 
 def _style_axes(ax: Any, xaxis: Any, yaxis: Any, cx: _Categories, cy: _Categories) -> None:
@@ -381,7 +409,15 @@ def _legend(fig: Any, axes: dict[tuple[str, str], Any]) -> None:
             if label not in labels:
                 handles.append(handle)
                 labels.append(label)
-    if handles:
+    if not handles:
+        return
+    legend = fig.layout.legend
+    if legend.y is not None and legend.y < 0:  # under the plot, as plotly puts it: clear of what is drawn
+        ax = next(iter(axes.values()))
+        ax.legend(handles, labels, fontsize=8, frameon=False, loc="upper left", bbox_transform=ax.transAxes,
+                  bbox_to_anchor=(legend.x if legend.x is not None else 0.0, legend.y),  # fractions of the plot area
+                  ncol=min(len(labels), 5) if legend.orientation == "h" else 1)
+    else:
         next(iter(axes.values())).legend(handles, labels, fontsize=8, loc="best", frameon=False)
 
 
