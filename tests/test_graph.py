@@ -30,6 +30,7 @@ import torch
 from checks import FLOAT32_FORWARD, FLOAT32_GRADIENT, FLOAT32_PATCHING, SEEDS, assert_matches
 from reference import hook_circuit_metric, hook_eap_scores, hook_path_patching
 
+from helpers import results as results_format
 from helpers.analyses import ablations
 from helpers.analyses.ablations import ABLATION_KINDS
 from helpers.analyses.circuits import discovery, edge_attribution, head_roles
@@ -37,6 +38,7 @@ from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessByEdges
 from helpers.analyses.circuits.graph import EdgeCircuit, Graph, GraphError
 from helpers.analyses.circuits.graph_runner import GraphRunner
+from helpers.figures import discovery as discovery_figures
 from helpers.models.architectures import describe
 from helpers.models.forward import UnsupportedArchitecture
 from helpers.models.load import load_model
@@ -403,6 +405,34 @@ def test_the_rules_on_evidence_made_by_hand() -> None:
     assert any("previous-token score" in e for e in roles["both"].evidence)  # every piece of evidence listed
 
 
+def test_the_rules_beyond_ioi_on_evidence_made_by_hand() -> None:
+    """A task whose answer is not a word of its prompt (months): heads that write it are answer writers,
+    whatever they copy; a successor head and a copy-suppression head away from the final position (no
+    direct effect) are named by their OV scores; IOI's rules name the same evidence as before."""
+    E = head_roles.HeadEvidence
+    evidence = {
+        "writer": E(direct_effect=0.4, successor=0.9),
+        "plain_writer": E(direct_effect=0.25),  # writes the answer, reads nothing we score
+        "against": E(direct_effect=-0.3, negative_copy=0.2),
+        "successor": E(direct_effect=0.02, successor=0.75),
+        "suppressor": E(direct_effect=0.0, negative_copy=1.0),  # anti-copy, not at the final position
+        "inhibitor": E(direct_effect=0.0, query_paths={"writer": 0.3}),
+        "misses": E(direct_effect=0.05, successor=0.3),
+    }
+    roles = head_roles.assign_roles(evidence, names=False)
+    assert {h: r.role for h, r in roles.items()} == {
+        "writer": "answer_writer", "plain_writer": "answer_writer", "against": "negative_answer_writer",
+        "successor": "successor", "suppressor": "copy_suppression", "inhibitor": "s_inhibition", "misses": "unknown"}
+    assert roles["writer"].evidence == ("direct effect +0.40 (>= 0.1)", "successor score 0.90 (>= 0.5)")
+    assert roles["successor"].confidence == pytest.approx(0.75) and roles["suppressor"].confidence == 1.0
+    assert "successor score 0.30" in roles["misses"].evidence[0]
+    assert all(r.role in head_roles.ROLE_VOCABULARY and r.label == head_roles.ROLE_LABELS[r.role] for r in roles.values())
+    # on a task of names, the same writers need a copy score or attention to the answer's word to be name movers
+    ioi = head_roles.assign_roles(evidence)
+    assert ioi["plain_writer"].role == "unknown" and ioi["suppressor"].role == "copy_suppression"
+    assert ioi["successor"].role == "successor"
+
+
 def test_the_walk_follows_the_planted_paths_down_from_the_logits(discovered: dict[str, Any]) -> None:
     walk = discovered["walk"]
     names = {e.name for e in walk.edges}
@@ -531,3 +561,15 @@ def test_each_senders_sum_through_its_edges_is_the_expression_it_replaces() -> N
     first_fed = torch.sort(torch.randint(0, 445, (157,))).values
     expected = (summed.flip(0).cumsum(0).flip(0)[first_fed] * delta).sum(-1)
     assert torch.equal(edge_attribution.through_each_sender(summed, delta, first_fed.tolist()), expected)
+
+
+def test_every_role_of_the_vocabulary_is_in_the_schema_and_has_a_colour_and_a_label() -> None:
+    def enums(node: Any) -> list[list[str]]:
+        if isinstance(node, dict):
+            found = [node["enum"]] if "unknown" in node.get("enum", []) else []
+            return found + [e for value in node.values() for e in enums(value)]
+        return [e for value in node for e in enums(value)] if isinstance(node, list) else []
+
+    [roles_enum] = enums(results_format.schema())
+    assert tuple(roles_enum) == head_roles.ROLE_VOCABULARY
+    assert set(head_roles.ROLE_VOCABULARY) <= set(discovery_figures.ROLE_COLOURS) and set(head_roles.ROLE_VOCABULARY) == set(head_roles.ROLE_LABELS)

@@ -18,7 +18,9 @@ from helpers.figures.heads import DIVERGING, colour_bound
 
 ROLE_COLOURS = {"name_mover": "#2166ac", "negative_name_mover": "#b2182b", "backup_name_mover": "#67a9cf",
                 "s_inhibition": "#1b9e77", "induction": "#7570b3", "duplicate_token": "#e7298a",
-                "previous_token": "#e6ab02", "copy": "#a6761d", "unknown": "#999999", "mlp": "#666666",
+                "previous_token": "#e6ab02", "copy": "#a6761d", "answer_writer": "#2166ac",
+                "negative_answer_writer": "#b2182b", "successor": "#66a61e", "copy_suppression": "#d95f02",
+                "unknown": "#999999", "mlp": "#666666",
                 "input": "#000000", "logits": "#000000"}
 EFFECT_TITLE = "effect (share of clean - corrupted)"
 

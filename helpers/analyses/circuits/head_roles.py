@@ -1,26 +1,35 @@
 """Automatic head roles: every head gets a role from a fixed vocabulary, decided from evidence the suite
 measures, with that evidence and a confidence beside it. A head with no evidence is ``unknown``.
 
-The vocabulary is the IOI paper's (Wang et al. 2022), read for any task whose answer is a word of the
-prompt or follows from it:
+The vocabulary is the IOI paper's (Wang et al. 2022), for a task whose answer is a word of the prompt (a
+name), with the roles of tasks whose answer is not (sequence continuation: months, days, numbers, letters):
 
-========================  ====================================================================================
-``name_mover``            writes the answer directly (direct effect >= EFFECT) and copies what it attends to
-                          (copy score >= COPY), or attends from the final position to the answer's word
-                          (>= ATTENTION)
-``negative_name_mover``   the same with a negative direct effect (<= -EFFECT) and a negative copy score
-                          >= COPY, or attention to the answer's word
-``backup_name_mover``     little direct effect in the clean run, but at least EFFECT more once the name
-                          movers are ablated (mean ablation), and a copy score >= COPY or attention to the
-                          answer's word
-``s_inhibition``          its path into a name mover's query carries >= EFFECT (exact path patching)
-``induction``             induction score >= SCORE (attends to the token after an earlier copy of the current one,
-                          on repeated random tokens)
-``duplicate_token``       duplicate-token score >= SCORE (attends to an earlier copy of the current token)
-``previous_token``        previous-token score >= SCORE
-``copy``                  copy score >= COPY, without the effects that make a name mover
-``unknown``               none of the above
-========================  ====================================================================================
+==========================  ==================================================================================
+``name_mover``              writes the answer directly (direct effect >= EFFECT) and copies what it attends to
+                            (copy score >= COPY), or attends from the final position to the answer's word
+                            (>= ATTENTION); on a task whose answer is a word of the prompt
+``negative_name_mover``     the same with a negative direct effect (<= -EFFECT) and a negative copy score
+                            >= COPY, or attention to the answer's word
+``backup_name_mover``       little direct effect in the clean run, but at least EFFECT more once the name
+                            movers are ablated (mean ablation), and a copy score >= COPY or attention to the
+                            answer's word
+``answer_writer``           writes the answer directly (direct effect >= EFFECT), on a task whose answer is not
+                            a word of the prompt (what reads it there is listed: a successor or copy score)
+``negative_answer_writer``  the same with a direct effect <= -EFFECT
+``s_inhibition``            its path into a name mover's (or answer writer's) query carries >= EFFECT (exact
+                            path patching)
+``successor``               successor score >= COPY: its OV circuit maps a word of one of the task's lists to the
+                            next word of that list (months, days, numbers, letters), ahead of every other word
+                            of the list (Gould et al. 2023)
+``induction``               induction score >= SCORE (attends to the token after an earlier copy of the current
+                            one, on repeated random tokens)
+``duplicate_token``         duplicate-token score >= SCORE (attends to an earlier copy of the current token)
+``previous_token``          previous-token score >= SCORE
+``copy``                    copy score >= COPY, without the effects that make a name mover
+``copy_suppression``        negative copy score >= COPY, at any position, without the effects that make a
+                            negative name mover (McDougall et al. 2023)
+``unknown``                 none of the above
+==========================  ==================================================================================
 
 Where several roles fit, the first in that order is the label; every piece of evidence found is listed.
 Effects are fractions of the clean-corrupted difference of the task metric (see :mod:`helpers.analyses.circuits.graph`).
@@ -46,10 +55,13 @@ from helpers.analyses.heads import head_name
 from helpers.models.hooks import cache_activations
 from helpers.results import read_section
 
-ROLE_VOCABULARY = ("name_mover", "negative_name_mover", "backup_name_mover", "s_inhibition", "induction",
-                   "duplicate_token", "previous_token", "copy", "unknown")
+ROLE_VOCABULARY = ("name_mover", "negative_name_mover", "backup_name_mover", "answer_writer", "negative_answer_writer",
+                   "s_inhibition", "successor", "induction", "duplicate_token", "previous_token", "copy",
+                   "copy_suppression", "unknown")
 ROLE_LABELS = {"name_mover": "name mover", "negative_name_mover": "negative name mover",
-               "backup_name_mover": "backup name mover", "s_inhibition": "S-inhibition", "induction": "induction",
+               "backup_name_mover": "backup name mover", "answer_writer": "answer writer",
+               "negative_answer_writer": "negative answer writer", "s_inhibition": "S-inhibition",
+               "successor": "successor", "induction": "induction", "copy_suppression": "copy suppression",
                "duplicate_token": "duplicate token", "previous_token": "previous token", "copy": "copy",
                "unknown": "unknown"}
 EFFECT = 0.1  # a tenth of the clean-corrupted difference
@@ -70,6 +82,7 @@ class HeadEvidence:
     duplicate_token: float | None = None
     induction: float | None = None
     attention_to_answer: float | None = None  # mean attention from the final position to the answer's word
+    successor: float | None = None  # successor score on the task's word lists (None: the task has none)
     query_paths: Mapping[str, float] = field(default_factory=dict)  # name mover -> path effect into its query
 
 
@@ -91,9 +104,12 @@ def _strength(value: float, threshold: float) -> float:
     return max(0.0, min(1.0, value / (2 * threshold)))
 
 
-def _candidates(e: HeadEvidence, name_movers: Sequence[str]) -> list[tuple[str, float, list[str]]]:
-    """Every role the evidence supports, in vocabulary order, each with its confidence and evidence."""
+def _candidates(e: HeadEvidence, name_movers: Sequence[str], *, names: bool = True) -> list[tuple[str, float, list[str]]]:
+    """Every role the evidence supports, in vocabulary order, each with its confidence and evidence
+    (``names``: the task's answer is a word of its prompt, so writers of it are name movers)."""
     found: list[tuple[str, float, list[str]]] = []
+    if not names:
+        return _answer_writer_candidates(e, name_movers)
     copies = e.copy is not None and e.copy >= COPY
     attends = e.attention_to_answer is not None and e.attention_to_answer >= ATTENTION
     copy_text = f"copy score {e.copy:.2f} (>= {COPY})" if copies and e.copy is not None else None
@@ -121,25 +137,55 @@ def _candidates(e: HeadEvidence, name_movers: Sequence[str]) -> list[tuple[str, 
             found.append(("backup_name_mover", min(_strength(rise, EFFECT), copy_strength),
                           [f"direct effect {e.direct_effect:+.2f}, {e.direct_effect_without_movers:+.2f} with the "
                            f"name movers ablated (+{rise:.2f} >= {EFFECT})", *reads_answer]))
-    paths = {mover: v for mover, v in e.query_paths.items() if mover in name_movers and v >= EFFECT}
+    return found + _reader_candidates(e, name_movers)
+
+
+def _reader_candidates(e: HeadEvidence, movers: Sequence[str]) -> list[tuple[str, float, list[str]]]:
+    """The roles after the writers', in vocabulary order: S-inhibition (into a mover's query), successor,
+    the attention scores', copy and copy suppression."""
+    found: list[tuple[str, float, list[str]]] = []
+    paths = {m: v for m, v in e.query_paths.items() if m in movers and v >= EFFECT}
     if paths:
         best = max(paths, key=paths.get)  # type: ignore[arg-type]
         found.append(("s_inhibition", _strength(paths[best], EFFECT),
                       [f"path into {m}'s query {v:+.2f} (>= {EFFECT})" for m, v in sorted(paths.items())]))
+    if e.successor is not None and e.successor >= COPY:
+        found.append(("successor", _strength(e.successor, COPY), [f"successor score {e.successor:.2f} (>= {COPY})"]))
     for role, value, what in (("induction", e.induction, "induction score"),
                               ("duplicate_token", e.duplicate_token, "duplicate-token score"),
                               ("previous_token", e.previous_token, "previous-token score")):
         if value is not None and value >= SCORE:
             found.append((role, _strength(value, SCORE), [f"{what} {value:.2f} (>= {SCORE})"]))
-    if copies and e.copy is not None:
+    if e.copy is not None and e.copy >= COPY:
         found.append(("copy", _strength(e.copy, COPY), [f"copy score {e.copy:.2f} (>= {COPY})"]))
+    if e.negative_copy is not None and e.negative_copy >= COPY:
+        found.append(("copy_suppression", _strength(e.negative_copy, COPY),
+                      [f"negative copy score {e.negative_copy:.2f} (>= {COPY})"]))
+    return found
+
+
+def _answer_writer_candidates(e: HeadEvidence, writers: Sequence[str]) -> list[tuple[str, float, list[str]]]:
+    """:func:`_candidates` on a task whose answer is not a word of its prompt: answer writers instead of name
+    movers (no backup: the name movers' ablation is not measured there)."""
+    found: list[tuple[str, float, list[str]]] = []
+    reads = [text for text, ok in (
+        (f"successor score {e.successor:.2f} (>= {COPY})" if e.successor is not None else "", e.successor is not None and e.successor >= COPY),
+        (f"copy score {e.copy:.2f} (>= {COPY})" if e.copy is not None else "", e.copy is not None and e.copy >= COPY)) if ok]
+    if e.direct_effect >= EFFECT:
+        found.append(("answer_writer", _strength(e.direct_effect, EFFECT),
+                      [f"direct effect {e.direct_effect:+.2f} (>= {EFFECT})", *reads]))
+    if e.direct_effect <= -EFFECT:
+        found.append(("negative_answer_writer", _strength(-e.direct_effect, EFFECT),
+                      [f"direct effect {e.direct_effect:+.2f} (<= -{EFFECT})"]))
+    found += _reader_candidates(e, writers)
     return found
 
 
 def _nearest(e: HeadEvidence) -> tuple[str | None, float]:
     """The measured quantity closest to its threshold (as a strength below 0.5), for an unknown head."""
     measured = [("direct effect", abs(e.direct_effect), EFFECT), ("copy score", e.copy, COPY),
-                ("negative copy score", e.negative_copy, COPY), ("induction score", e.induction, SCORE),
+                ("negative copy score", e.negative_copy, COPY), ("successor score", e.successor, COPY),
+                ("induction score", e.induction, SCORE),
                 ("duplicate-token score", e.duplicate_token, SCORE), ("previous-token score", e.previous_token, SCORE),
                 *[(f"path into {m}'s query", v, EFFECT) for m, v in e.query_paths.items()]]
     scored = [(f"{what} {value:.2f} (threshold {threshold})", _strength(value, threshold))
@@ -147,16 +193,18 @@ def _nearest(e: HeadEvidence) -> tuple[str | None, float]:
     return max(scored, key=lambda pair: pair[1]) if scored else (None, 0.0)
 
 
-def assign_roles(evidence: Mapping[str, HeadEvidence]) -> dict[str, HeadRole]:
-    """A role for every head (by name), in the order of ``evidence``.
+def assign_roles(evidence: Mapping[str, HeadEvidence], *, names: bool = True) -> dict[str, HeadRole]:
+    """A role for every head (by name), in the order of ``evidence``; ``names``: the task's answer is a word
+    of its prompt (IOI's names), so heads that write it are name movers, else answer writers.
 
-    Name movers are decided first (their evidence is their own); S-inhibition heads are then those
-    whose path into a name mover's query carries the effect.
+    Movers are decided first (their evidence is their own); S-inhibition heads are then those whose path
+    into a mover's query carries the effect.
     """
-    movers = [h for h, e in evidence.items() if any(r == "name_mover" for r, _, _ in _candidates(e, []))]
+    writer = "name_mover" if names else "answer_writer"
+    movers = [h for h, e in evidence.items() if any(r == writer for r, _, _ in _candidates(e, [], names=names))]
     roles = {}
     for head, e in evidence.items():
-        found = _candidates(e, movers)
+        found = _candidates(e, movers, names=names)
         if not found:
             nearest, strength = _nearest(e)
             roles[head] = HeadRole("unknown", round(1.0 - strength, 3), (
