@@ -11,6 +11,7 @@ import networkx as nx
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 
 from helpers.analyses.circuits.discovery import CircuitDiagram
@@ -74,7 +75,7 @@ def interactive_boxes(figure: Any) -> tuple[dict[str, Box], dict[str, Box]]:
     [nodes] = [t for t in figure.data if t.meta == "nodes"]
     assert nodes.textposition == "middle right"
     size, font = nodes.marker.size, nodes.textfont.size
-    renderer = FigureCanvasAgg(static.draw(figure)).get_renderer()
+    renderer = FigureCanvasAgg(Figure(dpi=static.DPI)).get_renderer()  # for its fonts' metrics
     face = FontProperties(family="DejaVu Sans", size=font * 72 / renderer.dpi)  # wider than plotly's Open Sans
     label_boxes, node_boxes = {}, {}
     for name, x, y in zip(nodes.text, nodes.x, nodes.y):

@@ -80,8 +80,9 @@ def test_grouped_bars_stand_side_by_side_in_each_trace_s_colour(barmode: str | N
     assert {rgb255(COLORWAY[t]) for t in range(len(VALUES))} <= png_colours(fig)
 
 
-def test_the_old_drawing_of_grouped_bars_would_fail_this_check() -> None:
-    """The check above compares positions: bars drawn at the same place (one over another) overlap."""
+def test_overlaid_bars_share_one_place_so_the_grouping_check_can_fail() -> None:
+    """The check above compares positions: bars drawn at one place (one over another, as every bar trace was
+    drawn before barmode was read) overlap."""
     canvas = static.draw(three_traces("overlay"))
     bars = bars_of(canvas)
     spans = sorted((b.get_x(), b.get_x() + b.get_width()) for b in bars[0::len(CATEGORIES)])

@@ -105,13 +105,9 @@ class DiagramLayout:
     xy: dict[str, tuple[float, float]]  # node -> (column, slot)
     columns: tuple[float, ...]  # each column's layer value, left to right
     rows: dict[str, tuple[int, int]]  # word role -> (first slot, slots)
-    column_width: float  # pixels
-    width: int
+    slots: int  # up the figure, with a free slot between word roles
+    width: int  # pixels
     height: int
-
-    @property
-    def slots(self) -> int:
-        return sum(n for _, n in self.rows.values()) + len(self.rows) - 1  # a free slot between word roles
 
 
 def diagram_layout(diagram: CircuitDiagram) -> DiagramLayout:
@@ -130,12 +126,12 @@ def diagram_layout(diagram: CircuitDiagram) -> DiagramLayout:
         base, n = rows.get(position, (0, 1))
         for i, name in enumerate(names):  # in graph order (build_diagram adds them so)
             xy[name] = (float(columns.index(layer)), base + (n - len(names)) / 2 + i)
+    slots = first - 1
     longest = max((len(str(n)) for n in g.nodes), default=6)
-    column_width = NODE_SIZE + LABEL_GAP + CHAR_WIDTH * LABEL_FONT * longest + 12
-    layout = DiagramLayout(xy, columns, rows, column_width, 0, 0)
+    column_width = NODE_SIZE + LABEL_GAP + CHAR_WIDTH * LABEL_FONT * longest + 12  # pixels
     width = int(DIAGRAM_MARGIN["l"] + DIAGRAM_MARGIN["r"] + column_width * (len(columns) + 0.5))
-    height = int(DIAGRAM_MARGIN["t"] + DIAGRAM_MARGIN["b"] + SLOT * (layout.slots + 1))
-    return DiagramLayout(xy, columns, rows, column_width, max(width, 600), max(height, 360))
+    height = int(DIAGRAM_MARGIN["t"] + DIAGRAM_MARGIN["b"] + SLOT * (slots + 1))
+    return DiagramLayout(xy, columns, rows, slots, max(width, 600), max(height, 360))
 
 
 def _column_name(layer: float, n_layers: float) -> str:

@@ -204,7 +204,7 @@ def _draw(canvas: Any, ax: Any, trace: Any, cx: _Categories, cy: _Categories, ba
     if trace.type == "heatmap":
         _heatmap(canvas, ax, trace, cx, cy)
     elif trace.type == "bar":
-        _bar(ax, trace, cx, cy, bars.place(index, trace, *_bar_values(trace, cx)), color)
+        _bar(ax, trace, cx, bars, index, color)
     elif trace.type == "box":
         values = list(trace.y or [])
         position = cx.positions([trace.name or ""])[0]
@@ -275,17 +275,12 @@ def _plotly_color(color: str) -> Any:
     return to_rgba(color)
 
 
-def _bar_values(trace: Any, cx: _Categories) -> tuple[list[float], list[float]]:
+def _bar(ax: Any, trace: Any, cx: _Categories, bars: _BarLayout, index: int, color: str) -> None:
     if trace.orientation == "h":
         raise UnsupportedFigure("horizontal bars are not drawn as static images")
     xs = cx.positions(list(trace.x) if trace.x is not None else list(range(len(trace.y))))
-    return xs, [0.0 if v is None else float(v) for v in trace.y]
-
-
-def _bar(ax: Any, trace: Any, cx: _Categories, cy: _Categories,
-         placed: tuple[list[float], float, list[float]], color: str) -> None:
-    xs, ys = _bar_values(trace, cx)
-    centres, width, bottoms = placed
+    ys = [0.0 if v is None else float(v) for v in trace.y]
+    centres, width, bottoms = bars.place(index, trace, xs, ys)
     error = _error_y(trace)
     ax.bar(centres, ys, width=width, bottom=bottoms, color=_colors(trace.marker, color), yerr=error,
            capsize=3 if error else 0, ecolor="#444444", label=_label(trace))

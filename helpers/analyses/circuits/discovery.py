@@ -201,6 +201,14 @@ class CircuitProposal:
         return (text + f"; not even with every EAP-IG edge added does it reach {self.target:.2f} "
                 f"({len(self.circuit)} edges keep {final}).")
 
+    def under_each_ablation(self, runner: GraphRunner, others: Sequence[EdgeCircuit]
+                            ) -> dict[str, list[NormalisedFaithfulness]]:
+        """The proposed circuit, the walked one where edges were added to it, and ``others``, under each
+        ablation: the proposal's own runs reused, only ``others`` run."""
+        known = [self.faithfulness, *([self.walked_faithfulness] if self.added else [])]
+        return {kind: [*(runs[kind] for runs in known), *(runner.evaluate(c, kind) for c in others)]
+                for kind in ABLATION_KINDS}
+
     def to_dict(self) -> dict[str, Any]:
         return {"walked_edges": len(self.walked), "unexplored": list(self.unexplored),
                 "walked_faithfulness": {k: f.to_dict() for k, f in self.walked_faithfulness.items()},
@@ -226,12 +234,12 @@ def propose_circuit(runner: GraphRunner, walk: PathWalk, attribution: EdgeScores
                            f"path-patching circuit + {n} {attribution.method} edges",
                            f"path_patching + {attribution.method}")
 
-    tried: dict[int, bool] = {}
+    tried: dict[int, NormalisedFaithfulness] = {}  # each count run once under ``ablation``
 
     def reaches(n: int) -> bool:
         if n not in tried:
-            tried[n] = runner.evaluate(with_top(n), ablation).faithfulness >= target
-        return tried[n]
+            tried[n] = runner.evaluate(with_top(n), ablation)
+        return tried[n].faithfulness >= target
 
     low, high = 0, 1
     while high < len(extra) and not reaches(high):
@@ -246,8 +254,8 @@ def propose_circuit(runner: GraphRunner, walk: PathWalk, attribution: EdgeScores
            f"it, the fewest found to reach faithfulness {target} under {ablation} ablation" if reached else
            f"path-patching walk (threshold {walk.threshold}) and every {attribution.method} edge; the target {target} "
            f"under {ablation} ablation is not reached")
-    return CircuitProposal(walked, by_kind, circuit, {kind: runner.evaluate(circuit, kind) for kind in ABLATION_KINDS},
-                           high, target, reached, how, walk.unexplored)
+    final = {kind: tried[high] if kind == ablation else runner.evaluate(circuit, kind) for kind in ABLATION_KINDS}
+    return CircuitProposal(walked, by_kind, circuit, final, high, target, reached, how, walk.unexplored)
 
 
 def write_circuit_file(path: str | Path, circuit: EdgeCircuit, *, scores: EdgeScores | None = None,

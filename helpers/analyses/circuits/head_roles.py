@@ -168,9 +168,8 @@ def _answer_writer_candidates(e: HeadEvidence, writers: Sequence[str]) -> list[t
     """:func:`_candidates` on a task whose answer is not a word of its prompt: answer writers instead of name
     movers (no backup: the name movers' ablation is not measured there)."""
     found: list[tuple[str, float, list[str]]] = []
-    reads = [text for text, ok in (
-        (f"successor score {e.successor:.2f} (>= {COPY})" if e.successor is not None else "", e.successor is not None and e.successor >= COPY),
-        (f"copy score {e.copy:.2f} (>= {COPY})" if e.copy is not None else "", e.copy is not None and e.copy >= COPY)) if ok]
+    reads = [f"{what} {value:.2f} (>= {COPY})" for what, value in (("successor score", e.successor), ("copy score", e.copy))
+             if value is not None and value >= COPY]
     if e.direct_effect >= EFFECT:
         found.append(("answer_writer", _strength(e.direct_effect, EFFECT),
                       [f"direct effect {e.direct_effect:+.2f} (>= {EFFECT})", *reads]))
