@@ -25,9 +25,6 @@ GOLDEN_DIR = Path(__file__).resolve().parent / "golden"
 DEMO = "demo"
 # (task, prompts) per run; the toys' seeds are tests/checks.py's
 TASK, TOY_PROMPTS, DEMO_PROMPTS = "ioi", 8, 16
-# Templates a family cannot run: Gemma 2's post-attention norm couples the heads, so the graph of edges that
-# circuit discovery walks does not exist there (the template stops with UnsupportedArchitecture).
-SKIPPED = {"gemma2": ("circuit_discovery",)}
 
 
 def golden_names() -> tuple[str, ...]:
@@ -56,14 +53,12 @@ def run_sections(name: str, folder: Path, tokenizer: Any, *, model: str | None =
     """Run every template of IOI on the golden run's model into ``folder`` and return results.json's
     ``templates`` section (``model``: a toy already built for it)."""
     from helpers.run.execute import run_tasks
-    from helpers.run.plan import TEMPLATE_ORDER
 
     notebooks = folder / f"notebooks-{name}"
     lines: list[str] = []
-    templates = [t for t in TEMPLATE_ORDER if t not in SKIPPED.get(name, ())]
     code = run_tasks([TASK], model=model or model_for(name, folder, tokenizer),
                      n_prompts=DEMO_PROMPTS if name == DEMO else TOY_PROMPTS, device="cpu", notebooks_dir=notebooks,
-                     log=lines.append, templates=templates if name in SKIPPED else None)
+                     log=lines.append)
     if code != 0:
         raise RuntimeError(f"the golden run '{name}' failed:\n" + "\n".join(lines))
     return json.loads((notebooks / TASK / "results.json").read_text())["templates"]

@@ -107,6 +107,31 @@ def test_one_head_matches_a_step_by_step_computation_in_plain_gpt2(
             assert float(score[layer, head]) == pytest.approx(hits / len(inputs))
 
 
+def test_successor_scores_match_a_step_by_step_computation_in_plain_gpt2(toy_model: Any, toy_model_dir: Path) -> None:
+    """On the random toy, every head and every pair of months: the next month's logit is first among the
+    months' exactly where the unfolded GPT-2 modules, run on the month alone after BOS, put it first."""
+    from transformers import GPT2LMHeadModel
+
+    hf = GPT2LMHeadModel.from_pretrained(toy_model_dir).eval()
+    spec = load_task("months")
+    scores = copy_scores.compute_successor_scores(toy_model, spec)
+    assert scores is not None and len(scores.pairs) == 12 and scores.pairs.list_name == ("M",) * 12
+    months = [int(t) for t in scores.pairs.candidates]
+    assert [toy_model.tokenizer.decode([t]) for t in months] == [f" {m}" for m in spec.words_for("M")]
+    bos = toy_model.tokenizer.bos_token_id
+    with torch.no_grad():
+        hidden = hf(torch.tensor([[bos, t] for t in scores.pairs.token.tolist()]),
+                    output_hidden_states=True).hidden_states[1][:, 1]  # after block 0, at the month
+        for layer in range(hf.config.n_layer):
+            for head in range(hf.config.n_head):
+                for pair in range(len(scores.pairs)):
+                    logits = _step_by_step_ov_logits(hf, hidden[pair], layer, head, 1.0)[months]
+                    successor = int(scores.pairs.successor[pair])
+                    first = bool((logits[successor] > logits[torch.arange(12) != successor]).all())
+                    assert bool(scores.first[layer, head, pair]) == first, (layer, head, scores.pairs.words[pair])
+    assert scores.first.any() and not scores.first.all()  # both outcomes occur: the comparison can fail
+
+
 def test_predictions_show_what_the_planted_heads_write(planted: Any, planted_ioi: PromptSet) -> None:
     copying, anti = (HeadScore(*PLANTED.induction, 1.0), HeadScore(*PLANTED.anti_copy, 1.0))
     [copies] = copy_scores.compute_copy_predictions(planted, planted_ioi, [copying], n_inputs=4, k=3)

@@ -38,9 +38,9 @@ from helpers.analyses.circuits import head_circuits as circuit
 from helpers.analyses.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessByEdges
 from helpers.analyses.circuits.graph import EdgeCircuit, Graph, GraphError
 from helpers.analyses.circuits.graph_runner import GraphRunner
+from helpers.errors import NotApplicable
 from helpers.figures import discovery as discovery_figures
 from helpers.models.architectures import describe
-from helpers.models.forward import UnsupportedArchitecture
 from helpers.models.load import load_model
 from helpers.models.toys import PLANTED_IOI, TOY_ARCHITECTURES, build_toy_model, ensure_demo_model
 from helpers.tasks.metrics import at_final_pos
@@ -299,11 +299,12 @@ def test_a_run_with_random_edges_ablated_is_the_same_ablation_through_hooks(toy:
 
 
 def test_a_model_whose_heads_share_a_norm_after_attention_is_refused(tmp_path: Path, gpt2_tokenizer: Any) -> None:
+    """Gemma 2: not applicable (the runner then keeps the notebook with the reason and runs the other templates)."""
     directory = build_toy_model(tmp_path / "gemma2", architecture="gemma2", tokenizer=gpt2_tokenizer, seed=2)
     model = load_model(str(directory), device="cpu")
     prompts = build_prompts(load_task("ioi").with_overrides(n_prompts=2), model.tokenizer,
                             prepend_bos=bool(model.cfg.default_prepend_bos))
-    with pytest.raises(UnsupportedArchitecture, match="norm after attention couples the heads"):
+    with pytest.raises(NotApplicable, match="norm after attention couples the heads"):
         GraphRunner(model, prompts)
 
 
@@ -407,11 +408,13 @@ def test_the_rules_on_evidence_made_by_hand() -> None:
 
 def test_the_rules_beyond_ioi_on_evidence_made_by_hand() -> None:
     """A task whose answer is not a word of its prompt (months): heads that write it are answer writers,
-    whatever they copy; a successor head and a copy-suppression head away from the final position (no
-    direct effect) are named by their OV scores; IOI's rules name the same evidence as before."""
+    whatever they copy, and successor heads where their OV circuit maps each word to the next; a successor
+    head and a copy-suppression head away from the final position (no direct effect) are named by their
+    OV scores; IOI's rules name the same evidence as before."""
     E = head_roles.HeadEvidence
     evidence = {
         "writer": E(direct_effect=0.4, successor=0.9),
+        "copying_writer": E(direct_effect=0.15, copy=0.8, successor=0.45),
         "plain_writer": E(direct_effect=0.25),  # writes the answer, reads nothing we score
         "against": E(direct_effect=-0.3, negative_copy=0.2),
         "successor": E(direct_effect=0.02, successor=0.75),
@@ -421,9 +424,14 @@ def test_the_rules_beyond_ioi_on_evidence_made_by_hand() -> None:
     }
     roles = head_roles.assign_roles(evidence, names=False)
     assert {h: r.role for h, r in roles.items()} == {
-        "writer": "answer_writer", "plain_writer": "answer_writer", "against": "negative_answer_writer",
-        "successor": "successor", "suppressor": "copy_suppression", "inhibitor": "s_inhibition", "misses": "unknown"}
+        "writer": "successor", "copying_writer": "answer_writer", "plain_writer": "answer_writer",
+        "against": "negative_answer_writer", "successor": "successor", "suppressor": "copy_suppression",
+        "inhibitor": "s_inhibition", "misses": "unknown"}
     assert roles["writer"].evidence == ("direct effect +0.40 (>= 0.1)", "successor score 0.90 (>= 0.5)")
+    # the weakest piece: the effect 0.4 / (2 * 0.1) is capped at 1, the successor score 0.9 / (2 * 0.5)
+    assert roles["writer"].confidence == pytest.approx(0.9)
+    assert roles["copying_writer"].evidence == ("direct effect +0.15 (>= 0.1)", "copy score 0.80 (>= 0.5)")
+    assert roles["copying_writer"].confidence == pytest.approx(0.75)
     assert roles["successor"].confidence == pytest.approx(0.75) and roles["suppressor"].confidence == 1.0
     assert "successor score 0.30" in roles["misses"].evidence[0]
     assert all(r.role in head_roles.ROLE_VOCABULARY and r.label == head_roles.ROLE_LABELS[r.role] for r in roles.values())

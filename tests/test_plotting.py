@@ -38,7 +38,7 @@ from helpers.figures import patching as patching_figures
 from helpers.figures import static
 from helpers.figures import vectors as vectors_figures
 from helpers.paths import REPO_ROOT
-from helpers.tasks.prompts import PromptSet
+from helpers.tasks.prompts import PromptSet, load_task
 
 
 def values_of(trace: Any, axis: str) -> list[Any]:
@@ -92,6 +92,7 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
         "roles": head_scores.compute_head_role_scores(planted, seq_len=10, batch=4),
         "ablation": ablation_result,
         "copy": scores,
+        "successors": copy_scores.compute_successor_scores(toy_model, load_task("months")),
         "projection": copy_scores.compute_attention_vs_projection(toy_model, ioi_prompts, heads)[0],
         "faithfulness": evaluator.evaluate(candidate),
         "curve": circuit.compute_faithfulness_curve(evaluator, candidate, 3),
@@ -199,6 +200,15 @@ def check_ablation_dla(r: dict[str, Any]) -> go.Figure:
     fig = head_functions_figures.plot_ablation_dla(result)
     assert [list(t.x) for t in fig.data[:-1]] == result.dla_before.tolist()
     assert [list(t.y) for t in fig.data[:-1]] == result.dla_after.tolist()
+    return fig
+
+
+def check_successor_scores(r: dict[str, Any]) -> go.Figure:
+    scores = r["successors"]
+    fig = copy_scores_figures.plot_successor_scores(scores)
+    assert values_of(fig.data[0], "z") == scores.values.tolist() and "12 words of M" in fig.layout.title.text
+    table = copy_scores_figures.successor_table(scores, 3)
+    assert list(table.index) == [h.name for h in scores.top(3)]
     return fig
 
 

@@ -253,6 +253,31 @@ def test_a_failing_template_keeps_it_and_leaves_earlier_results_alone(
     assert sorted(p.name for p in out.iterdir()) == ["dla.ipynb", "failed", "results.json"]  # no staging left
 
 
+def test_a_template_that_does_not_apply_says_why_and_the_others_run(tmp_path: Path, gpt2_tokenizer: Any) -> None:
+    """Gemma 2's post-attention norm couples the heads, so circuit discovery has no edges to walk: its notebook
+    lands showing why (no traceback), results.json records the reason and has no section for it, and the run
+    goes on (the circuit notebook says it has no circuit to read) and succeeds."""
+    from helpers.models.toys import build_toy_model
+
+    model = build_toy_model(tmp_path / "gemma2", architecture="gemma2", tokenizer=gpt2_tokenizer, seed=2)
+    lines: list[str] = []
+    code = running.run_tasks(["ioi"], model=str(model), n_prompts=4, device="cpu", notebooks_dir=tmp_path / "notebooks",
+                             log=lines.append, templates=["circuit_discovery", "circuit"])
+    assert code == 0, "\n".join(lines)
+    out = tmp_path / "notebooks" / "ioi"
+    log = "\n".join(lines)
+    assert "circuit_discovery: not applicable to this model or task: gemma2: a norm after attention couples" in log
+    errors = error_outputs(out / "circuit_discovery.ipynb")
+    assert len(errors) == 1 and errors[0].ename == "NotApplicable"
+    assert errors[0].traceback == [f"Not applicable: {errors[0].evalue}"]  # the reason alone, no traceback
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["templates"]) == {"circuit"}
+    assert "norm after attention" in results["provenance"]["template_runs"]["circuit_discovery"]["not_applicable"]
+    assert "norm after attention" in results["templates"]["circuit"]["from_file"]["reason"]
+    assert (out / "circuit_discovery.html").is_file() and not (out / "failed").exists()
+    assert "not applicable: gemma2" in (out / "README.md").read_text()
+
+
 def test_bad_task_fails_before_any_model_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     task = tmp_path / "bad.yaml"
     shutil.copy(PARAMS_DIR / "ioi.yaml", task)

@@ -26,7 +26,7 @@ paper), a negative name mover a strong negative one.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,29 +136,19 @@ def compute_copy_scores(model: Any, prompts: PromptSet, *, k: int = 5) -> CopySc
         prompts: the task's prompts; their ``word_positions`` are the inputs.
         k: a token counts as copied when it is among the head's top ``k`` logits.
 
-    The OV circuit has rank ``d_head``, so each layer's logits are computed as
-    ``(values / scale) @ (W_O @ W_U)``: one ``[head, d_head, d_vocab]`` product per layer, then a
-    ``d_head``-deep product per input, instead of a ``d_model``-deep one per input and head.
+    Each layer's logits are :func:`ov_readout`'s two factors times the full unembedding.
     """
     d_vocab = model.cfg.d_vocab
     if not 1 <= k < d_vocab:
         raise ValueError(f"k={k}: a token is copied when it is among the top k logits. Fix: use 1 <= k < {d_vocab}.")
     inputs = copy_inputs(prompts)
-    x = folded_norm(resid_after_first_layer(model, prompts, inputs), model.cfg)  # [case, d_model]
-    w_v, w_o = ov_weights(model)
+    tokens = inputs.token.to(model.cfg.device)
     w_u, b_u = model.W_U.float(), stacked_weight(model, "b_U").float()
-    if model.cfg.normalization_type in ("LN", "LNPre"):
-        w_o = w_o - w_o.mean(dim=-1, keepdim=True)  # the final LayerNorm centres the output: centre W_O instead
-    tokens = inputs.token.to(x.device)
     n_heads, n_cases = model.cfg.n_heads, len(inputs)
     cases_per_chunk = max(1, _ROWS_PER_CHUNK // n_heads)
     in_top, negative_in_top = [], []
-    for layer in range(model.cfg.n_layers):
-        values = torch.einsum("cm,hmd->hcd", x, w_v[layer])
-        outputs = values @ w_o[layer]  # [head, case, d_model], already centred
-        scale = (outputs.pow(2).mean(dim=-1, keepdim=True) + model.cfg.eps).sqrt()
-        values = values / scale
-        ov_unembed = w_o[layer] @ w_u  # [head, d_head, d_vocab]
+    for values, w_o in ov_readout(model, resid_after_first_layer(model, prompts, inputs)):
+        ov_unembed = w_o @ w_u  # [head, d_head, d_vocab]
         layer_in_top, layer_negative = [], []
         for start in range(0, n_cases, cases_per_chunk):
             chunk = slice(start, start + cases_per_chunk)
@@ -169,6 +159,28 @@ def compute_copy_scores(model: Any, prompts: PromptSet, *, k: int = 5) -> CopySc
         in_top.append(torch.cat(layer_in_top, dim=-1))
         negative_in_top.append(torch.cat(layer_negative, dim=-1))
     return CopyScores(torch.stack(in_top).cpu(), torch.stack(negative_in_top).cpu(), inputs, k)
+
+
+def ov_readout(
+    model: Any, resid: Float[Tensor, "case d_model"]
+) -> Iterator[tuple[Float[Tensor, "head_index case d_head"], Float[Tensor, "head_index d_head d_model"]]]:
+    """Per layer, what the final LayerNorm and unembedding read of each head's OV output from each input, in
+    two factors: the values ``LN(resid) @ W_V``, divided by the final LayerNorm's scale of the output they
+    make, and ``W_O`` (centred where that LayerNorm centres). ``values @ W_O @ W_U + b_U`` are the logits.
+
+    The OV circuit has rank ``d_head``, so a caller multiplies ``W_O`` by the unembedding columns it needs
+    once per layer (``[head, d_head, d_vocab]``), then each input's values by that: a ``d_head``-deep product
+    per input instead of a ``d_model``-deep one per input and head.
+    """
+    x = folded_norm(resid, model.cfg)  # [case, d_model]
+    w_v, w_o = ov_weights(model)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        w_o = w_o - w_o.mean(dim=-1, keepdim=True)  # the final LayerNorm centres the output: centre W_O instead
+    for layer in range(model.cfg.n_layers):
+        values = torch.einsum("cm,hmd->hcd", x, w_v[layer])
+        outputs = values @ w_o[layer]  # [head, case, d_model], already centred
+        scale = (outputs.pow(2).mean(dim=-1, keepdim=True) + model.cfg.eps).sqrt()
+        yield values / scale, w_o[layer]
 
 
 def _in_top_k(
@@ -218,6 +230,121 @@ def ov_outputs(
 def ov_logits(model: Any, outputs: Float[Tensor, "row d_model"]) -> Float[Tensor, "row d_vocab"]:
     """Head outputs read by the final LayerNorm (on the output alone) and the unembedding."""
     return folded_unembed(outputs, model)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Successor scores: heads whose OV circuit maps a word of the task's list to the next one
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SuccessorPairs:
+    """The (word, next word) pairs of the task's ordered lists, as the tokens the model predicts."""
+
+    list_name: tuple[str, ...]  # per pair
+    words: tuple[tuple[str, str], ...]
+    token: Int[Tensor, " pair"]  # the word's token
+    candidates: Int[Tensor, " candidate"]  # every word of every list, once
+    successor: Int[Tensor, " pair"]  # the next word, as an index into candidates
+    same_list: Bool[Tensor, "pair candidate"]  # which candidates are words of the pair's own list
+    not_single_tokens: tuple[str, ...]  # words left out: more than one token
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+
+def successor_pairs(spec: Any, tokenizer: Any) -> SuccessorPairs | None:
+    """Every word of each of the task's ordered lists (:attr:`helpers.tasks.spec.TaskSpec.sequence_lists`) with
+    the next word of its list (the last with the first where the list is cyclic); None when the task has no
+    ordered list or none of its words is a single token. A word is taken as the model predicts it (with its
+    leading space where the task's answers have one); a word of more than one token is left out, and so are
+    the pairs it is in."""
+    lists = spec.sequence_lists
+    if not lists:
+        return None
+    token_of: dict[str, int] = {}
+    skipped: list[str] = []
+    for name in lists:
+        for word in spec.words_for(name):
+            ids = tokenizer(spec.answer_text(word), add_special_tokens=False)["input_ids"]
+            if len(ids) == 1:
+                token_of[word] = int(ids[0])
+            else:
+                skipped.append(f"{name}: {word!r}")
+    candidates = list(dict.fromkeys(token_of.values()))
+    list_of, words, successor, members = [], [], [], []
+    for name in lists:
+        ordered = spec.words_for(name)
+        following = list(zip(ordered, ordered[1:]))
+        if name in spec.cyclic and len(ordered) > 2:
+            following.append((ordered[-1], ordered[0]))
+        own = {candidates.index(token_of[w]) for w in ordered if w in token_of}
+        for word, after in following:
+            if word in token_of and after in token_of and token_of[word] != token_of[after]:
+                list_of.append(name)
+                words.append((word, after))
+                successor.append(candidates.index(token_of[after]))
+                members.append([c in own for c in range(len(candidates))])
+    if not words:
+        return None
+    return SuccessorPairs(tuple(list_of), tuple(words), torch.tensor([token_of[w] for w, _ in words]),
+                          torch.tensor(candidates), torch.tensor(successor), torch.tensor(members), tuple(skipped))
+
+
+@dataclass(frozen=True)
+class SuccessorScores:
+    """Whether each head's OV circuit, from each word of the task's ordered lists, puts the next word of the
+    list ahead of every other word of that list (ties count against it)."""
+
+    first: Bool[Tensor, "layer head_index pair"]
+    pairs: SuccessorPairs
+
+    @property
+    def values(self) -> Float[Tensor, "layer head_index"]:
+        """The successor score: the fraction of pairs whose next word comes first."""
+        return self.first.float().mean(dim=-1)
+
+    def top(self, k: int) -> list[HeadScore]:
+        """Up to ``k`` heads with a score above 0, highest first."""
+        return top_of_sign(self.values, k, "positive")
+
+    def to_dict(self, k: int = 10) -> dict[str, Any]:
+        return {"lists": {name: self.pairs.list_name.count(name) for name in dict.fromkeys(self.pairs.list_name)},
+                "not_single_tokens": list(self.pairs.not_single_tokens),
+                "values": self.values.tolist(), "top": [h.to_dict() for h in self.top(k)]}
+
+
+def compute_successor_scores(model: Any, spec: Any) -> SuccessorScores | None:
+    """The successor score of every head (Gould et al. 2023, "Successor heads") on the task's own ordered
+    lists (months, days, numbers, letters); None when the task has none (see :func:`successor_pairs`).
+
+    Each word is read as the copy score reads a word (the residual stream after layer 0, here at the word
+    alone after BOS: its effective embedding), through each head's OV circuit, the final LayerNorm and the
+    unembedding (:func:`ov_readout`), and the logits of the words of its list compared: the pair counts when
+    the next word's logit is above every other word's of the list, the word itself included, so a head that
+    copies scores 0.
+    """
+    pairs = successor_pairs(spec, model.tokenizer)
+    if pairs is None:
+        return None
+    device = model.cfg.device
+    bos = model.tokenizer.bos_token_id
+    words = pairs.token[:, None]
+    tokens = torch.cat([torch.full_like(words, bos), words], dim=1) if bos is not None else words
+    _, acts = cache_activations(model, tokens.to(device), [RESID_HOOK])
+    resid = acts[RESID_HOOK][:, -1].float()
+    w_u = model.W_U.float()[:, pairs.candidates.to(device)]
+    b_u = stacked_weight(model, "b_U").float()[pairs.candidates.to(device)]
+    successor = pairs.successor.to(device)[None, :, None]  # [1, pair, 1]
+    outside = ~pairs.same_list.to(device)
+    first = []
+    for values, w_o in ov_readout(model, resid):
+        logits = torch.baddbmm(b_u, values, w_o @ w_u)  # [head, pair, candidate]
+        logits = logits.masked_fill(outside, float("-inf"))
+        target = logits.gather(-1, successor.expand(logits.shape[0], -1, -1))
+        others = logits.scatter(-1, successor.expand(logits.shape[0], -1, -1), float("-inf"))
+        first.append((others.amax(dim=-1, keepdim=True) < target)[..., 0])
+    return SuccessorScores(torch.stack(first).cpu(), pairs)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+from IPython.display import Markdown, display
 
-from helpers.analyses.copy_scores import AttentionProjection, CopyPredictions, CopyScores
+from helpers.analyses.copy_scores import AttentionProjection, CopyPredictions, CopyScores, SuccessorScores
 from helpers.analyses.heads import HeadScore
 from helpers.figures.heads import plot_head_heatmap, ranked_columns
 
@@ -68,3 +69,34 @@ def attention_projection_table(results: Sequence[AttentionProjection], scores: C
              "copy score": float(scores.copy[r.head.layer, r.head.head]),
              "negative copy score": float(scores.negative[r.head.layer, r.head.head])} for r in results]
     return pd.DataFrame(rows).set_index("head") if rows else pd.DataFrame()
+
+
+def plot_successor_scores(scores: SuccessorScores) -> go.Figure:
+    lists = ", ".join(dict.fromkeys(scores.pairs.list_name))
+    return plot_head_heatmap(
+        scores.values.tolist(),
+        f"Successor score per head: share of {len(scores.pairs)} words of {lists} whose next word comes first",
+        colorbar_title="score", unit_interval=True)
+
+
+def successor_table(scores: SuccessorScores, k: int) -> pd.DataFrame:
+    """The top ``k`` successor heads (above 0%), with the pairs each puts in order."""
+    rows = []
+    for h in scores.top(k):
+        first = scores.first[h.layer, h.head]
+        shown = [f"{a}->{b}" for (a, b), hit in zip(scores.pairs.words, first.tolist()) if hit]
+        rows.append({"head": h.name, "successor score": h.value,
+                     "next word first for": ", ".join(shown[:6]) + (f", ... ({len(shown)})" if len(shown) > 6 else "")})
+    return pd.DataFrame(rows).set_index("head") if rows else pd.DataFrame()
+
+
+def show_successor_scores(scores: SuccessorScores | None, k: int) -> None:
+    """The successor scores' heatmap and top heads, or why the task has none."""
+    if scores is None:
+        display(Markdown("The task has no ordered word list (no placeholder used with an offset, such as "
+                         "`[M+1]`), so no head is scored as a successor head."))
+        return
+    if scores.pairs.not_single_tokens:
+        display(Markdown("Left out, more than one token: " + ", ".join(scores.pairs.not_single_tokens) + "."))
+    display(plot_successor_scores(scores))
+    display(successor_table(scores, k))

@@ -132,6 +132,11 @@ def build_toy_model(
                     param.copy_((0.0 if offset else 1.0) + 0.3 * torch.randn(param.shape, generator=generator))
                 else:
                     param.copy_(0.2 * torch.randn(param.shape, generator=generator))
+    return _save(model, tokenizer, directory)
+
+
+def _save(model: Any, tokenizer: Any, directory: str | Path) -> Path:
+    """Save a built model and its tokenizer as any Hugging Face model directory."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
@@ -287,11 +292,7 @@ def build_planted_model(directory: str | Path, *, tokenizer: Any = None, seed: i
         w_k[_TOKEN, :32] = eye
         w_v[_TOKEN, :32] = eye
         w_o[:32, _TOKEN] = -1.0 * eye  # weaker than the copying head, which still wins where it attends
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save(model, tokenizer, directory)
 
 
 @dataclass(frozen=True)
@@ -431,8 +432,85 @@ def build_demo_ioi_model(directory: str | Path, *, tokenizer: Any = None, names:
             w_k[_TOKEN, 1:33] = eye
             w_v[_TOKEN, :32] = eye
             w_o[:32, _OUTPUT] = write * eye
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return _save(model, tokenizer, directory)
+
+
+@dataclass(frozen=True)
+class PlantedSequence:
+    """Which heads of :func:`build_planted_sequence_model` do what (layer, head): month continuation by a
+    two-step path through a position-dependent head."""
+
+    previous_token: tuple[int, int] = (0, 0)  # moves each token's code one position on (attends by position)
+    successor: tuple[int, int] = (1, 0)  # at each position, maps the month there or one back to the next month
+    anti_copy: tuple[int, int] = (1, 1)  # writes minus the token at its own position: at the end, a comma
+
+
+PLANTED_SEQUENCE = PlantedSequence()
+SEQUENCE_DESCRIPTION = ("2 layers, 4 heads, d_model 256, hand-set month continuation: previous-token head L0H0 "
+                        "feeds successor head L1H0; anti-copying head L1H1")
+MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August", "September", "October",
+          "November", "December")
+
+
+def planted_sequence_task(n_prompts: int = 24) -> dict[str, Any]:
+    """The task :func:`build_planted_sequence_model` does: months separated by commas, the prompt ending with
+    a comma (params/months.yaml's third template and a bare one), so the last month is one position before
+    the answer is predicted."""
+    return {
+        "name": "planted_months", "model": "gpt2", "n_prompts": n_prompts, "seed": 0, "cyclic": ["M"],
+        "description": "Month continuation on the planted sequence model: the next month after a comma.",
+        "templates": ["The months went by: [M], [M+1], [M+2], [M+3],", " [M], [M+1], [M+2], [M+3],"],
+        "corrupted": {"templates": ["The months went by: [M], [M+1], [M+2], [M+2],", " [M], [M+1], [M+2], [M+2],"]},
+        "correct": " [M+4]", "incorrect": " [M+3]", "words": {"M": list(MONTHS)},
+    }
+
+
+def build_planted_sequence_model(directory: str | Path, *, tokenizer: Any = None, seed: int = 0) -> Path:
+    """Save a 2-layer, 4-head GPT-2 that continues a list of months after a comma
+    (:func:`planted_sequence_task`) by a two-step path, set by hand (see :data:`PLANTED_SEQUENCE`) on the
+    residual-stream layout of :func:`build_planted_model`:
+
+    - the previous-token head (layer 0) attends by position to the position before and writes the code of
+      the token there into the previous-token subspace: at the final comma, the last month;
+    - the successor head (layer 1) attends to its own position (by position) and maps the month code in the
+      token and the previous-token subspaces to the next month's code (December to January), into an
+      output subspace that the (untied) unembedding alone reads; the map sends BOS's and the comma's codes
+      to zero. At the end it reads the last month only through the previous-token head, so the circuit
+      needs that head's path from the embeddings;
+    - the anti-copying head (layer 1) attends to its own position and writes minus the code of its token:
+      a negative copying head whose output at the end (minus the comma) is the same in clean and corrupted
+      prompts, so it has no effect on the task;
+    - MLPs zero; the remaining heads small random weights.
+    """
+    tokenizer = tokenizer if tokenizer is not None else load_gpt2_tokenizer()
+    model, _, codes = _hand_set_gpt2(tokenizer, n_layers=2, seed=seed, tie_word_embeddings=False,
+                                     **{TOY_MODEL_KEY: SEQUENCE_DESCRIPTION})
+    plant = partial(_plant, model)
+
+    def token(text: str) -> int:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise ValueError(f"{text!r} is {len(ids)} tokens in this tokenizer: the planted sequence model needs one")
+        return int(ids[0])
+
+    months = [token(f" {m}") for m in MONTHS]
+    silent = [t for t in (tokenizer.bos_token_id, token(",")) if t is not None]
+    inputs = codes[months + silent]  # [14, 32]
+    targets = torch.cat([codes[months[1:] + months[:1]], torch.zeros(len(silent), 32)])
+    successor_map = torch.linalg.pinv(inputs) @ targets  # exact: 14 independent codes in 32 dimensions
+    with torch.no_grad():
+        unembed = model.lm_head.weight
+        unembed.zero_()
+        unembed[:, _OUTPUT] = codes
+        eye = torch.eye(32)
+        _plant_previous_token(model, *PLANTED_SEQUENCE.previous_token)
+        for head, value, write in ((PLANTED_SEQUENCE.successor, successor_map, 8.0),
+                                   (PLANTED_SEQUENCE.anti_copy, eye, -2.0)):
+            w_q, w_k, w_v, w_o = plant(*head)
+            w_q[_POSITION, :32] = 40.0 * eye  # its own position
+            w_k[_POSITION, :32] = eye
+            w_v[_TOKEN, :32] = value
+            if head == PLANTED_SEQUENCE.successor:
+                w_v[_PREVIOUS, :32] = value
+            w_o[:32, _OUTPUT] = write * eye
+    return _save(model, tokenizer, directory)

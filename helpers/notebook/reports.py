@@ -30,7 +30,7 @@ from helpers.analyses.circuits.head_circuits import (
     RandomBaseline,
 )
 from helpers.analyses.circuits.head_roles import HeadRole
-from helpers.analyses.copy_scores import AttentionProjection, CopyPredictions, CopyScores
+from helpers.analyses.copy_scores import AttentionProjection, CopyPredictions, CopyScores, SuccessorScores
 from helpers.analyses.dla import (
     AdditivityCheck,
     ComponentAttribution,
@@ -168,9 +168,11 @@ class CopyScoresReport:
     attention_vs_projection: Sequence[AttentionProjection]
     top_k: int  # a word counts as copied when its token is among a head's top_k logits
     top_heads: int  # heads in the ranked tables
+    successors: SuccessorScores | None = None  # None: the task has no ordered list
 
     def section(self) -> dict[str, Any]:
         return {
+            "successor_scores": None if self.successors is None else self.successors.to_dict(k=self.top_heads),
             "copy_scores": self.scores.to_dict(k=self.top_heads),
             "copy_by_role": self.scores.by_role_of(self.copiers),
             "negative_by_role": self.scores.by_role_of(self.suppressors, negative=True),
@@ -184,7 +186,8 @@ class CopyScoresReport:
         return [f"top copying heads (top {self.top_k}): " + _heads(self.copiers, ".1%"),
                 "top negative copying heads: " + _heads(self.suppressors, ".1%"),
                 "attention vs output, Pearson r: " + ", ".join(f"{s.head.name} {s.pearson_r:+.2f}"
-                                                               for s in self.attention_vs_projection)]
+                                                               for s in self.attention_vs_projection),
+                *([f"top successor heads: {_heads(self.successors.top(3), '.1%') or 'none above 0%'}"] if self.successors else [])]
 
 
 @dataclass(frozen=True)

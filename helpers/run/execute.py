@@ -25,7 +25,7 @@ from typing import Any
 
 # Only light modules here: a bad task file or argument is reported before torch, transformers and
 # nbformat are imported (seconds); the rest is imported where it is used.
-from helpers.errors import ModelLoadError, RunLockedError
+from helpers.errors import ModelLoadError, NotApplicable, RunLockedError
 from helpers.paths import NOTEBOOKS_DIR, REPO_ROOT
 from helpers.run.kernel import TemplateKernel, execute_template
 from helpers.run.outputs import RunLock, earlier_seconds, land
@@ -78,6 +78,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
 
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=plan.output_dir))
     results: dict[str, Any] = {}
+    not_applicable: dict[str, str] = {}  # template -> why it does not apply (its notebook lands, without results)
     # a caller that did not start the kernel (and its warm-up) from prepare_run gets it here
     own = KernelWarmer(plan.device, plan.dtype, fresh=fresh_kernels or given is not None)
     # each executed notebook gets its figures' PNGs and its page there, while the kernel runs the next template
@@ -98,14 +99,19 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
             failure = run_template(template, notebook, {
                 "task": plan.spec.to_dict(), "device": plan.device, "dtype": plan.dtype,
                 "results_path": f"{name}.results.json"}, kernel)
-            if failure is not None:
+            if failure is not None and failure.not_applicable is None:
                 if notebook.is_file():
                     add_static_images(notebook)
                 return report_failure(plan.output_dir, name, notebook, failure, log)
             finished.append(finishing.submit(staging, [name]))
-            results[name] = json.loads((staging / f"{name}.results.json").read_text())
             took[name] = time.perf_counter() - started
             left = remaining_estimate(took, [t.stem for t in plan.templates[i:]], before)
+            if failure is not None:  # the notebook says why, in place of its results; the others run
+                not_applicable[name] = str(failure.not_applicable)
+                log(f"[{i}/{len(plan.templates)}] {name}: not applicable to this model or task: "
+                    f"{failure.not_applicable}" + (f"; {left}" if left else ""))
+                continue
+            results[name] = json.loads((staging / f"{name}.results.json").read_text())
             log(f"[{i}/{len(plan.templates)}] {name}: done in {took[name]:.1f} s" + (f"; {left}" if left else ""))
         names = [t.stem for t in plan.templates]
         if not all(job.done() for job in finished):
@@ -118,7 +124,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
                 "them. Fix: fewer prompts in the attention views (the templates' parameters), or fewer layers shown")
         land(staging, plan.output_dir, names, {"task": plan.spec.name, "templates": results,
                                                "provenance": {**provenance, "finished_at": now()}}, log=log,
-             seconds=took)
+             seconds=took, not_applicable=not_applicable)
         # deferred: the command line reports a bad task before importing torch, transformers or Jupyter's libraries
         from helpers.run.export import write_index
 
@@ -130,7 +136,7 @@ def _execute_locked(plan: RunPlan, log: Any, fresh_kernels: bool, given: Templat
             own.close()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-    _summarise(plan, results, log)
+    _summarise(plan, results, not_applicable, log)
     return 0
 
 
@@ -140,6 +146,7 @@ class TemplateFailure:
 
     problem: str
     source: str = ""
+    not_applicable: str | None = None  # the reason, where the template raised helpers.errors.NotApplicable
 
 
 def run_template(template: Path, notebook: Path, parameters: dict[str, Any],
@@ -156,7 +163,8 @@ def run_template(template: Path, notebook: Path, parameters: dict[str, Any],
         else:
             kernel.run(template, notebook, parameters)
     except pm.PapermillExecutionError as err:
-        return TemplateFailure(f"stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}", str(err.source or ""))
+        return TemplateFailure(f"stopped in cell [{err.exec_count}] with {err.ename}: {err.evalue}", str(err.source or ""),
+                               not_applicable=err.evalue if err.ename == NotApplicable.__name__ else None)
     except DeadKernelError as err:
         return TemplateFailure(f"its kernel died ({str(err).strip().splitlines()[0] if str(err).strip() else 'no reason given'}); "
                                "out of memory, or a crash in native code, are the usual causes")
@@ -293,12 +301,14 @@ def report_failure(output_dir: Path, name: str, notebook: Path, failure: Templat
     return 1
 
 
-def _summarise(plan: RunPlan, results: dict[str, Any], log: Any) -> None:
+def _summarise(plan: RunPlan, results: dict[str, Any], not_applicable: dict[str, str], log: Any) -> None:
     log(f"\nTask '{plan.spec.name}' on {plan.spec.model}, {plan.n_prompts_built} prompts:")
     for name, data in results.items():
         for line in data.get("summary", []):
             log(f"  {name}: {line}")
-    log(f"Written to {shown(plan.output_dir)}/: {len(results)} executed notebooks (.ipynb), their offline pages (.html), "
+    for name, reason in not_applicable.items():
+        log(f"  {name}: not applicable: {reason}")
+    log(f"Written to {shown(plan.output_dir)}/: {len(results) + len(not_applicable)} executed notebooks (.ipynb), their offline pages (.html), "
         f"results.json, and index.html / README.md listing them. Open them with: make lab TASK={plan.spec.name}")
 
 

@@ -141,7 +141,9 @@ def index_entries(folder: Path) -> dict[str, Any]:
         "n_prompts": provenance.get("n_prompts", "?"),
         "seed": provenance.get("seed", "?"),
         "date": finished or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "headlines": {name: list(data.get("summary", [])) for name, data in results.get("templates", {}).items()},
+        "headlines": {**{name: list(data.get("summary", [])) for name, data in results.get("templates", {}).items()},
+                      **{name: [f"not applicable: {run['not_applicable']}"] for name, run in runs.items()
+                         if isinstance(run, dict) and run.get("not_applicable")}},
         "notebooks": [(path.stem, path.name, _size(path),
                        path.with_suffix(".html").name if path.with_suffix(".html").is_file() else None,
                        _size(path.with_suffix(".html")) if path.with_suffix(".html").is_file() else None,

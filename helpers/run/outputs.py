@@ -115,15 +115,20 @@ def settings_of(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def land(staging: Path, output_dir: Path, names: list[str], results: dict[str, Any], *,
-         log: Any = print, seconds: dict[str, float] | None = None) -> dict[str, Any]:
+         log: Any = print, seconds: dict[str, float] | None = None,
+         not_applicable: dict[str, str] | None = None) -> dict[str, Any]:
     """Move a successful run's notebooks, pages and results from ``staging`` into ``output_dir`` (see the
     module docstring); returns the ``results.json`` written there. ``seconds``: how long the command line
-    waited for each template, kept in ``template_runs`` for the next run's estimate of what remains."""
+    waited for each template, kept in ``template_runs`` for the next run's estimate of what remains.
+    ``not_applicable``: templates among ``names`` that do not apply here, with why (their notebooks land,
+    they have no section; an earlier section of theirs is not kept)."""
 
     previous = previous_results(output_dir)
+    not_applicable = not_applicable or {}
     run_of = {name: {"finished_at": results["provenance"]["finished_at"],
                      "suite_commit": results["provenance"].get("suite_commit"),
-                     **({"seconds": round(seconds[name], 1)} if seconds and name in seconds else {})} for name in names}
+                     **({"seconds": round(seconds[name], 1)} if seconds and name in seconds else {}),
+                     **({"not_applicable": not_applicable[name]} if name in not_applicable else {})} for name in names}
     if previous is not None and same_settings(previous, results["provenance"]):
         earlier_runs = previous.get("provenance", {}).get("template_runs", {})
         kept = {name: data for name, data in previous.get("templates", {}).items() if name not in names}

@@ -201,6 +201,33 @@ class TaskSpec:
     def words_for(self, placeholder: str) -> tuple[str, ...]:
         return dict(self.words)[self.list_for(placeholder)]
 
+    @property
+    def answer_in_prompt(self) -> bool:
+        """Is the correct answer a word of its prompt (IOI's indirect object), rather than a word the model
+        must produce (a sequence's next item, a year after the one given)?
+
+        Templates: the correct answer's placeholder, with its offset, occurs in every clean template
+        (``" [IO]"`` in IOI's; ``" [M+4]"`` is in no template of months). Explicit prompts: the correct
+        answer is a word of every clean prompt. Answer sets: never (the answer is a set of candidates).
+        """
+        if self.answer_sets is not None:
+            return False
+        if self.is_explicit:
+            return all(re.search(rf"(?<!\w){re.escape(p.correct.strip())}(?!\w)", p.clean) is not None
+                       for p in self.prompts if p.correct.strip())
+        keys = [m.group(0) for m in PLACEHOLDER_RE.finditer(self.correct)]
+        return bool(keys) and all(key in template for template in self.templates for key in keys)
+
+    @property
+    def sequence_lists(self) -> tuple[str, ...]:
+        """The word lists the task reads as ordered sequences: those a placeholder with an offset draws from
+        (``[M+1]``: months, days, numbers, letters), in the order of :attr:`words`."""
+        texts = [*self.templates, self.correct, self.incorrect]
+        if self.corruption is not None:
+            texts += [self.corruption.apply(t, i) for i, t in enumerate(self.templates)]
+        offset = {self.list_for(m.group(1)) for text in texts for m in PLACEHOLDER_RE.finditer(text) if m.group(2)}
+        return tuple(name for name, _ in self.words if name in offset)
+
     def with_overrides(
         self, *, model: str | None = None, n_prompts: int | None = None, seed: int | None = None
     ) -> TaskSpec:

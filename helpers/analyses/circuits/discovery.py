@@ -38,6 +38,7 @@ from helpers.analyses.circuits.faithfulness import NormalisedFaithfulness
 from helpers.analyses.circuits.graph import Edge, EdgeCircuit, EdgeScores
 from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.analyses.circuits.head_roles import EFFECT, HeadRole
+from helpers.errors import NotApplicable
 from helpers.models.forward import UnsupportedArchitecture
 from helpers.results import write_text
 
@@ -356,13 +357,13 @@ class CircuitFileResult:
 
 def evaluate_circuit_file(model: Any, prompts: Any, path: str | Path | None, *, max_rows: int = 16) -> CircuitFileResult:
     """Read a circuit file (:func:`read_circuit_file`) and run it under resample, mean and zero ablation.
-    ``path`` None or missing, or a model the graph cannot run: the result says why and holds no figure."""
-
-    if path is None:
-        return CircuitFileResult(None, None, {}, "none given, and this run wrote none (run circuit_discovery first)")
+    ``path`` None or missing, or a model the graph cannot run (said first: no circuit file would help): the
+    result says why and holds no figure."""
     try:
         runner = GraphRunner(model, prompts, max_rows=max_rows)
-    except UnsupportedArchitecture as err:
-        return CircuitFileResult(str(path), None, {}, str(err))
+    except (NotApplicable, UnsupportedArchitecture) as err:
+        return CircuitFileResult(None if path is None else str(path), None, {}, str(err))
+    if path is None:
+        return CircuitFileResult(None, None, {}, "none given, and this run wrote none (run circuit_discovery first)")
     circuit = read_circuit_file(path, runner)
     return CircuitFileResult(str(path), circuit, {kind: [runner.evaluate(circuit, kind)] for kind in ABLATION_KINDS})

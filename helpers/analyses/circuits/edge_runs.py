@@ -43,6 +43,7 @@ from helpers.analyses.ablations import ABLATION_KINDS, AblationKind, ReferencePr
 from helpers.analyses.circuits.faithfulness import MIB_FRACTIONS, FaithfulnessByEdges, NormalisedFaithfulness
 from helpers.analyses.circuits.graph import EdgeCircuit, EdgeScores, Graph, GraphError
 from helpers.analyses.contrast import Contrast
+from helpers.errors import NotApplicable
 from helpers.models.forward import ForwardPass, LayerActivations, LayerStrategy, UnsupportedArchitecture
 from helpers.models.hooks import final_logits
 from helpers.tasks.metrics import at_final_pos
@@ -81,8 +82,9 @@ class GraphRuns:
             path patching, which patches one edge per copy.
 
     Raises:
-        UnsupportedArchitecture: the model's heads do not each write to the residual stream on their own
-            (Gemma 2's post-attention norm), or the engine's forward pass does not reproduce the model.
+        NotApplicable: the model's heads do not each write to the residual stream on their own (Gemma 2's
+            post-attention norm): there are no edges.
+        UnsupportedArchitecture: the engine's forward pass does not reproduce the model.
     """
 
     def __init__(self, model: Any, prompts: PromptSet, *, reference: Any = None, max_rows: int = 64,
@@ -91,7 +93,7 @@ class GraphRuns:
             raise ValueError("the graph needs model.eval(); load the model with helpers.models.load.load_model")
         self.fw = fw = ForwardPass(model)
         if not fw.linear_heads:
-            raise UnsupportedArchitecture(
+            raise NotApplicable(
                 f"{fw.arch.model_type}: a norm after attention couples the heads' outputs, so a head has no edge of "
                 "its own to later nodes. Edge-level analysis needs heads that write to the residual stream on their own")
         self.model, self.prompts, self.max_rows, self.edge_rows = model, prompts, max_rows, edge_rows

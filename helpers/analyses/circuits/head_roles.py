@@ -14,13 +14,14 @@ name), with the roles of tasks whose answer is not (sequence continuation: month
                             movers are ablated (mean ablation), and a copy score >= COPY or attention to the
                             answer's word
 ``answer_writer``           writes the answer directly (direct effect >= EFFECT), on a task whose answer is not
-                            a word of the prompt (what reads it there is listed: a successor or copy score)
+                            a word of the prompt (a copy score it has is listed); one with a successor score
+                            >= COPY is a ``successor`` head instead, the more specific role
 ``negative_answer_writer``  the same with a direct effect <= -EFFECT
 ``s_inhibition``            its path into a name mover's (or answer writer's) query carries >= EFFECT (exact
                             path patching)
-``successor``               successor score >= COPY: its OV circuit maps a word of one of the task's lists to the
-                            next word of that list (months, days, numbers, letters), ahead of every other word
-                            of the list (Gould et al. 2023)
+``successor``               successor score >= COPY: its OV circuit maps a word of one of the task's ordered lists
+                            to the next word of that list (months, days, numbers, letters), ahead of every other
+                            word of the list (Gould et al. 2023); whether or not it writes the answer
 ``induction``               induction score >= SCORE (attends to the token after an earlier copy of the current
                             one, on repeated random tokens)
 ``duplicate_token``         duplicate-token score >= SCORE (attends to an earlier copy of the current token)
@@ -49,8 +50,8 @@ from typing import Any
 import torch
 
 from helpers.analyses.circuits.graph import EdgeCircuit
-from helpers.analyses.copy_scores import compute_copy_scores
-from helpers.analyses.head_functions import compute_head_role_scores
+from helpers.analyses.copy_scores import compute_copy_scores, compute_successor_scores
+from helpers.analyses.head_functions import ROLE_NAMES, compute_head_role_scores
 from helpers.analyses.heads import head_name
 from helpers.models.hooks import cache_activations
 from helpers.results import read_section
@@ -62,8 +63,8 @@ ROLE_LABELS = {"name_mover": "name mover", "negative_name_mover": "negative name
                "backup_name_mover": "backup name mover", "answer_writer": "answer writer",
                "negative_answer_writer": "negative answer writer", "s_inhibition": "S-inhibition",
                "successor": "successor", "induction": "induction", "copy_suppression": "copy suppression",
-               "duplicate_token": "duplicate token", "previous_token": "previous token", "copy": "copy",
-               "unknown": "unknown"}
+               "copy": "copy", "unknown": "unknown",
+               **ROLE_NAMES}  # the attention scores' roles as head_functions names them: "previous-token"
 EFFECT = 0.1  # a tenth of the clean-corrupted difference
 COPY = 0.5  # half of the words copied into the top k
 SCORE = 0.4  # mean attention on the target token
@@ -171,8 +172,11 @@ def _answer_writer_candidates(e: HeadEvidence, writers: Sequence[str]) -> list[t
     reads = [f"{what} {value:.2f} (>= {COPY})" for what, value in (("successor score", e.successor), ("copy score", e.copy))
              if value is not None and value >= COPY]
     if e.direct_effect >= EFFECT:
-        found.append(("answer_writer", _strength(e.direct_effect, EFFECT),
-                      [f"direct effect {e.direct_effect:+.2f} (>= {EFFECT})", *reads]))
+        effect = [f"direct effect {e.direct_effect:+.2f} (>= {EFFECT})", *reads]
+        if e.successor is not None and e.successor >= COPY:  # it maps each word to the next: the more specific role
+            found.append(("successor", min(_strength(e.direct_effect, EFFECT), _strength(e.successor, COPY)), effect))
+        else:
+            found.append(("answer_writer", _strength(e.direct_effect, EFFECT), effect))
     if e.direct_effect <= -EFFECT:
         found.append(("negative_answer_writer", _strength(-e.direct_effect, EFFECT),
                       [f"direct effect {e.direct_effect:+.2f} (<= -{EFFECT})"]))
@@ -192,6 +196,14 @@ def _nearest(e: HeadEvidence) -> tuple[str | None, float]:
     return max(scored, key=lambda pair: pair[1]) if scored else (None, 0.0)
 
 
+def _writes_answer(e: HeadEvidence, names: bool) -> bool:
+    """Is the head a name mover (``names``), else an answer writer or a successor head that writes the answer?
+    The heads whose queries S-inhibition heads feed."""
+    if names:
+        return any(r == "name_mover" for r, _, _ in _candidates(e, [], names=True))
+    return e.direct_effect >= EFFECT
+
+
 def assign_roles(evidence: Mapping[str, HeadEvidence], *, names: bool = True) -> dict[str, HeadRole]:
     """A role for every head (by name), in the order of ``evidence``; ``names``: the task's answer is a word
     of its prompt (IOI's names), so heads that write it are name movers, else answer writers.
@@ -199,8 +211,7 @@ def assign_roles(evidence: Mapping[str, HeadEvidence], *, names: bool = True) ->
     Movers are decided first (their evidence is their own); S-inhibition heads are then those whose path
     into a mover's query carries the effect.
     """
-    writer = "name_mover" if names else "answer_writer"
-    movers = [h for h, e in evidence.items() if any(r == writer for r, _, _ in _candidates(e, [], names=names))]
+    movers = [h for h, e in evidence.items() if _writes_answer(e, names)]
     roles = {}
     for head, e in evidence.items():
         found = _candidates(e, movers, names=names)
@@ -217,9 +228,10 @@ def assign_roles(evidence: Mapping[str, HeadEvidence], *, names: bool = True) ->
 
 def answer_roles(spec: Any) -> set[str]:
     """The word roles whose word is the correct answer: the placeholders in the task's ``correct``
-    answer ("[IO]" -> IO), and ``correct`` (an answer token found in an explicit prompt)."""
+    answer with their offsets ("[IO]" -> IO; months' "[M+4]" -> M+4, a word no prompt holds), and
+    ``correct`` (an answer token found in an explicit prompt)."""
 
-    return {"correct", *re.findall(r"\[([A-Za-z_][A-Za-z0-9_]*)(?:[+-]\d+)?\]", str(getattr(spec, "correct", "") or ""))}
+    return {"correct", *re.findall(r"\[([A-Za-z_][A-Za-z0-9_]*(?:[+-]\d+)?)\]", str(getattr(spec, "correct", "") or ""))}
 
 
 def attention_to_roles(model: Any, prompts: Any, roles: set[str]) -> Any:
@@ -245,29 +257,34 @@ def attention_to_roles(model: Any, prompts: Any, roles: set[str]) -> Any:
 
 
 def measure_evidence(model: Any, prompts: Any, runner: Any, *, spec: Any = None,
-                     copy_scores: Any = None, role_scores: Any = None) -> dict[str, HeadEvidence]:
+                     copy_scores: Any = None, role_scores: Any = None, successor_scores: Any = None,
+                     ) -> dict[str, HeadEvidence]:
     """Everything :func:`assign_roles` reads, for every head: direct effects by exact path patching (and
-    again with the name movers mean-ablated), the paths into each name mover's query, copy and role
-    scores (given, e.g. from earlier notebooks' results as ``[layer, head]`` tensors, or computed), and
-    attention from the end to the answer's word.
+    again with the name movers mean-ablated, on a task of names), the paths into each name mover's (or
+    answer writer's) query, copy, role and successor scores (given, e.g. from earlier notebooks' results as
+    ``[layer, head]`` tensors, or computed), and attention from the end to the answer's word.
 
     Args:
         runner: a :class:`helpers.analyses.circuits.graph_runner.GraphRunner` on ``prompts``.
+        spec: the task: whether its answer is a word of the prompt (:attr:`~helpers.tasks.spec.TaskSpec.answer_in_prompt`,
+            else writers are answer writers), its ordered lists (successor scores) and its answer's word.
+            None: a task of names, without successor scores or attention to the answer.
         copy_scores: ``(copy, negative)`` tensors ``[layer, head]``, or None to compute them.
         role_scores: ``{"previous_token": ..., "duplicate_token": ..., "induction": ...}``, or None.
+        successor_scores: a ``[layer, head]`` tensor, or None to compute it where the task has ordered lists.
     """
-
-
     graph = runner.graph
     heads = [(layer, head) for layer in range(graph.n_layers) for head in range(graph.n_heads)]
     names = [head_name(layer, head) for layer, head in heads]
+    task_of_names = spec is None or spec.answer_in_prompt
     if copy_scores is None:
-
         scores = compute_copy_scores(model, prompts)
         copy_scores = (scores.copy, scores.negative)
     if role_scores is None:
-
         role_scores = compute_head_role_scores(model).scores
+    if successor_scores is None and spec is not None:
+        successors = compute_successor_scores(model, spec)
+        successor_scores = successors.values if successors is not None else None
     attention = attention_to_roles(model, prompts, answer_roles(spec)) if spec is not None else None
     direct = runner.direct_effects()
     first = {name: HeadEvidence(
@@ -278,15 +295,16 @@ def measure_evidence(model: Any, prompts: Any, runner: Any, *, spec: Any = None,
         induction=float(role_scores["induction"][layer, head]),
         attention_to_answer=None if attention is None or math.isnan(float(attention[layer, head]))
         else float(attention[layer, head]),
+        successor=None if successor_scores is None else float(successor_scores[layer, head]),
     ) for name, (layer, head) in zip(names, heads)}
-    movers = [h for h, r in assign_roles(first).items() if r.role == "name_mover"]
+    movers = [h for h, e in first.items() if _writes_answer(e, task_of_names)]
     paths: dict[str, dict[str, float]] = {name: {} for name in names}
     for mover in movers:
         for sender, value in runner.path_patching(f"{mover}<q>", [n for n in names if n in graph.senders[
                 : graph.prefix[graph.receiver_index(f"{mover}<q>")]]]).items():
             paths[sender][mover] = value
     without = None
-    if movers:
+    if movers and task_of_names:  # backup name movers: only a task of names has them
         keep = EdgeCircuit.from_heads(graph, [n for n in names if n not in movers], name="without movers").keep()
         without = runner.direct_effects(keep, "mean")
     return {name: HeadEvidence(**{**first[name].__dict__, "query_paths": paths[name],
@@ -301,13 +319,16 @@ def earlier_scores(earlier: Mapping[str, Any]) -> dict[str, Any]:
     what they lack (then it is computed)."""
 
 
-    out: dict[str, Any] = {"copy_scores": None, "role_scores": None}
+    out: dict[str, Any] = {"copy_scores": None, "role_scores": None, "successor_scores": None}
     if "copy_scores" in earlier:
         section = earlier["copy_scores"]
         copy = read_section(section, "copy_scores", "copy_scores", "copy", "values")
         negative = read_section(section, "copy_scores", "copy_scores", "negative", "values")
         if copy is not None and negative is not None:
             out["copy_scores"] = (torch.tensor(copy), torch.tensor(negative))
+        successor = read_section(section, "copy_scores", "successor_scores", "values")
+        if successor is not None:
+            out["successor_scores"] = torch.tensor(successor)
     if "head_functions" in earlier:
         section = earlier["head_functions"]
         scores = {role: read_section(section, "head_functions", "role_scores", role, "values")
