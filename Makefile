@@ -14,13 +14,18 @@ DTYPE ?= float32
 N ?=
 SEED ?=
 TEMPLATES ?=
+MODELS ?=
+RAY_ADDRESS ?=
+CPUS_PER_JOB ?= 1
+GPUS_PER_JOB ?= 0
+RERUN ?=
 PYTEST_ARGS ?=
 
 # Values are quoted so a path with spaces stays one argument (TASK="my tasks/x.yaml" works).
 OPTIONS = --device "$(DEVICE)" --dtype "$(DTYPE)" $(if $(MODEL),--model "$(MODEL)") \
 	$(if $(N),--n "$(N)") $(if $(SEED),--seed "$(SEED)") $(if $(TEMPLATES),--templates "$(TEMPLATES)")
 
-.PHONY: help setup run run-all compare html test check bench lab clean
+.PHONY: help setup run run-all compare sweep html test check bench lab clean
 
 help: ## list the targets and variables
 	@echo "Targets:"
@@ -28,7 +33,11 @@ help: ## list the targets and variables
 	@echo
 	@echo "Variables (make run TASK=ioi MODEL=demo N=16 ...):"
 	@echo "  TASK=$(TASK)       a task name in params/ or a path to a task .yaml file; several: TASK=\"numseq months\""
-	@echo "  TASKS=\"$(TASKS)\"  the tasks make compare compares"
+	@echo "  TASKS=\"$(TASKS)\"  the tasks make compare compares (and make sweep runs)"
+	@echo "  MODELS=\"...\"    the models make sweep runs every task on (hub names, local directories, demo)"
+	@echo "  RAY_ADDRESS=... make sweep on an existing Ray cluster (host:port or auto); default: a local Ray"
+	@echo "  CPUS_PER_JOB=$(CPUS_PER_JOB) GPUS_PER_JOB=$(GPUS_PER_JOB)  the Ray resources each sweep job asks for"
+	@echo "  RERUN=1        make sweep runs pairs whose results are current too"
 	@echo "  MODEL=...      override the task's model: a hub name (gpt2), a local directory, or demo"
 	@echo "  DEVICE=$(DEVICE)    auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps"
 	@echo "  DTYPE=$(DTYPE) float32, float16 or bfloat16"
@@ -56,8 +65,12 @@ run-all: setup ## run every task in params/; a failing task does not stop the ot
 compare: setup ## compare TASKS' heads into notebooks/compare/ (runs tasks without results first)
 	$(PY) -m helpers.run --compare $(TASKS) $(OPTIONS)
 
+sweep: setup ## run every TASKS x MODELS pair as a job on Ray, then compare them into notebooks/sweep/
+	$(PY) -m helpers.run --sweep $(TASKS) --models $(MODELS) --cpus-per-job "$(CPUS_PER_JOB)" \
+		--gpus-per-job "$(GPUS_PER_JOB)" $(if $(RAY_ADDRESS),--ray-address "$(RAY_ADDRESS)") $(if $(RERUN),--rerun) $(OPTIONS)
+
 html: setup ## re-export TASK's notebooks as offline HTML pages (and its index), without re-running
-	$(PY) -m helpers.run --html "$(TASK)"
+	$(PY) -m helpers.run --html "$(TASK)" $(if $(MODEL),--model "$(MODEL)")
 
 test: setup ## run the test suite, offline
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest $(PYTEST_ARGS)
@@ -71,8 +84,8 @@ bench: setup ## time the patching engine and the copy scores against straightfor
 	$(PY) tests/bench_graph.py
 	$(PY) tests/bench_suite.py
 
-lab: setup ## open JupyterLab at TASK's executed notebooks (notebooks/<task>/)
-	$(PY) -m helpers.run --lab "$(TASK)"
+lab: setup ## open JupyterLab at TASK's executed notebooks (notebooks/<task>/, or <task>@<model>/ with MODEL=)
+	$(PY) -m helpers.run --lab "$(TASK)" $(if $(MODEL),--model "$(MODEL)")
 
 clean: ## remove caches and the demo model (not the environment, not notebooks/)
 	rm -rf .cache .pytest_cache

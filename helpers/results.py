@@ -235,8 +235,16 @@ def circuit_file_path(results_path: str | None, *, task: Any = None) -> Path | N
     if task is None:
         return None
 
-    last = paths.NOTEBOOKS_DIR / task.name / CIRCUIT_FILE
+    last = _last_run_folder(task) / CIRCUIT_FILE
     return last if last.is_file() else None
+
+
+def _last_run_folder(task: Any) -> Path:
+    """By hand: the folder of the last run of ``task`` (a spec) on its model, ``notebooks/<task>@<model>/``
+    when that exists, else ``notebooks/<task>/`` (the task file's own model; whichever it is, a reader checks
+    the run's settings)."""
+    other = paths.NOTEBOOKS_DIR / f"{task.name}{paths.MODEL_SEPARATOR}{paths.model_slug(task.model)}"
+    return other if other.is_dir() else paths.NOTEBOOKS_DIR / task.name
 
 
 def load_earlier_results(results_path: str | None, names: list[str], *, task: Any = None) -> dict[str, Any]:
@@ -250,7 +258,7 @@ def load_earlier_results(results_path: str | None, names: list[str], *, task: An
         if task is None:
             return {}
 
-        last = paths.NOTEBOOKS_DIR / task.name / "results.json"
+        last = _last_run_folder(task) / "results.json"
         if not last.is_file():
             return {}
         data = load(last)

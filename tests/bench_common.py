@@ -34,9 +34,18 @@ def shaped_model_dir(shape: str = "gpt2-small") -> Path:
     return directory
 
 
-def shaped_model(shape: str = "gpt2-small") -> tuple[Any, Any]:
-    """(model, tokenizer) of one of :data:`SHAPES` (:func:`shaped_model_dir`)."""
-    return load_model(str(shaped_model_dir(shape)), device="cpu"), load_gpt2_tokenizer()
+def shaped_model(shape: str = "gpt2-small", device: str = "cpu") -> tuple[Any, Any]:
+    """(model, tokenizer) of one of :data:`SHAPES` (:func:`shaped_model_dir`), on ``device``."""
+    return load_model(str(shaped_model_dir(shape)), device=device), load_gpt2_tokenizer()
+
+
+def synchronize(device: Any) -> None:
+    """Wait for the device's queued work, so that a timer read after it measures the work (a GPU runs
+    asynchronously; on the CPU there is nothing to wait for)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def matmul_flops_per_second(n: int = 2048, repeats: int = 5) -> float:

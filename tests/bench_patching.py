@@ -21,9 +21,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
-from bench_common import SHAPES, peak_memory_mib, shaped_model  # noqa: E402
+from bench_common import SHAPES, peak_memory_mib, shaped_model, synchronize  # noqa: E402
 
 from helpers.analyses.patching import PATCH_KINDS, VARIANTS, PatchingEngine  # noqa: E402
+from helpers.models.load import pick_device  # noqa: E402
 from helpers.tasks.metrics import at_final_pos  # noqa: E402
 from helpers.tasks.prompts import build_prompts, load_task, parse_task  # noqa: E402
 
@@ -32,32 +33,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each side per variant")
     parser.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, of {', '.join(SHAPES)}")
+    parser.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N, mps: "
+                                                         "both sides run there")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    device = str(pick_device(args.device))
     summary = []
     for shape in args.shapes.split(","):
-        summary.append((shape, *bench_shape(shape, args.repeats)))
-    print("\nper architecture, the six variants together:")
+        summary.append((shape, *bench_shape(shape, args.repeats, device)))
+    print(f"\nper architecture, the six variants together, both on {device}:")
     for shape, tl_s, ours_s, worst in summary:
         print(f"  {shape:<14} transformer_lens {tl_s:7.1f} s, ours {ours_s:6.1f} s: {tl_s / ours_s:5.1f}x "
               f"(largest difference {worst:.1e})")
     print(f"\npeak resident memory of this process: {peak_memory_mib():.0f} MiB")
 
 
-def bench_shape(shape: str, repeats: int) -> tuple[float, float, float]:
-    model, tokenizer = shaped_model(shape)
+def bench_shape(shape: str, repeats: int, device: str = "cpu") -> tuple[float, float, float]:
+    model, tokenizer = shaped_model(shape, device)
     ioi = load_task("ioi").to_dict()
     spec = parse_task({**ioi, "templates": ioi["templates"][:1], "n_prompts": 8}, source="benchmark")
     prompts = build_prompts(spec, tokenizer, prepend_bos=bool(model.cfg.default_prepend_bos))
     cfg = model.cfg
-    print(f"\n== {shape}: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab {cfg.d_vocab}; "
-          f"prompts: {tuple(prompts.clean_tokens.shape)}; torch threads: {torch.get_num_threads()}")
+    print(f"\n== {shape} on {device}: {cfg.n_layers} layers x {cfg.n_heads} heads, d_model {cfg.d_model}, d_vocab "
+          f"{cfg.d_vocab}; prompts: {tuple(prompts.clean_tokens.shape)}; torch threads: {torch.get_num_threads()}")
 
     started = time.perf_counter()
     engine = PatchingEngine(model, prompts, progress=False)
     setup = time.perf_counter() - started
     assert engine.uses_fast_path, engine.fast_path_reason
-    _, clean_cache = model.run_with_cache(prompts.clean_tokens)
+    _, clean_cache = model.run_with_cache(prompts.clean_tokens.to(device))
+    corrupted = prompts.corrupted_tokens.to(device)
 
     def metric(logits: torch.Tensor) -> torch.Tensor:
         return engine.metric(at_final_pos(logits, prompts.final_pos))
@@ -69,11 +74,13 @@ def bench_shape(shape: str, repeats: int) -> tuple[float, float, float]:
     for kind in PATCH_KINDS:
         tl_times, our_times = [], []
         for _ in range(repeats):
+            synchronize(device)
             t0 = time.perf_counter()
-            reference = VARIANTS[kind].reference(model, prompts.corrupted_tokens, clean_cache, metric)
+            reference = VARIANTS[kind].reference(model, corrupted, clean_cache, metric)
+            synchronize(device)
             tl_times.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            ours = engine.patch(kind).values
+            ours = engine.patch(kind).values  # on the host: the engine's one transfer, timed with it
             our_times.append(time.perf_counter() - t0)
         comparable = ours.shape == reference.shape
         diff = float((ours - reference.cpu()).abs().max()) if comparable else float("nan")

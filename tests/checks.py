@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -129,3 +130,12 @@ def fast_engine(model: Any, prompts: PromptSet, **options: Any) -> PatchingEngin
         engine = PatchingEngine(model, prompts, progress=False, **options)
     assert engine.uses_fast_path, engine.fast_path_reason
     return engine
+
+
+def run_dir(notebooks: Path | str, task: str, model: Path | str) -> Path:
+    """The folder ``make run TASK=<task> MODEL=<model>`` writes in ``notebooks`` (a task of params/, whose own
+    model is a hub name: a toy model's run lands in ``<task>@<toy's folder name>``)."""
+    from helpers.paths import run_folder_name
+    from helpers.tasks.spec import load_task
+
+    return Path(notebooks) / run_folder_name(task, str(model), load_task(task).model)

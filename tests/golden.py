@@ -53,15 +53,16 @@ def run_sections(name: str, folder: Path, tokenizer: Any, *, model: str | None =
     """Run every template of IOI on the golden run's model into ``folder`` and return results.json's
     ``templates`` section (``model``: a toy already built for it)."""
     from helpers.run.execute import run_tasks
+    from tests.checks import run_dir
 
     notebooks = folder / f"notebooks-{name}"
     lines: list[str] = []
-    code = run_tasks([TASK], model=model or model_for(name, folder, tokenizer),
-                     n_prompts=DEMO_PROMPTS if name == DEMO else TOY_PROMPTS, device="cpu", notebooks_dir=notebooks,
-                     log=lines.append)
+    model = model or model_for(name, folder, tokenizer)
+    code = run_tasks([TASK], model=model, n_prompts=DEMO_PROMPTS if name == DEMO else TOY_PROMPTS, device="cpu",
+                     notebooks_dir=notebooks, log=lines.append)
     if code != 0:
         raise RuntimeError(f"the golden run '{name}' failed:\n" + "\n".join(lines))
-    return json.loads((notebooks / TASK / "results.json").read_text())["templates"]
+    return json.loads((run_dir(notebooks, TASK, model) / "results.json").read_text())["templates"]
 
 
 def differences(actual: Any, expected: Any, path: str = "") -> list[str]:

@@ -29,6 +29,7 @@ from checks import (
     assert_matches,
     assert_scalar_matches,
     fast_engine,
+    run_dir,
 )
 from reference import hf_head_dla, hf_mean_ablated_metric, transformer_lens_patch
 from test_golden import assert_as_stored
@@ -361,7 +362,7 @@ def test_the_whole_suite_runs_through_the_runner(architecture: str, tmp_path_fac
     lines: list[str] = []
     assert running.run_tasks(["ioi"], model=str(directory), n_prompts=8, device="cpu", notebooks_dir=notebooks,
                          log=lines.append) == 0, "\n".join(lines)
-    out = notebooks / "ioi"
+    out = run_dir(notebooks, "ioi", directory)
     for template in planning.TEMPLATE_ORDER:
         nb = nbformat.read(out / f"{template}.ipynb", as_version=4)
         outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

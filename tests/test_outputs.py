@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from checks import run_dir
 from fake_templates import saving, stamps, write_templates
 
 from helpers import results
@@ -57,18 +58,18 @@ def test_a_partial_run_merges_its_templates_and_the_index_says_which_ran_when(
     options: dict[str, Any] = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
                                    log=lambda line: None)
     assert running.run_tasks(["ioi"], **options) == 0
-    first = strict(notebooks / "ioi" / "results.json")
+    first = strict(run_dir(notebooks, "ioi", toy_model_dir) / "results.json")
     time.sleep(1.1)  # a later finished_at
     assert running.run_tasks(["ioi"], templates=["dla"], **options) == 0
-    merged = strict(notebooks / "ioi" / "results.json")
+    merged = strict(run_dir(notebooks, "ioi", toy_model_dir) / "results.json")
     assert set(merged["templates"]) == {"dla", "patching"}  # patching kept, not dropped
     runs = merged["provenance"]["template_runs"]
     assert runs["patching"] == first["provenance"]["template_runs"]["patching"]
     assert runs["dla"]["finished_at"] == merged["provenance"]["finished_at"] != runs["patching"]["finished_at"]
-    index = (notebooks / "ioi" / "README.md").read_text()
+    index = (run_dir(notebooks, "ioi", toy_model_dir) / "README.md").read_text()
     assert f"| patching | {runs['patching']['finished_at']} (an earlier run, same settings) |" in index
     assert f"| dla | {runs['dla']['finished_at']} |" in index
-    assert sorted(p.name for p in (notebooks / "ioi").glob("*.ipynb")) == ["dla.ipynb", "patching.ipynb"]
+    assert sorted(p.name for p in (run_dir(notebooks, "ioi", toy_model_dir)).glob("*.ipynb")) == ["dla.ipynb", "patching.ipynb"]
 
 
 def test_a_run_estimates_what_remains_from_the_last_run_with_its_settings(
@@ -80,7 +81,7 @@ def test_a_run_estimates_what_remains_from_the_last_run_with_its_settings(
                                    log=lines.append)
     assert running.run_tasks(["ioi"], **options) == 0
     assert not [line for line in lines if "left for" in line]  # one template after the first: no basis yet
-    took = {name: data["seconds"] for name, data in strict(notebooks / "ioi" / "results.json")[
+    took = {name: data["seconds"] for name, data in strict(run_dir(notebooks, "ioi", toy_model_dir) / "results.json")[
         "provenance"]["template_runs"].items()}
     assert set(took) == {"dla", "patching"} and all(seconds > 0 for seconds in took.values())
     lines.clear()
@@ -95,7 +96,7 @@ def test_a_run_with_other_settings_keeps_the_earlier_outputs_apart(fake: Path, t
     options: dict[str, Any] = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks)
     assert running.run_tasks(["ioi"], log=lines.append, **options) == 0
     assert running.run_tasks(["ioi"], seed=5, templates=["dla"], log=lines.append, **options) == 0
-    out = notebooks / "ioi"
+    out = run_dir(notebooks, "ioi", toy_model_dir)
     latest = strict(out / "results.json")
     assert set(latest["templates"]) == {"dla"} and stamps(latest["templates"]["dla"])["seed"] == "5"
     assert sorted(p.name for p in out.glob("*.ipynb")) == ["dla.ipynb"]  # nothing stale listed beside it
@@ -134,13 +135,13 @@ def test_a_second_run_of_the_same_task_is_refused_while_the_first_writes(
     fake: Path, toy_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     notebooks = tmp_path / "notebooks"
-    with outputs.RunLock(notebooks / "ioi"):  # this process plays the first run
+    with outputs.RunLock(run_dir(notebooks, "ioi", toy_model_dir)):  # this process plays the first run
         code = running.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks,
                              log=lambda line: None)
     assert code == 2
     err = capsys.readouterr().err
     assert f"another run (process {os.getpid()}" in err and "is writing" in err and "Fix: wait for it" in err
-    assert not (notebooks / "ioi" / "results.json").exists()
+    assert not (run_dir(notebooks, "ioi", toy_model_dir) / "results.json").exists()
     with pytest.raises(RunLockedError):
         with outputs.RunLock(tmp_path / "x"), outputs.RunLock(tmp_path / "x"):
             pass
@@ -223,7 +224,7 @@ def test_a_task_path_with_spaces_is_one_task(fake: Path, toy_model_dir: Path, tm
     assert cli._split(["numseq months", "days,letters"]) == ["numseq", "months", "days", "letters"]
     assert cli.main(["--task", str(folder / "x.yaml"), "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
                      "--templates", "dla", "--notebooks-dir", str(tmp_path / "out")]) == 0
-    assert stamps(strict(tmp_path / "out" / "ioi" / "results.json")["templates"]["dla"])["task_name"] == "ioi"
+    assert stamps(strict(run_dir(tmp_path / "out", "ioi", toy_model_dir) / "results.json")["templates"]["dla"])["task_name"] == "ioi"
 
 
 def test_a_bad_task_file_is_reported_before_anything_heavy_is_imported(tmp_path: Path) -> None:
@@ -247,7 +248,7 @@ def test_ctrl_c_stops_the_run_in_one_line_and_leaves_no_kernel_running(toy_model
     script.write_text(f"import sys\nfrom pathlib import Path\nfrom helpers.run import cli, plan\n"
                       f"plan.TEMPLATES_DIR = Path({str(templates)!r})\nsys.exit(cli.main(sys.argv[1:]))\n")
     out = tmp_path / "notebooks"
-    previous = out / "ioi"
+    previous = run_dir(out, "ioi", toy_model_dir)
     previous.mkdir(parents=True)
     (previous / "results.json").write_text('{"previous": true}')
     process = subprocess.Popen(

@@ -21,6 +21,7 @@ import torch
 from helpers.analyses import ablations, compare, copy_scores, head_ablation, neurons, vectors
 from helpers.analyses import dla as attribution
 from helpers.analyses import head_functions as head_scores
+from helpers.analyses import sweep as sweep_analysis
 from helpers.analyses.ablations import ABLATION_KINDS
 from helpers.analyses.circuits import discovery, graph_runner, head_roles
 from helpers.analyses.circuits import head_circuits as circuit
@@ -36,6 +37,7 @@ from helpers.figures import heads as head_figures
 from helpers.figures import neurons as neurons_figures
 from helpers.figures import patching as patching_figures
 from helpers.figures import static
+from helpers.figures import sweep as sweep_figures
 from helpers.figures import vectors as vectors_figures
 from helpers.paths import REPO_ROOT
 from helpers.tasks.prompts import PromptSet, load_task
@@ -103,7 +105,19 @@ def results(toy_model: Any, ioi_prompts: PromptSet, planted: Any) -> dict[str, A
         "neurons": neuron_result,
         "activations": neurons.compute_neuron_activations(toy_model, ioi_prompts, 1, neuron_result.top(3)),
         "tasks": task_results,
+        "sweep": hand_made_sweep(),
     }
+
+
+def hand_made_sweep() -> sweep_analysis.SweepResults:
+    """Two tasks on two models of different shapes; months did not land on the second model."""
+    def pair(task: str, model: str, shape: tuple[int, int], edges: set[str], size: int) -> sweep_analysis.PairResults:
+        return sweep_analysis.PairResults(task, model, f"notebooks/{task}@{model}", shape, "logit_diff", 1.5, size, 0.9,
+                                          {"L1H0": "name_mover"}, frozenset(edges), {})
+    return sweep_analysis.SweepResults(("small", "large"), ("ioi", "months"), {
+        "small": {"ioi": pair("ioi", "small", (2, 4), {"L1H0->logits", "L0H1->L1H0<q>"}, 12),
+                  "months": pair("months", "small", (2, 4), {"L1H0->logits"}, 7)},
+        "large": {"ioi": pair("ioi", "large", (3, 4), {"L1H0->logits"}, 20)}})
 
 
 def check_logit_diff(r: dict[str, Any]) -> go.Figure:
@@ -209,6 +223,28 @@ def check_successor_scores(r: dict[str, Any]) -> go.Figure:
     assert values_of(fig.data[0], "z") == scores.values.tolist() and "12 words of M" in fig.layout.title.text
     table = copy_scores_figures.successor_table(scores, 3)
     assert list(table.index) == [h.name for h in scores.top(3)]
+    return fig
+
+
+def check_circuit_size_by_model(r: dict[str, Any]) -> go.Figure:
+    fig = sweep_figures.plot_circuit_size_by_model(r["sweep"])
+    assert [t.name for t in fig.data] == ["ioi", "months"] and list(fig.data[0].x) == ["small", "large"]
+    assert list(fig.data[0].y) == [12, 20] and list(fig.data[1].y) == [7, None]  # months did not run on large
+    return fig
+
+
+def check_task_overlap(r: dict[str, Any]) -> go.Figure:
+    fig = sweep_figures.plot_task_overlap(r["sweep"], "small")
+    assert values_of(fig.data[0], "z") == [[1.0, 0.5], [0.5, 1.0]]  # one shared edge of two in either
+    return fig
+
+
+def check_model_overlap(r: dict[str, Any]) -> go.Figure:
+    fig = sweep_figures.plot_model_overlap(r["sweep"], "ioi")
+    z = values_of(fig.data[0], "z")
+    assert z[0][0] == 1.0 and z[1][1] == 1.0 and all(v != v for v in (z[0][1], z[1][0]))  # shapes differ: NaN
+    table = sweep_figures.roles_table(r["sweep"], "ioi")
+    assert list(table.columns) == ["small", "large"] and table.loc["name mover"].tolist() == ["L1H0", "L1H0"]
     return fig
 
 

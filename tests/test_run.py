@@ -17,7 +17,7 @@ from typing import Any
 import nbformat
 import pytest
 import torch
-from checks import FLOAT32_PATCHING, assert_matches
+from checks import FLOAT32_PATCHING, assert_matches, run_dir
 from fake_templates import GOOD_TEMPLATE, saving, stamps, write_templates
 from nbformat.sign import NotebookNotary
 from reference import hook_neuron_patching, hook_update_vector_top_share, normalised_task_metric
@@ -33,9 +33,9 @@ from helpers.tasks.prompts import TaskError, build_prompts, load_task
 
 
 @pytest.fixture(scope="module")
-def successful_run(two_task_run: tuple[Path, list[str], int]) -> tuple[Path, list[str], int]:
+def successful_run(two_task_run: tuple[Path, list[str], int], toy_model_dir: Path) -> tuple[Path, list[str], int]:
     notebooks, lines, code = two_task_run
-    return notebooks / "ioi", lines, code
+    return run_dir(notebooks, "ioi", toy_model_dir), lines, code
 
 
 # Plotly figures each executed template shows, at least (on the 2-layer toy model).
@@ -237,7 +237,7 @@ def test_a_failing_template_keeps_it_and_leaves_earlier_results_alone(
     broken.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(broken, templates / "dla.ipynb")
     monkeypatch.setattr(planning, "TEMPLATES_DIR", templates)
-    out = tmp_path / "notebooks" / "ioi"
+    out = run_dir(tmp_path / "notebooks", "ioi", toy_model_dir)
     out.mkdir(parents=True)
     (out / "dla.ipynb").write_text("previous good notebook")
     (out / "results.json").write_text('{"previous": true}')
@@ -264,7 +264,7 @@ def test_a_template_that_does_not_apply_says_why_and_the_others_run(tmp_path: Pa
     code = running.run_tasks(["ioi"], model=str(model), n_prompts=4, device="cpu", notebooks_dir=tmp_path / "notebooks",
                              log=lines.append, templates=["circuit_discovery", "circuit"])
     assert code == 0, "\n".join(lines)
-    out = tmp_path / "notebooks" / "ioi"
+    out = run_dir(tmp_path / "notebooks", "ioi", model)
     log = "\n".join(lines)
     assert "circuit_discovery: not applicable to this model or task: gemma2: a norm after attention couples" in log
     errors = error_outputs(out / "circuit_discovery.ipynb")
@@ -307,20 +307,22 @@ def test_multi_token_answers_fail_after_the_tokenizer_loads(toy_model_dir: Path,
 
 
 @pytest.mark.slow
-def test_several_tasks_run_in_turn_and_end_with_a_summary(two_task_run: tuple[Path, list[str], int]) -> None:
+def test_several_tasks_run_in_turn_and_end_with_a_summary(two_task_run: tuple[Path, list[str], int],
+                                                           toy_model_dir: Path) -> None:
     notebooks, lines, code = two_task_run
     assert code == 0, "\n".join(lines)
     assert "\n=== task 2/2: greater_than ===" in lines and "\n2 of 2 tasks succeeded" in lines
     for task in ("ioi", "greater_than"):
-        assert json.loads((notebooks / task / "results.json").read_text())["task"] == task
+        assert json.loads((run_dir(notebooks, task, toy_model_dir) / "results.json").read_text())["task"] == task
 
 
 @pytest.mark.slow
-def test_every_template_honours_a_probability_difference_metric(two_task_run: tuple[Path, list[str], int]) -> None:
+def test_every_template_honours_a_probability_difference_metric(two_task_run: tuple[Path, list[str], int],
+                                                                toy_model_dir: Path) -> None:
     notebooks, lines, _ = two_task_run
-    results = json.loads((notebooks / "greater_than" / "results.json").read_text())["templates"]
+    results = json.loads((run_dir(notebooks, "greater_than", toy_model_dir) / "results.json").read_text())["templates"]
     for name in planning.TEMPLATE_ORDER:
-        assert error_outputs(notebooks / "greater_than" / f"{name}.ipynb") == [], name
+        assert error_outputs(run_dir(notebooks, "greater_than", toy_model_dir) / f"{name}.ipynb") == [], name
     dla, patching, circuit = results["dla"], results["patching"], results["circuit"]
     assert dla["logit_diff"]["metric"] == patching["metric"]["task_metric"] == "probability difference"
     assert patching["metric"]["metric_name"] == "normalised probability difference"
@@ -365,7 +367,8 @@ def test_the_same_task_twice_gives_identical_figures(
     notebooks, _, _ = two_task_run
     assert running.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=8, device="cpu", notebooks_dir=tmp_path,
                          fresh_kernels=True, log=lambda line: None) == 0
-    first, again = (json.loads((folder / "ioi" / "results.json").read_text()) for folder in (notebooks, tmp_path))
+    first, again = (json.loads((run_dir(folder, "ioi", toy_model_dir) / "results.json").read_text())
+                    for folder in (notebooks, tmp_path))
     assert list(again["templates"]) == planning.available_templates()
     assert first["templates"] == again["templates"]
 
@@ -378,7 +381,8 @@ def test_a_failing_task_does_not_stop_the_others(toy_model_dir: Path, tmp_path: 
     assert code == 1
     assert "there is no params/no_such_task.yaml" in capsys.readouterr().err
     assert "\n1 of 2 tasks succeeded; failed: no_such_task" in lines
-    assert json.loads((tmp_path / "ioi" / "results.json").read_text())["templates"]["dla"]["additivity"]["ok"]
+    assert json.loads((run_dir(tmp_path, "ioi", toy_model_dir) / "results.json").read_text())["templates"]["dla"][
+        "additivity"]["ok"]
 
 
 def test_task_lists_are_split_on_spaces_and_commas() -> None:
@@ -392,7 +396,7 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
     assert comparison.compare(["ioi", "greater_than"], model=str(toy_model_dir), notebooks_dir=notebooks,
                        log=lines.append) == 0
     assert not any("Running first" in line for line in lines), "both tasks had results: nothing to rerun"
-    out = notebooks / "compare"
+    out = notebooks / f"compare@{toy_model_dir.name}"
     assert sorted(p.name for p in out.iterdir()) == ["compare.html", "compare.ipynb", "results.json"]
     assert error_outputs(out / "compare.ipynb") == []
     written = json.loads((out / "results.json").read_text())
@@ -400,7 +404,8 @@ def test_compare_reads_both_tasks_results(two_task_run: tuple[Path, list[str], i
     assert written["provenance"]["tasks"] == ["ioi", "greater_than"]
     compared = written["templates"]["compare"]
     # recompute from the tasks' own results.json: top 10 of 8 heads = every head, so the sets are equal
-    maps = [json.loads((notebooks / t / "results.json").read_text())["templates"]["patching"]["head_out"]["values"]
+    maps = [json.loads((run_dir(notebooks, t, toy_model_dir) / "results.json").read_text())["templates"]["patching"][
+        "head_out"]["values"]
             for t in ("ioi", "greater_than")]
     assert compared["head_sets"]["overlap"] == [[8.0, 8.0], [8.0, 8.0]] and compared["shared_heads"]["shared"]
     r = torch.corrcoef(torch.tensor([sum(m, []) for m in maps]))[0, 1]
@@ -467,17 +472,18 @@ def test_the_index_lists_the_run_and_links_every_notebook_and_page(successful_ru
 
 
 @pytest.mark.slow
-def test_html_re_exports_without_running(two_task_run: tuple[Path, list[str], int], capsys: pytest.CaptureFixture[str]) -> None:
+def test_html_re_exports_without_running(two_task_run: tuple[Path, list[str], int], toy_model_dir: Path,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
     notebooks, _, _ = two_task_run
-    page = notebooks / "greater_than" / "circuit.html"
+    page = run_dir(notebooks, "greater_than", toy_model_dir) / "circuit.html"
     before = page.read_text()
     page.unlink()
-    (notebooks / "greater_than" / "index.html").unlink()
+    (run_dir(notebooks, "greater_than", toy_model_dir) / "index.html").unlink()
     lines: list[str] = []
-    assert cli.export_html(["greater_than"], notebooks_dir=notebooks, log=lines.append) == 0
-    assert page.read_text() == before and (notebooks / "greater_than" / "index.html").is_file()
-    assert lines == [f"greater_than: {len(planning.TEMPLATE_ORDER)} pages written to {notebooks / 'greater_than'}/ "
-                     "with index.html and README.md"]
+    assert cli.export_html(["greater_than"], notebooks_dir=notebooks, model=str(toy_model_dir), log=lines.append) == 0
+    assert page.read_text() == before and (run_dir(notebooks, "greater_than", toy_model_dir) / "index.html").is_file()
+    folder = run_dir(notebooks, "greater_than", toy_model_dir)
+    assert lines == [f"{folder.name}: {len(planning.TEMPLATE_ORDER)} pages written to {folder}/ with index.html and README.md"]
     assert cli.export_html(["numseq"], notebooks_dir=notebooks) == 2
     assert "holds no executed notebooks. Fix: make run TASK=numseq" in capsys.readouterr().err
 
@@ -500,7 +506,7 @@ def test_a_template_that_dies_or_writes_nothing_fails_and_replaces_nothing(
     body: str, problem: str, toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "templates", dla=body))
-    out = tmp_path / "notebooks" / "ioi"
+    out = run_dir(tmp_path / "notebooks", "ioi", toy_model_dir)
     previous_results(out)
     lines: list[str] = []
     plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "notebooks")
@@ -518,11 +524,11 @@ def test_failed_notebooks_are_cleared_by_a_later_success(toy_model_dir: Path, tm
     options = dict(model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=notebooks)
     monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "broken", dla='raise RuntimeError("no")'))
     assert running.execute(planning.prepare_run("ioi", **options), log=lambda line: None) == 1
-    assert (notebooks / "ioi" / "failed" / "dla.ipynb").is_file()
+    assert (run_dir(notebooks, "ioi", toy_model_dir) / "failed" / "dla.ipynb").is_file()
     monkeypatch.setattr(planning, "TEMPLATES_DIR", write_templates(tmp_path / "fixed", dla=GOOD_TEMPLATE))
     assert running.execute(planning.prepare_run("ioi", **options), log=lambda line: None) == 0
-    assert not (notebooks / "ioi" / "failed").exists()
-    results = json.loads((notebooks / "ioi" / "results.json").read_text())
+    assert not (run_dir(notebooks, "ioi", toy_model_dir) / "failed").exists()
+    results = json.loads((run_dir(notebooks, "ioi", toy_model_dir) / "results.json").read_text())
     assert results["templates"]["dla"]["summary"] == ["it ran", "task_name=ioi"]
 
 
@@ -538,7 +544,7 @@ def test_all_runs_every_task_in_params(toy_model_dir: Path, tmp_path: Path, monk
     assert cli.main(["--all", "--model", str(toy_model_dir), "--n", "2", "--device", "cpu",
                      "--notebooks-dir", str(tmp_path / "notebooks")]) == 0
     for name in ("ioi", "numseq"):
-        results = json.loads((tmp_path / "notebooks" / name / "results.json").read_text())
+        results = json.loads((run_dir(tmp_path / "notebooks", name, toy_model_dir) / "results.json").read_text())
         assert stamps(results["templates"]["dla"])["task_name"] == name and results["provenance"]["n_prompts"] == 2
 
 
@@ -572,7 +578,7 @@ def run_in_processes(tmp_path: Path, model: Path, names: Sequence[str], seed: in
     for name, process in started.items():
         output, _ = process.communicate(timeout=600)
         assert process.returncode == 0, output
-        data = json.loads((tmp_path / name / "ioi" / "results.json").read_text())
+        data = json.loads((run_dir(tmp_path / name, "ioi", model) / "results.json").read_text())
         assert data["provenance"].pop("finished_at")
         dla = data["provenance"].pop("template_runs")["dla"]
         assert dla.pop("finished_at") and dla.pop("seconds") > 0  # when and how long, not what
@@ -603,9 +609,9 @@ def test_templates_share_a_kernel_but_never_a_namespace(toy_model_dir: Path, tmp
     plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
     lines: list[str] = []
     assert running.execute(plan, log=lines.append) == 0, "\n".join(lines)
-    results = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]
+    results = json.loads((run_dir(tmp_path / "out", "ioi", toy_model_dir) / "results.json").read_text())["templates"]
     assert stamps(results["dla"])["pid"] == stamps(results["patching"])["pid"]  # the same kernel process
-    counts = [c.execution_count for c in nbformat.read(tmp_path / "out" / "ioi" / "patching.ipynb", as_version=4).cells
+    counts = [c.execution_count for c in nbformat.read(run_dir(tmp_path / "out", "ioi", toy_model_dir) / "patching.ipynb", as_version=4).cells
               if c.cell_type == "code"]
     assert counts == list(range(1, len(counts) + 1))
 
@@ -631,7 +637,7 @@ def test_a_template_starts_without_the_memory_its_predecessor_freed(toy_model_di
     plan = planning.prepare_run("ioi", model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out")
     lines: list[str] = []
     assert running.execute(plan, log=lines.append) == 0, "\n".join(lines)
-    results = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]
+    results = json.loads((run_dir(tmp_path / "out", "ioi", toy_model_dir) / "results.json").read_text())["templates"]
     first, second = stamps(results["dla"]), stamps(results["patching"])
     assert int(first["after"]) > int(first["before"]) - 100  # freed, still resident (the test's premise)
     assert int(second["start"]) < int(first["after"]) - 800, (first, second)
@@ -672,5 +678,5 @@ def test_the_kernel_converts_the_model_while_the_task_is_validated(toy_model_dir
     assert planning.loads_model(["dla"]) and not planning.loads_model(["patching"])
     assert running.run_tasks(["ioi"], model=str(toy_model_dir), n_prompts=2, device="cpu", notebooks_dir=tmp_path / "out",
                          log=lambda line: None) == 0
-    section = json.loads((tmp_path / "out" / "ioi" / "results.json").read_text())["templates"]["dla"]
+    section = json.loads((run_dir(tmp_path / "out", "ioi", toy_model_dir) / "results.json").read_text())["templates"]["dla"]
     assert stamps(section) == {"warmed": "True", "frozen": "True"}

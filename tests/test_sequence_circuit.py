@@ -19,6 +19,7 @@ from helpers.analyses.circuits.graph_runner import GraphRunner
 from helpers.analyses.copy_scores import compute_copy_scores, compute_successor_scores, successor_pairs
 from helpers.models.load import load_model
 from helpers.models.toys import MONTHS, PLANTED_SEQUENCE, build_planted_sequence_model, planted_sequence_task
+from helpers.paths import run_folder_name
 from helpers.tasks.prompts import build_prompts
 from helpers.tasks.spec import load_task
 
@@ -140,7 +141,8 @@ def test_the_notebooks_name_the_successor_head_on_the_sequence_task(sequence_dir
     code = running.run_tasks([str(task_file)], model=str(sequence_dir), device="cpu", notebooks_dir=tmp_path / "nb",
                              log=lines.append, templates=["head_functions", "copy_scores", "circuit_discovery"])
     assert code == 0, "\n".join(lines)
-    results = json.loads((tmp_path / "nb" / "planted_months" / "results.json").read_text())["templates"]
+    folder = tmp_path / "nb" / run_folder_name("planted_months", str(sequence_dir), "gpt2")  # the run on this model
+    results = json.loads((folder / "results.json").read_text())["templates"]
     successors = results["copy_scores"]["successor_scores"]
     assert successors["lists"] == {"M": 12} and successors["top"][0]["head"] == SUCCESSOR
     roles = {h: r["role"] for h, r in results["circuit_discovery"]["roles"].items() if r["role"] != "unknown"}

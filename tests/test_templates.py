@@ -17,7 +17,8 @@ TEMPLATES = sorted(TEMPLATES_DIR.glob("*.ipynb"))
 # What the runner injects into every per-task template (helpers.run.execute.execute), and into the cross-task
 # ones (helpers.run.comparison.compare).
 INJECTED = {"task", "device", "dtype", "results_path"}
-INJECTED_CROSS_TASK = {"tasks", "notebooks_dir", "results_path"}
+INJECTED_CROSS_TASK = {"compare": {"tasks", "notebooks_dir", "model", "results_path"},  # helpers.run.comparison.compare
+                       "sweep": {"folders", "results_path"}}  # helpers.run.sweep.compare_sweep
 
 
 def test_there_are_templates_and_the_runner_orders_them() -> None:
@@ -33,7 +34,7 @@ def test_exactly_one_parameters_cell_declaring_every_injected_key(path: Path) ->
     assert len(tagged) == 1
     assert tagged[0].cell_type == "code"
     declared = set(pm.inspect_notebook(str(path)))
-    injected = INJECTED_CROSS_TASK if path.stem in CROSS_TASK_TEMPLATES else INJECTED
+    injected = INJECTED_CROSS_TASK[path.stem] if path.stem in CROSS_TASK_TEMPLATES else INJECTED
     assert injected <= declared, f"{path.name} does not declare {injected - declared}"
 
 

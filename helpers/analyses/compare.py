@@ -25,7 +25,9 @@ from torch import Tensor
 from helpers import results as results_format
 from helpers.analyses.heads import HeadScore, head_name, rank_heads_by_magnitude
 from helpers.errors import SuiteError
+from helpers.paths import run_folder_name
 from helpers.tasks.metrics import pearson_correlation
+from helpers.tasks.spec import load_task, resolve_task_path
 
 # Importance measures: (template, path to the layer x head values in its results), and their names.
 MEASURES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -65,21 +67,29 @@ class TaskResults:
         return tuple(next(iter(self.heads.values())).shape)  # type: ignore[return-value]
 
 
-def load_task_results(tasks: list[str], notebooks_dir: str | Path) -> list[TaskResults]:
-    """Read each task's ``notebooks/<task>/results.json``.
+def task_folder(task: str, notebooks_dir: str | Path, model: str | None = None) -> Path:
+    """Where ``task``'s run is: ``notebooks/<task>/``, or with ``model`` its run on that model
+    (:func:`helpers.paths.run_folder_name`)."""
+    if model is None:
+        return Path(notebooks_dir) / task
+    return Path(notebooks_dir) / run_folder_name(task, model, load_task(resolve_task_path(task)).model)
+
+
+def load_task_results(tasks: list[str], notebooks_dir: str | Path, *, model: str | None = None) -> list[TaskResults]:
+    """Read each task's ``notebooks/<task>/results.json`` (with ``model``, of its run on that model).
 
     Raises:
         CompareError: a task has no results, lacks a template the comparison reads, or was run on a
             model of another shape than the first task's.
     """
-    folder = Path(notebooks_dir)
-    missing = [t for t in tasks if not (folder / t / "results.json").is_file()]
+    folders = {t: task_folder(t, notebooks_dir, model) for t in tasks}
+    missing = [t for t in tasks if not (folders[t] / "results.json").is_file()]
     if missing:
-        raise CompareError(f"no results for {', '.join(missing)} in {folder}. "
-                           f"Fix: make run TASK=\"{' '.join(missing)}\" (make compare runs missing tasks itself).")
+        raise CompareError(f"no results for {', '.join(missing)} in {notebooks_dir}. Fix: make run TASK=\"{' '.join(missing)}\""
+                           + (f" MODEL={model}" if model else "") + " (make compare runs missing tasks itself).")
     loaded = []
     for task in tasks:
-        data = results_format.load(folder / task / "results.json")
+        data = results_format.load(folders[task] / "results.json")
         heads = {}
         for name, (template, path) in {**MEASURES, **SCORES}.items():
             value = results_format.read(data, template, *path)

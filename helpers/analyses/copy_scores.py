@@ -36,6 +36,7 @@ from torch import Tensor
 
 from helpers.analyses.heads import HeadScore, top_of_sign
 from helpers.models.architectures import describe
+from helpers.models.devices import to_host
 from helpers.models.hooks import cache_activations
 from helpers.models.load import folded_norm, folded_unembed, post_norm_weights, stacked_weight
 from helpers.tasks.metrics import pearson_correlation
@@ -158,7 +159,7 @@ def compute_copy_scores(model: Any, prompts: PromptSet, *, k: int = 5) -> CopySc
                 out.append(_in_top_k(logits, target, k))
         in_top.append(torch.cat(layer_in_top, dim=-1))
         negative_in_top.append(torch.cat(layer_negative, dim=-1))
-    return CopyScores(torch.stack(in_top).cpu(), torch.stack(negative_in_top).cpu(), inputs, k)
+    return CopyScores(to_host(torch.stack(in_top)), to_host(torch.stack(negative_in_top)), inputs, k)
 
 
 def ov_readout(
@@ -344,7 +345,7 @@ def compute_successor_scores(model: Any, spec: Any) -> SuccessorScores | None:
         target = logits.gather(-1, successor.expand(logits.shape[0], -1, -1))
         others = logits.scatter(-1, successor.expand(logits.shape[0], -1, -1), float("-inf"))
         first.append((others.amax(dim=-1, keepdim=True) < target)[..., 0])
-    return SuccessorScores(torch.stack(first).cpu(), pairs)
+    return SuccessorScores(to_host(torch.stack(first)), pairs)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -446,10 +447,10 @@ def compute_attention_vs_projection(
     if post_norms:
         names += [f"blocks.{layer}.ln1_post.hook_scale" for layer in layers]
     _, acts = cache_activations(model, prompts.clean_tokens.to(model.cfg.device), names)
-    rows = torch.arange(len(prompts))
-    final_pos = prompts.final_pos
-    w_o, w_u = model.W_O.float().cpu(), model.W_U.float().cpu()
-    post_weights = post_norm_weights(model).cpu() if post_norms else None
+    w_o, w_u = model.W_O.float(), model.W_U.float()  # products with the weights are taken where they are
+    device = w_u.device
+    rows, final_pos = torch.arange(len(prompts), device=device), prompts.final_pos.to(device)
+    post_weights = post_norm_weights(model).to(device) if post_norms else None
 
     # One point per (prompt, distinct word): its role, token, and the positions its attention sums over.
     point_prompt, point_role, point_token, point_word = [], [], [], []
@@ -465,19 +466,23 @@ def compute_attention_vs_projection(
             row = torch.zeros(prompts.clean_tokens.shape[1])
             row[[w.position for w in at]] = 1.0
             rows_of_mask.append(row)
-    mask = torch.stack(rows_of_mask) if rows_of_mask else mask
-    prompt_of, token_of = torch.tensor(point_prompt, dtype=torch.long), torch.tensor(point_token, dtype=torch.long)
+    mask = (torch.stack(rows_of_mask) if rows_of_mask else mask).to(device)
+    prompt_of = torch.tensor(point_prompt, dtype=torch.long, device=device)
+    token_of = torch.tensor(point_token, dtype=torch.long, device=device)
 
-    results = []
+    attentions, projections = [], []
     for h in heads:
-        pattern = acts[f"blocks.{h.layer}.attn.hook_pattern"].float().cpu()[rows, h.head, final_pos]  # [batch, key]
-        z = acts[f"blocks.{h.layer}.attn.hook_z"].float().cpu()[rows, final_pos, h.head]  # [batch, d_head]
+        pattern = acts[f"blocks.{h.layer}.attn.hook_pattern"].float().to(device)[rows, h.head, final_pos]  # [batch, key]
+        z = acts[f"blocks.{h.layer}.attn.hook_z"].float().to(device)[rows, final_pos, h.head]  # [batch, d_head]
         head_out = z @ w_o[h.layer, h.head]  # [batch, d_model]
         if post_weights is not None:  # through the post-norm, with this position's scale
-            scale = acts[f"blocks.{h.layer}.ln1_post.hook_scale"].float().cpu()[rows, final_pos]
+            scale = acts[f"blocks.{h.layer}.ln1_post.hook_scale"].float().to(device)[rows, final_pos]
             head_out = head_out * post_weights[h.layer] / scale
-        attention = (pattern[prompt_of] * mask).sum(dim=-1)
-        projection = (head_out[prompt_of] * w_u[:, token_of].T).sum(dim=-1)
+        attentions.append((pattern[prompt_of] * mask).sum(dim=-1))
+        projections.append((head_out[prompt_of] * w_u[:, token_of].T).sum(dim=-1))
+    by_head = zip(heads, to_host(torch.stack(attentions)), to_host(torch.stack(projections)))  # once, at the end
+    results = []
+    for h, attention, projection in by_head:
         r, p_value = pearson_correlation(attention, projection)
         results.append(AttentionProjection(
             head=h, attention=attention, projection=projection, roles=tuple(point_role), words=tuple(point_word),

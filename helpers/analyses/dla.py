@@ -28,6 +28,7 @@ from torch import Tensor
 from helpers.analyses.heads import HeadScore, top_of_sign
 from helpers.analyses.stats import Interval, bootstrap_mean, mean_interval
 from helpers.models.architectures import describe
+from helpers.models.devices import to_host
 from helpers.models.hooks import cache_activations
 from helpers.models.load import post_norm_weights, stacked_weight
 from helpers.tasks.metrics import at_final_pos, set_probability, set_rank
@@ -101,22 +102,22 @@ def run_final_position_cache(
         weights = post_norm_weights(model)
         head_scale = torch.stack([weights[layer] / final[f"blocks.{layer}.ln1_post.hook_scale"] for layer in range(n_layers)])
     return FinalPositionCache(
-        final_logits=final_logits.cpu(),
-        logit_diff=logit_diff.cpu(),
-        embed=final["hook_embed"].cpu(),
-        pos_embed=final["hook_pos_embed"].cpu() if arch.learned_positions else None,
-        attn_out=torch.stack([final[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)]).cpu(),
-        mlp_out=torch.stack([final[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)]).cpu(),
-        z=torch.stack([final[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)]).cpu(),
-        final_scale=final["ln_final.hook_scale"].cpu(),
-        logit_diff_direction=direction.cpu(),
-        logit_diff_bias=bias.cpu(),
+        final_logits=to_host(final_logits),
+        logit_diff=to_host(logit_diff),
+        embed=to_host(final["hook_embed"]),
+        pos_embed=to_host(final["hook_pos_embed"]) if arch.learned_positions else None,
+        attn_out=to_host(torch.stack([final[f"blocks.{i}.hook_attn_out"] for i in range(n_layers)])),
+        mlp_out=to_host(torch.stack([final[f"blocks.{i}.hook_mlp_out"] for i in range(n_layers)])),
+        z=to_host(torch.stack([final[f"blocks.{i}.attn.hook_z"] for i in range(n_layers)])),
+        final_scale=to_host(final["ln_final.hook_scale"]),
+        logit_diff_direction=to_host(direction),
+        logit_diff_bias=to_host(bias),
         # RMSNorm models (LLaMA-style) scale without centring; GPT-2's LayerNorm centres first.
         ln_centres=arch.normalization == "LN",
         ln_eps=arch.eps,
         parallel=arch.parallel,
-        head_scale=None if head_scale is None else head_scale.cpu(),
-        capped_logit_diff=None if capped is None else capped.cpu(),
+        head_scale=None if head_scale is None else to_host(head_scale),
+        capped_logit_diff=None if capped is None else to_host(capped),
     )
 
 
@@ -273,7 +274,7 @@ class HeadAttribution:
 def compute_logit_diff(cache: FinalPositionCache, prompts: PromptSet) -> LogitDiffResult:
     metric = prompts.metric
     if not metric.is_linear:
-        name, task_values = metric.name, metric(cache.final_logits).cpu()
+        name, task_values = metric.name, to_host(metric(cache.final_logits))
     elif cache.capped_logit_diff is not None:
         name, task_values = "logit difference after the final soft cap", cache.capped_logit_diff
     else:
@@ -327,7 +328,8 @@ def compute_logit_lens(cache: FinalPositionCache) -> LogitLensResult:
 def head_outputs(model: Any, cache: FinalPositionCache) -> Float[Tensor, "layer head_index batch d_model"]:
     """What each head adds to the stream at the final position: ``z @ W_O`` (through the post-norm's
     scale at that position, where the model has one)."""
-    head_out = torch.einsum("lbhd,lhdm->lhbm", cache.z, model.W_O.float().cpu())
+    w_o = model.W_O.float()  # the product is taken where the weights are; the outputs come back
+    head_out = to_host(torch.einsum("lbhd,lhdm->lhbm", cache.z.to(w_o.device), w_o))
     return head_out if cache.head_scale is None else head_out * cache.head_scale[:, None]
 
 
@@ -339,7 +341,7 @@ def compute_head_attribution(model: Any, cache: FinalPositionCache) -> HeadAttri
 
 def head_output_sum_error(model: Any, cache: FinalPositionCache) -> float:
     """How far the per-head outputs plus the attention bias are from each layer's attention output."""
-    bias = stacked_weight(model, "b_O").float().cpu()[:, None]
+    bias = to_host(stacked_weight(model, "b_O").float())[:, None]  # [layer, 1, d_model]: a bias, not a weight matrix
     if cache.head_scale is not None:
         bias = bias * cache.head_scale
     return float((head_outputs(model, cache).sum(dim=1) + bias - cache.attn_out).abs().max())
@@ -367,7 +369,7 @@ def compute_attention_patterns(
     tokens: Int[Tensor, "batch pos"] = prompts.clean_tokens[prompt_index : prompt_index + 1, :length]
     layers = sorted({h.layer for h in heads})
     _, acts = cache_activations(model, tokens.to(model.cfg.device), [f"blocks.{i}.attn.hook_pattern" for i in layers])
-    patterns = torch.stack([acts[f"blocks.{h.layer}.attn.hook_pattern"][0, h.head] for h in heads]).float().cpu()
+    patterns = to_host(torch.stack([acts[f"blocks.{h.layer}.attn.hook_pattern"][0, h.head] for h in heads]).float())
     return AttentionPatterns(tuple(heads), prompts.clean_str_tokens[prompt_index], patterns,
                              prompts.clean_prompts[prompt_index])
 

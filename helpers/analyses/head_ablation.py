@@ -24,6 +24,7 @@ from helpers.analyses.dla import (
     run_final_position_cache,
 )
 from helpers.analyses.heads import HeadScore, rank_heads_by_magnitude
+from helpers.models.devices import to_host
 from helpers.tasks.prompts import PromptSet
 
 
@@ -95,8 +96,8 @@ def compute_head_ablation(
     after = run_final_position_cache(model, prompts, fwd_hooks=[(f"blocks.{layer}.attn.hook_z", ablate)])
     dla_before = compute_head_attribution(model, before)
     dla_after = compute_head_attribution(model, after)
-    w_o = model.W_O[layer, head].float().cpu()
-    replaced_out = (replacement @ w_o).expand(len(prompts), -1)
+    w_o = model.W_O[layer, head].float()  # the product is taken where the weight is
+    replaced_out = to_host(replacement.to(w_o.device) @ w_o).expand(len(prompts), -1)
     if before.head_scale is not None:  # through the post-norm's scale, as the head's own DLA is
         replaced_out = replaced_out * before.head_scale[layer]
     replaced_effect = project_on_logit_diff(replaced_out, before)

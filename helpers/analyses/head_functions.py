@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from helpers.analyses.heads import HeadScore, top_of_sign
+from helpers.models.devices import to_host
 from helpers.models.hooks import cache_activations
 
 Role = Literal["previous_token", "duplicate_token", "induction"]
@@ -124,8 +125,8 @@ def compute_head_role_scores(
     tokens = tokens.to(model.cfg.device)
     names = [f"blocks.{layer}.attn.hook_pattern" for layer in range(model.cfg.n_layers)]
     _, acts = cache_activations(model, tokens, names)
-    patterns = torch.stack([acts[name].float().cpu() for name in names])  # [layer, batch, head, q, k]
+    patterns = torch.stack([acts[name].float() for name in names])  # [layer, batch, head, q, k]
     scores = {}
     for role, (queries, keys) in role_targets(seq_len).items():
-        scores[role] = patterns[:, :, :, queries, keys].mean(dim=(1, 3))
+        scores[role] = to_host(patterns[:, :, :, queries.to(patterns.device), keys.to(patterns.device)].mean(dim=(1, 3)))
     return HeadRoleScores(scores, seq_len, batch, seed)

@@ -22,6 +22,7 @@ from torch import Tensor
 
 from helpers.analyses.patching.engine import PatchingEngine, PatchingResult
 from helpers.models.architectures import describe
+from helpers.models.devices import to_host
 from helpers.models.hooks import cache_activations
 from helpers.models.load import post_norm_weights
 from helpers.tasks.metrics import at_final_pos, pearson_correlation
@@ -164,5 +165,5 @@ def compute_neuron_activations(model: Any, prompts: PromptSet, layer: int, neuro
     values = []
     for tokens in (prompts.clean_tokens, prompts.corrupted_tokens):
         _, acts = cache_activations(model, tokens.to(model.cfg.device), [name])
-        values.append(at_final_pos(acts[name].float(), prompts.final_pos)[:, neurons].T.cpu())
+        values.append(to_host(at_final_pos(acts[name].float(), prompts.final_pos)[:, neurons].T))
     return NeuronActivations(layer, tuple(neurons), values[0], values[1], prompts.clean_prompts)

@@ -25,6 +25,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from helpers.analyses.dla import FinalPositionCache
+from helpers.models.devices import to_host
 from helpers.models.hooks import cache_activations
 from helpers.models.load import folded_unembed
 from helpers.tasks.metrics import at_final_pos, set_probability, set_rank
@@ -183,7 +184,7 @@ def run_with_vector(
     resid = torch.stack([at_final_pos(acts[name].float(), targets.final_pos) for name in names])  # [layer, batch, d]
     lens_probs = targets.answer_probs(folded_unembed(resid, model))
     return VectorRun(label or (vector.source if vector is not None else "no vector"),
-                     logits.float().cpu(), lens_probs.cpu(), targets)
+                     to_host(logits.float()), to_host(lens_probs), targets)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 from torch import Tensor
 
 from helpers.analyses import compare
+from helpers.analyses import sweep as sweep_analysis
 from helpers.analyses.circuits.discovery import CircuitFileResult, CircuitProposal, PathWalk
 from helpers.analyses.circuits.faithfulness import FaithfulnessByEdges, NormalisedFaithfulness
 from helpers.analyses.circuits.graph import EdgeScores
@@ -351,3 +352,30 @@ class CompareReport:
                 compare.describe_differences(list(self.differences)),
                 "same role in every task: " + (", ".join(circuits.same_role) or "none")
                 + "; edges in every task's circuit: " + (", ".join(circuits.shared_edges) or "none")]
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    template: ClassVar[str] = "sweep"
+    sweep: sweep_analysis.SweepResults
+
+    def section(self) -> dict[str, Any]:
+        s = self.sweep
+        return {
+            "models": list(s.models), "tasks": list(s.tasks),
+            "pairs": [p.to_dict() for by_task in s.pairs.values() for p in by_task.values()],
+            "roles": {task: sweep_analysis.role_table(s, task) for task in s.tasks},
+            "task_overlap": {model: sweep_analysis.task_overlap(s, model).tolist() for model in s.models},
+            "model_overlap": {task: sweep_analysis.model_overlap(s, task).tolist() for task in s.tasks},
+        }
+
+    def summary(self) -> list[str]:
+        s = self.sweep
+        landed = sum(len(by_task) for by_task in s.pairs.values())
+        lines = [f"{landed} pairs: {len(s.tasks)} tasks x {len(s.models)} models"]
+        for task in s.tasks:
+            sizes = ", ".join(f"{m} {p.circuit_edges}" for m in s.models
+                              if (p := s.pair(task, m)) is not None and p.circuit_edges is not None)
+            if sizes:
+                lines.append(f"{task}: proposed circuit edges by model: {sizes}")
+        return lines

@@ -40,19 +40,22 @@ from helpers.run.outputs import output_name
 from helpers.tasks.spec import TaskError, available_tasks
 
 
-def export_html(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_DIR, log: Any = print) -> int:
-    """Re-export the executed notebooks of each task (or ``compare``) as HTML pages, and its index."""
+def export_html(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_DIR, model: str | None = None,
+                log: Any = print) -> int:
+    """Re-export the executed notebooks of each task (or ``compare``) as HTML pages, and its index; with
+    ``model``, of each task's run on that model."""
     code = 0
-    for task in tasks:
+    for given in tasks:
         try:
-            task = output_name(task)
+            task = output_name(given, model)
         except TaskError as err:
             print(f"error: {err}", file=sys.stderr)
             code = 2
             continue
         folder = notebooks_dir / task
         if not any(folder.glob("*.ipynb")):
-            print(f"error: TASK = {task!r}: {shown(folder)} holds no executed notebooks. Fix: make run TASK={task}",
+            print(f"error: TASK = {task!r}: {shown(folder)} holds no executed notebooks. Fix: make run TASK={given}"
+                  + (f" MODEL={model}" if model else ""),
                   file=sys.stderr)
             code = 2
             continue
@@ -74,6 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     which.add_argument("--compare", nargs="+", metavar="TASK", help="compare these tasks' results (running missing ones)")
     which.add_argument("--html", nargs="+", metavar="TASK", help="re-export these tasks' notebooks as HTML, without running")
     which.add_argument("--lab", metavar="TASK", help="open JupyterLab at this task's executed notebooks")
+    which.add_argument("--sweep", nargs="+", metavar="TASK", help="run every task x --models pair as a job on Ray")
+    parser.add_argument("--models", nargs="+", help="the sweep's models: hub names, local directories, or 'demo'")
+    parser.add_argument("--ray-address", default=None,
+                        help="an existing Ray cluster (host:port or auto); none: a local Ray for the sweep")
+    parser.add_argument("--cpus-per-job", type=float, default=1.0, help="Ray CPUs each sweep job asks for")
+    parser.add_argument("--gpus-per-job", type=float, default=0.0, help="Ray GPUs each sweep job asks for")
+    parser.add_argument("--rerun", action="store_true", help="run the sweep's pairs whose results are current too")
     parser.add_argument("--model", help="override the task's model: a hub name, a local directory, or 'demo'")
     parser.add_argument("--n", type=int, dest="n_prompts", help="override the number of prompts")
     parser.add_argument("--seed", type=int, help="override the task's seed")
@@ -94,10 +104,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.compare:
             return compare(_split(args.compare), **options)
+        if args.sweep:
+            # deferred: only a sweep needs Ray
+            from helpers.run.sweep import sweep
+
+            options.pop("model")
+            return sweep(_split(args.sweep), _split(args.models or []), address=args.ray_address or None,
+                         cpus_per_job=args.cpus_per_job, gpus_per_job=args.gpus_per_job, rerun=args.rerun, **options)
         if args.html:
-            return export_html(_split(args.html), notebooks_dir=args.notebooks_dir)
+            return export_html(_split(args.html), notebooks_dir=args.notebooks_dir, model=args.model)
         if args.lab:
-            return open_lab(args.lab, notebooks_dir=args.notebooks_dir)
+            return open_lab(args.lab, notebooks_dir=args.notebooks_dir, model=args.model)
         return run_tasks(available_tasks() if args.all else _split(args.task), fresh_kernels=args.fresh_kernels,
                          **options)
     except KeyboardInterrupt:
@@ -108,16 +125,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def open_lab(task: str, *, notebooks_dir: Path = NOTEBOOKS_DIR) -> int:
-    """JupyterLab at the task's executed notebooks (the same folder ``make run`` writes)."""
+def open_lab(task: str, *, notebooks_dir: Path = NOTEBOOKS_DIR, model: str | None = None) -> int:
+    """JupyterLab at the task's executed notebooks (the same folder ``make run`` writes; with ``model``, the
+    task's run on that model)."""
     try:
-        name = output_name(task)
+        name = output_name(task, model)
     except TaskError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     folder = notebooks_dir / name
     if not any(folder.glob("*.ipynb")):
-        print(f"error: {shown(folder)}/ holds no executed notebooks yet. Fix: make run TASK={task}", file=sys.stderr)
+        print(f"error: {shown(folder)}/ holds no executed notebooks yet. Fix: make run TASK={task}"
+              + (f" MODEL={model}" if model else ""), file=sys.stderr)
         return 2
     root = notebooks_dir.resolve().parent
     url = "/lab/tree/" + str(folder.resolve().relative_to(root))

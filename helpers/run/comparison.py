@@ -1,5 +1,7 @@
-"""The cross-task comparison: ``templates/compare.ipynb`` executed on several tasks' results into
-``notebooks/compare/``, running first any task whose results are missing.
+"""The comparisons: ``templates/compare.ipynb`` executed on several tasks' results into
+``notebooks/compare/`` (``notebooks/compare@<model>/`` for their runs on another model), running first any
+task whose results are missing; and :func:`run_comparison`, which lands any cross-run template's notebook
+(the sweep's, :mod:`helpers.run.sweep`, too).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from helpers.paths import NOTEBOOKS_DIR
 from helpers.results import results_file, write_json
 from helpers.run.execute import finish_notebooks, git_commit, now, report_failure, run_tasks, run_template, shown
-from helpers.run.outputs import RunLock
+from helpers.run.outputs import RunLock, output_name
 from helpers.run.plan import COMPARED_TEMPLATES, model_argument, template_path
 from helpers.tasks.spec import TaskError, resolve_task_path
 
@@ -27,7 +29,7 @@ def missing_for_comparison(tasks: list[str], *, notebooks_dir: Path = NOTEBOOKS_
     ``model`` is given) came from another model."""
     missing = []
     for task in tasks:
-        path = notebooks_dir / task / "results.json"
+        path = notebooks_dir / output_name(task, model) / "results.json"
         data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
         has_all = set(COMPARED_TEMPLATES) <= set(data.get("templates", {}))
         if not has_all or (model is not None and data.get("provenance", {}).get("model") != model_argument(model)):
@@ -64,33 +66,38 @@ def compare(tasks: list[str], *, run_missing: bool = True, log: Any = print,
         if still:
             print(f"error: {', '.join(still)} did not produce results; the comparison needs them", file=sys.stderr)
             return 1
-    output_dir = notebooks_dir / "compare"
+    model = options.get("model")
+    log(f"compare: {', '.join(tasks)}" + (f" on {model}" if model else "") + " ...")
+    return run_comparison("compare", notebooks_dir / output_name("compare", model), {
+        "tasks": list(tasks), "notebooks_dir": str(notebooks_dir.resolve()),
+        "model": None if model is None else model_argument(model)}, log=log, provenance={"tasks": list(tasks)})
+
+
+def run_comparison(template: str, output_dir: Path, parameters: dict[str, Any], *, log: Any = print,
+                   provenance: dict[str, Any] | None = None) -> int:
+    """Execute the cross-run ``template`` with ``parameters`` into ``output_dir``: its notebook, page and
+    ``results.json`` (the template's section under its name, and ``provenance`` with when and by which
+    commit) replace the previous ones only once it succeeded; a failure keeps its notebook in ``failed/``."""
     output_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(output_dir):
-        return _compare_locked(tasks, output_dir, notebooks_dir, log)
-
-
-def _compare_locked(tasks: list[str], output_dir: Path, notebooks_dir: Path, log: Any) -> int:
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
-    try:
-        log(f"compare: {', '.join(tasks)} ...")
-        failure = run_template(template_path("compare"), staging / "compare.ipynb", {
-            "tasks": list(tasks), "notebooks_dir": str(notebooks_dir.resolve()),
-            "results_path": "compare.results.json"})
-        if failure is not None:
-            return report_failure(output_dir, "compare", staging / "compare.ipynb", failure, log)
-        section = json.loads((staging / "compare.results.json").read_text())
-        results = results_file("compare", {"compare": section}, {
-            "tasks": list(tasks), "finished_at": now(),
-            "suite_commit": git_commit()})
-        write_json(staging / "results.json", results)
-        finish_notebooks(staging, ["compare"])
-        _publish(staging, output_dir, ["compare"])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=output_dir))
+        try:
+            notebook = staging / f"{template}.ipynb"
+            failure = run_template(template_path(template), notebook, {
+                **parameters, "results_path": f"{template}.results.json"})
+            if failure is not None:
+                return report_failure(output_dir, template, notebook, failure, log)
+            section = json.loads((staging / f"{template}.results.json").read_text())
+            results = results_file(template, {template: section}, {
+                **(provenance or {}), "finished_at": now(), "suite_commit": git_commit()})
+            write_json(staging / "results.json", results)
+            finish_notebooks(staging, [template])
+            _publish(staging, output_dir, [template])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     for line in section.get("summary", []):
         log(f"  {line}")
-    log(f"The comparison is in {shown(output_dir)}/: compare.ipynb, compare.html (offline page), results.json")
+    log(f"The comparison is in {shown(output_dir)}/: {template}.ipynb, {template}.html (offline page), results.json")
     return 0
 
 

@@ -78,10 +78,10 @@ TEMPLATE_MODULES = (
     "helpers.analyses.important_heads", "helpers.analyses.neurons", "helpers.analyses.vectors",
     "helpers.analyses.patching", "helpers.analyses.patching.engine", "helpers.analyses.circuits.head_circuits",
     "helpers.analyses.circuits.discovery", "helpers.analyses.circuits.graph", "helpers.analyses.circuits.graph_runner",
-    "helpers.analyses.circuits.head_roles",
+    "helpers.analyses.circuits.head_roles", "helpers.analyses.sweep",
     "helpers.figures.circuits", "helpers.figures.compare", "helpers.figures.copy_scores", "helpers.figures.discovery",
     "helpers.figures.dla", "helpers.figures.head_functions", "helpers.figures.heads", "helpers.figures.neurons",
-    "helpers.figures.patching", "helpers.figures.vectors", "helpers.figures.viz",
+    "helpers.figures.patching", "helpers.figures.sweep", "helpers.figures.vectors", "helpers.figures.viz",
     "helpers.notebook.reports", "helpers.notebook.session", "helpers.results",
 )
 

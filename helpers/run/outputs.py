@@ -1,10 +1,13 @@
 """A task's output folder, ``notebooks/<task>/``: its name, who may write it, and how a run lands in it.
 
-Rules every command follows (``run``, ``html``, ``lab``, ``compare``):
+Rules every command follows (``run``, ``sweep``, ``html``, ``lab``, ``compare``):
 
 - A folder is named by a task name (lowercase letters, digits, ``_`` and ``-``), never by a path, so
   nothing is written outside ``notebooks/``; a task file given by path lands in its ``name``'s folder.
-  ``compare``, ``failed`` and ``earlier`` are reserved (:data:`helpers.tasks.spec.RESERVED_TASK_NAMES`).
+  ``compare``, ``sweep``, ``failed`` and ``earlier`` are reserved (:data:`helpers.tasks.spec.RESERVED_TASK_NAMES`).
+- One folder per task and model: a run on the task file's own model writes ``notebooks/<task>/``, a run on
+  another model (``MODEL=``) ``notebooks/<task>@<model>/`` (:func:`helpers.paths.run_folder_name`), so runs
+  of one task on several models sit side by side.
 - One run at a time writes a folder: :class:`RunLock` refuses a second, naming the first's process.
 - A run lands only when every template succeeded, and the folder then describes one set of task
   settings (the task, its prompts, the model and dtype). A partial run (``TEMPLATES=``) with the same
@@ -19,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import socket
 from pathlib import Path
@@ -26,6 +30,7 @@ from types import TracebackType
 from typing import Any
 
 from helpers.errors import RunLockedError
+from helpers.paths import MODEL_SEPARATOR, model_slug, run_folder_name
 from helpers.results import CIRCUIT_FILE, FORMAT_VERSION, results_file, write_json
 from helpers.tasks.spec import RESERVED_TASK_NAMES, TASK_NAME_RE, load_task, resolve_task_path
 
@@ -35,14 +40,24 @@ EARLIER = "earlier"
 SETTINGS = ("task", "model", "dtype")
 
 
-def output_name(task: str) -> str:
+def output_name(task: str, model: str | None = None) -> str:
     """The output folder's name for ``task``: a task name as it is (also ``compare``), or the ``name``
-    of the task file a path points to.
+    of the task file a path points to; with ``model``, the folder of that task's run on it
+    (:func:`helpers.paths.run_folder_name`). A folder's own name (``ioi@EleutherAI--pythia-160m``) is
+    taken as it is.
 
     Raises:
         TaskError: anything else (a path outside the rules, a name no folder could have).
     """
     text = str(task).strip()
+    name, _, slug = text.partition(MODEL_SEPARATOR)
+    if slug and TASK_NAME_RE.match(name) and re.fullmatch(r"[A-Za-z0-9._-]+", slug):
+        return text
+    if model is not None and text in ("compare", "sweep"):
+        return f"{text}{MODEL_SEPARATOR}{model_slug(model)}"
+    if model is not None:
+        spec = load_task(resolve_task_path(text))
+        return run_folder_name(spec.name, model, spec.model)
     if text == "compare" or (TASK_NAME_RE.match(text) and text not in RESERVED_TASK_NAMES):
         return text
     return load_task(resolve_task_path(text)).name

@@ -15,14 +15,14 @@ from typing import Any
 
 # Only light modules here: a bad task file or argument is reported before torch, transformers and
 # nbformat are imported (seconds); the rest is imported where it is used.
-from helpers.paths import NOTEBOOKS_DIR, TEMPLATES_DIR
+from helpers.paths import NOTEBOOKS_DIR, TEMPLATES_DIR, run_folder_name
 from helpers.tasks.spec import TaskError, TaskSpec, load_task, resolve_task_path
 
 # Templates run in this order (later ones read the earlier ones' results); others follow by name.
 TEMPLATE_ORDER = ("dla", "patching", "head_functions", "copy_scores", "circuit_discovery", "circuit", "mlp_neurons",
                   "vector_arithmetic")
 # Templates that read several tasks' results instead of running on one task.
-CROSS_TASK_TEMPLATES = ("compare",)
+CROSS_TASK_TEMPLATES = ("compare", "sweep")
 # What the comparison reads from each task's results.json.
 COMPARED_TEMPLATES = ("dla", "patching", "head_functions", "copy_scores")
 
@@ -74,6 +74,7 @@ def prepare_run(
     """
     task_file = resolve_task_path(task)
     spec = load_task(task_file)
+    own_model = spec.model
     check_command_line(spec, n_prompts=n_prompts, seed=seed)
     if model is not None:
         model = model_argument(model)
@@ -105,7 +106,7 @@ def prepare_run(
         templates=tuple(template_path(name) for name in chosen),
         device=device,
         dtype=dtype,
-        output_dir=notebooks_dir / spec.name,
+        output_dir=notebooks_dir / run_folder_name(spec.name, spec.model, own_model),
         n_prompts_built=len(prompts),
     )
 

@@ -73,7 +73,7 @@ METRIC_NAMES: dict[str, str] = {"logit_diff": "logit difference", "prob_diff": "
 PLACEHOLDER_RE = re.compile(r"\[([A-Za-z][A-Za-z0-9_]*)([+-][0-9]+)?\]")
 TASK_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 # Folder names in notebooks/ the suite uses itself: no task may be called so (helpers.run.outputs).
-RESERVED_TASK_NAMES = ("compare", "failed", "earlier")
+RESERVED_TASK_NAMES = ("compare", "sweep", "failed", "earlier")
 CorruptionKind = Literal["swap", "replace", "templates"]
 
 _GENERATED_KEYS = ("templates", "corrupted", "correct", "incorrect", "words", "placeholders")

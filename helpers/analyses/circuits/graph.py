@@ -26,6 +26,7 @@ from torch import Tensor
 
 from helpers.analyses.heads import head_name
 from helpers.errors import SuiteError
+from helpers.models.devices import to_host
 
 InputKind = Literal["q", "k", "v"]
 INPUT_KINDS: tuple[InputKind, ...] = ("q", "k", "v")
@@ -203,9 +204,9 @@ class EdgeScores:
 
     @cached_property
     def _order(self) -> tuple[tuple[int, int], ...]:
-        size = torch.nan_to_num(self.scores.abs().float().cpu(), nan=-1.0)
-        flat = torch.where(self.graph.real, size, torch.full_like(size, -1.0))
-        order = torch.sort(flat.flatten(), descending=True, stable=True).indices[: self.graph.n_edges]
+        size = torch.nan_to_num(self.scores.abs().float(), nan=-1.0)
+        flat = torch.where(self.graph.real.to(size.device), size, torch.full_like(size, -1.0))
+        order = to_host(torch.sort(flat.flatten(), descending=True, stable=True).indices[: self.graph.n_edges])
         n_receivers = self.graph.n_receivers
         return tuple((int(i) // n_receivers, int(i) % n_receivers) for i in order)
 

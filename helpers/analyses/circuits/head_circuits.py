@@ -264,7 +264,7 @@ def compute_mean_ablation(model: Any, prompts: PromptSet, reference: ReferencePr
     n_layers = model.cfg.n_layers
     names = [f"blocks.{layer}.attn.hook_z" for layer in range(n_layers)]
     _, acts = cache_activations(model, reference.tokens.to(model.cfg.device), names)
-    z = torch.stack([acts[name].float().cpu() for name in names], dim=2)  # [ref_batch, ref_pos, layer, head, d_head]
+    z = torch.stack([acts[name].float() for name in names], dim=2)  # [ref_batch, ref_pos, layer, head, d_head]
     means = template_position_means(z, reference, prompts)  # [batch, pos, layer, head, d_head]
     return MeanAblation(means.permute(2, 0, 1, 3, 4).contiguous(), reference.name)
 

@@ -55,6 +55,7 @@ from helpers.analyses.patching.through_hooks import HookPatcher
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run, variant
 from helpers.analyses.stats import Interval, bootstrap_ratio
 from helpers.models.architectures import Architecture, describe
+from helpers.models.devices import to_host
 from helpers.models.forward import ForwardPass, LayerActivations, LayerStrategy, UnsupportedArchitecture
 from helpers.tasks.metrics import AnswerMetric, at_final_pos, pearson_correlation
 from helpers.tasks.prompts import PromptSet
@@ -309,7 +310,7 @@ class PatchingEngine:
             else:
                 values = self._patch_fast(kind)
         columns = tuple(f"H{h}" for h in range(self.n_heads)) if kind not in PER_POSITION else self.column_labels
-        return PatchingResult(kind, values.float().cpu(), columns, self.metric_name)
+        return PatchingResult(kind, to_host(values.float()), columns, self.metric_name)
 
     def head_intervals(self, kind: PatchKind, heads: Sequence[HeadScore], *, seed: int = 0) -> dict[str, Interval]:
         """95% bootstrap intervals over prompts (:mod:`helpers.analyses.stats`) of each of ``heads``' normalised task
@@ -425,17 +426,17 @@ class PatchingEngine:
         first = self._first_difference
         if kind in PER_POSITION:
             # before the first difference clean and corrupted activations are equal: no patch to make
-            values = torch.full((self.n_layers, n_pos), self.corrupted_metric)
+            values = torch.full((self.n_layers, n_pos), self.corrupted_metric, device=self.device)
             columns_to_run = list(range(first, n_pos))
         else:
-            values = torch.zeros(self.n_layers, self.n_heads)
+            values = torch.zeros(self.n_layers, self.n_heads, device=self.device)
             columns_to_run = list(range(self.n_heads))
         for layer in self._layers(kind):
             for columns in self._chunks(kind, columns_to_run):
                 start = min(columns) if kind in PER_POSITION else min(first, n_pos - 1)
                 x, begin, from_mlp = self._patched_stream(kind, layer, columns, start)
                 final = self._finish(x.flatten(0, 1), begin, from_mlp=from_mlp, start=start)
-                values[layer, columns] = self._metric_of(final, len(columns)).float().cpu()
+                values[layer, columns] = self._metric_of(final, len(columns)).float()  # stays on the device
         return values
 
     def _stream_at(self, run: _Run, layer: int, point: str) -> tuple[Tensor, int, bool]:
@@ -525,7 +526,7 @@ class PatchingEngine:
             rows = torch.arange(batch, device=self.device)
             within = self.final_pos - start
             corrupted_out = at_final_pos(self.corrupted.mlp_out[layer], self.final_pos)
-            values = torch.empty(len(chosen))
+            values = torch.empty(len(chosen), device=self.device)
             per_chunk = max(1, self.max_rows // batch)
             for first in range(0, len(chosen), per_chunk):
                 slots = torch.arange(first, min(first + per_chunk, len(chosen)))
@@ -540,8 +541,8 @@ class PatchingEngine:
                     delta = fw.mlp_out_from_hidden(layer, hidden) - corrupted_out
                 x[:, rows, within] += delta
                 final = self._finish(x.flatten(0, 1), layer + 1, from_mlp=False, start=start)
-                values[slots] = self._metric_of(final, len(some)).float().cpu()
-        return values
+                values[slots.to(self.device)] = self._metric_of(final, len(some)).float()
+        return to_host(values)
 
     def neuron_attribution(self) -> Float[Tensor, "layer d_mlp"]:
         """Attribution-patching estimate of :meth:`patch_neurons` for every neuron of every layer, from one
@@ -560,7 +561,7 @@ class PatchingEngine:
                            for layer, hidden in enumerate(kept["mlp_post"])]
         estimates = [(at_final_pos(change, self.final_pos) * at_final_pos(grad, self.final_pos)).sum(dim=0)
                      for change, grad in zip(changes, grads)]
-        return torch.stack(estimates).detach().float().cpu() + self.corrupted_metric
+        return to_host(torch.stack(estimates).float()) + self.corrupted_metric
 
     # -- attribution patching ---------------------------------------------------------------------------
 
@@ -591,11 +592,11 @@ class PatchingEngine:
                 continue
             name = row.attribution_site
             head_axis = 1 if name == "pattern" else 2  # pattern [batch, head, q, k]; z and v [batch, pos, head, d]
-            estimate = torch.zeros(self.n_layers, self.n_heads)
+            estimate = torch.zeros(self.n_layers, self.n_heads, device=self.device)
             for layer in range(self.n_layers):
                 product = (changes[layer][name] * grads[name][layer]).transpose(0, head_axis)
-                estimate[layer] = product.reshape(self.n_heads, -1).sum(-1).detach().float().cpu()
-            results[kind] = PatchingResult(kind, estimate + self.corrupted_metric,  # type: ignore[arg-type]
+                estimate[layer] = product.reshape(self.n_heads, -1).sum(-1).detach().float()
+            results[kind] = PatchingResult(kind, to_host(estimate) + self.corrupted_metric,  # type: ignore[arg-type]
                                            tuple(f"H{h}" for h in range(self.n_heads)),
                                            f"{self.metric_name} (attribution estimate)")
         return results

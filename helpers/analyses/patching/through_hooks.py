@@ -30,6 +30,7 @@ from torch import Tensor
 
 from helpers.analyses.contrast import Contrast
 from helpers.analyses.patching.variants import PER_POSITION, VARIANTS, PatchKind, Run
+from helpers.models.devices import to_host
 from helpers.models.hooks import checked_hooks, run_with_checked_cache
 from helpers.tasks.metrics import at_final_pos
 
@@ -77,14 +78,15 @@ class HookPatcher:
         per_position = row.per_position
         n_columns = width if per_position else self.n_heads
         corrupted_metric = float(self.metric(at_final_pos(self.corrupted_logits, self.final_pos)))
-        values = torch.full((self.n_layers, n_columns), corrupted_metric)
+        values = torch.full((self.n_layers, n_columns), corrupted_metric, device=self.corrupted_logits.device)
         columns = list(range(first_difference, width)) if per_position else list(range(self.n_heads))
         for layer in layers:
             name = f"blocks.{layer}.{row.hook}"
             source = self.clean[name] if per_position else self._head_z(kind, layer)
             for chunk in _chunks(columns, self.configs_per_run):
-                values[layer, chunk] = self._run(len(chunk), [(name, _patch_columns(source, chunk, per_position))])
-        return values
+                values[layer, chunk] = self._run(len(chunk), [(name, _patch_columns(source, chunk, per_position))]).to(
+                    values.device)
+        return to_host(values)
 
     def patch_heads_final_logits(self, kind: PatchKind, layer: int, heads: list[int]) -> Float[Tensor, "head batch d_vocab"]:
         """The final-position logits of the corrupted run with each of ``heads`` of ``layer`` patched (``kind``
@@ -114,7 +116,7 @@ class HookPatcher:
         batch = clean.shape[0]
         rows_of_prompt = torch.arange(batch, device=clean.device)
         final = self.final_pos.to(clean.device)
-        values = torch.empty(len(chosen))
+        values = torch.empty(len(chosen), device=clean.device)
         slot_of = {neuron: i for i, neuron in enumerate(chosen)}
         for chunk in _chunks(chosen, self.configs_per_run):
             def patch(act: Tensor, hook: Any, chunk: list[int] = chunk) -> Tensor:
@@ -124,15 +126,15 @@ class HookPatcher:
                     act[rows, final, neuron] = clean[rows_of_prompt, final, neuron]
                 return act
 
-            values[[slot_of[n] for n in chunk]] = self._run(len(chunk), [(name, patch)])
-        return values
+            values[[slot_of[n] for n in chunk]] = self._run(len(chunk), [(name, patch)]).to(values.device)
+        return to_host(values)
 
     def _run(self, n_configs: int, hooks: list[tuple[str, Callable[..., Any]]]) -> Tensor:
         """The metric of each of ``n_configs`` copies of the corrupted prompts, run with ``hooks``."""
         with torch.no_grad(), checked_hooks(self.model, hooks) as checked:
             logits = self.model.run_with_hooks(self.corrupted_tokens.repeat(n_configs, 1), fwd_hooks=checked)
         final = at_final_pos(logits, self.final_pos.repeat(n_configs)).unflatten(0, (n_configs, -1))
-        return torch.stack([torch.as_tensor(self.metric(final[i])) for i in range(n_configs)]).float().cpu()
+        return torch.stack([torch.as_tensor(self.metric(final[i])) for i in range(n_configs)]).float()  # on the device
 
     # -- attribution patching ---------------------------------------------------------------------------
 
