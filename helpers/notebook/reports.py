@@ -372,7 +372,8 @@ class SweepReport:
     def summary(self) -> list[str]:
         s = self.sweep
         landed = sum(len(by_task) for by_task in s.pairs.values())
-        lines = [f"{landed} pairs: {len(s.tasks)} tasks x {len(s.models)} models"]
+        lines = [f"{landed} of {len(s.tasks) * len(s.models)} task x model pairs landed: {', '.join(s.tasks)} on "
+                 f"{', '.join(s.models)}"]
         for task in s.tasks:
             sizes = ", ".join(f"{m} {p.circuit_edges}" for m in s.models
                               if (p := s.pair(task, m)) is not None and p.circuit_edges is not None)

@@ -167,6 +167,10 @@ class Progress:
         self.log(self.line())
 
 
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
@@ -208,7 +212,8 @@ def sweep(tasks: Sequence[str], models: Sequence[str], *, address: str | None = 
             outcomes.append(PairOutcome(pair, "current"))
         else:
             todo.append(pair)
-    log(f"sweep: {len(pairs)} pairs ({len(tasks)} tasks x {len(models)} models), {len(pairs) - len(todo)} current")
+    log(f"sweep: {_count(len(pairs), 'pair')} ({_count(len(tasks), 'task')} x {_count(len(models), 'model')}), "
+        f"{len(pairs) - len(todo)} current")
     outcomes += run_on_ray(todo, outcomes, address=address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
                            options={**options, "notebooks_dir": notebooks_dir.resolve()}, log=log)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -218,8 +223,8 @@ def sweep(tasks: Sequence[str], models: Sequence[str], *, address: str | None = 
         log(f"  {outcome.pair.label}: {outcome.reason}")
     code = 1 if failed else 0
     if compare:
-        code = max(code, compare_sweep([o.pair for o in outcomes if o.status != "failed"], notebooks_dir=notebooks_dir,
-                                       log=log))
+        succeeded = {o.pair for o in outcomes if o.status != "failed"}
+        code = max(code, compare_sweep([p for p in pairs if p in succeeded], notebooks_dir=notebooks_dir, log=log))
     return code
 
 
