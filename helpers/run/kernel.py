@@ -160,6 +160,12 @@ def kernelspec_metadata() -> dict[str, str]:
     return {"display_name": spec.display_name, "language": spec.language, "name": KERNEL_NAME}
 
 
+# How the templates' kernels start: the kernel app logs errors only (its warning about TCP on localhost is
+# not for a researcher), and keeps no input history (a kernel that runs several notebooks would otherwise
+# print "Session/line number was not unique in database" into one of them, and nothing reads the history).
+KERNEL_ARGUMENTS = ("--IPKernelApp.log_level=ERROR", "--HistoryManager.enabled=False")
+
+
 def execute_template(template: Path, notebook: Path, parameters: dict[str, Any], *, km: Any = None) -> None:
     """Execute ``template`` into ``notebook`` with ``parameters`` injected, in the kernel managed by ``km``
     (a fresh kernel, started in the notebook's folder, when None).
@@ -172,7 +178,8 @@ def execute_template(template: Path, notebook: Path, parameters: dict[str, Any],
     import papermill as pm
 
     _register_engine()
-    options: dict[str, Any] = {"km": km} if km is not None else {}
+    # a kernel of its own starts with the shared kernel's arguments (and says as little)
+    options: dict[str, Any] = {"km": km} if km is not None else {"extra_arguments": list(KERNEL_ARGUMENTS)}
     saved = {name: os.environ.get(name) for name in ("PYTHONPATH", *_RUNNER_SETTINGS, *_THREADS_WAIT)}
     environment = kernel_environment()
     os.environ.update({name: environment[name] for name in saved})  # a fresh kernel inherits them
@@ -202,12 +209,8 @@ class TemplateKernel:
 
         self.km = AsyncKernelManager(kernel_name=KERNEL_NAME)
         self._warming: Any = None
-        # the kernel app logs errors only: its warning about TCP on localhost is not for a researcher
-        run_sync(self.km.start_kernel)(cwd=str(cwd or Path.cwd()), env=kernel_environment(), extra_arguments=[
-            "--IPKernelApp.log_level=ERROR",
-            # no input history: a kernel that runs several notebooks would otherwise print "Session/line
-            # number was not unique in database" into one of them, and nothing reads the history
-            "--HistoryManager.enabled=False"])
+        run_sync(self.km.start_kernel)(cwd=str(cwd or Path.cwd()), env=kernel_environment(),
+                                       extra_arguments=list(KERNEL_ARGUMENTS))
 
     def warm_up(self, model: str, *, device: str = "auto", dtype: str = "float32") -> None:
         """Start importing the helpers and converting ``model`` in the kernel, and return at once; the

@@ -41,7 +41,7 @@ from helpers.tasks.spec import TaskError, load_task, resolve_task_path
 
 SWEEP_DIR = "sweep"
 # Environment variables a job needs as the command line had them (a cluster's workers do not inherit ours).
-JOB_ENVIRONMENT = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_TOKEN", "CIRCUIT_SUITE_CACHE")
+JOB_ENVIRONMENT = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_TOKEN")
 
 
 @dataclass(frozen=True)
