@@ -100,7 +100,7 @@ def load_task_results(tasks: list[str], notebooks_dir: str | Path, *, model: str
         provenance = data.get("provenance", {})
         loaded.append(TaskResults(task, str(provenance.get("model")), int(provenance.get("n_prompts", 0)),
                                   str(results_format.read(data, "patching", "metric", "task_metric") or ""), heads,
-                                  _intervals_of(data), *_circuit_of(data)))
+                                  _intervals_of(data), *circuit_of(data)))
     first = loaded[0]
     for other in loaded[1:]:
         if other.shape != first.shape:
@@ -124,7 +124,9 @@ HEAD_INTERVAL_QUANTITIES: dict[str, tuple[str, tuple[str, ...], bool]] = {
 }
 
 
-def _circuit_of(data: dict[str, Any]) -> tuple[dict[str, str], frozenset[str]]:
+def circuit_of(data: dict[str, Any]) -> tuple[dict[str, str], frozenset[str]]:
+    """A results.json's circuit-discovery roles (head -> role, unknown included) and its path-patching edges
+    by name (empty where it has no circuit-discovery section)."""
     roles = results_format.read(data, "circuit_discovery", "roles") or {}
     edges = results_format.read(data, "circuit_discovery", "edges") or []
     names = {f"{e['sender']}->{e['receiver']}" + (f"<{e['input']}>" if e.get("input") else "") for e in edges}
@@ -167,14 +169,20 @@ def compare_circuits(results: list[TaskResults]) -> CircuitComparison:
     heads = sorted({h for r in results for h, role in r.roles.items() if role != "unknown"},
                    key=lambda h: tuple(int(p) for p in h[1:].split("H")))
     roles = {h: {r.task: r.roles.get(h, "unknown") for r in results} for h in heads}
-    n = len(results)
+    edges = [r.edges for r in results]
+    return CircuitComparison(tuple(r.task for r in results), roles, tuple(edges), jaccard_matrix(edges))
+
+
+def jaccard_matrix(edge_sets: list[frozenset[str] | None]) -> Float[Tensor, "set set"]:
+    """Edges in both / in either, for every two of ``edge_sets``; NaN where neither has edges or one is None
+    (not comparable)."""
+    n = len(edge_sets)
     jaccard = torch.full((n, n), float("nan"))
-    for i in range(n):
-        for j in range(n):
-            either = results[i].edges | results[j].edges
-            if either:
-                jaccard[i, j] = len(results[i].edges & results[j].edges) / len(either)
-    return CircuitComparison(tuple(r.task for r in results), roles, tuple(r.edges for r in results), jaccard)
+    for i, a in enumerate(edge_sets):
+        for j, b in enumerate(edge_sets):
+            if a is not None and b is not None and (a | b):
+                jaccard[i, j] = len(a & b) / len(a | b)
+    return jaccard
 
 
 def _intervals_of(data: dict[str, Any]) -> dict[str, tuple[float, tuple[float, float]]]:

@@ -19,13 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from helpers import results as results_format
 from helpers.analyses.circuits.head_roles import ROLE_VOCABULARY
-from helpers.analyses.compare import CompareError
+from helpers.analyses.compare import CompareError, circuit_of, jaccard_matrix
 
 
 @dataclass(frozen=True)
@@ -64,8 +63,7 @@ def load_pair(task: str, model: str, folder: str | Path) -> PairResults:
     heads = results_format.read(data, "dla", "heads", "mean") or results_format.read(data, "patching", "head_out", "values")
     shape = (len(heads), len(heads[0])) if heads else None
     proposal = results_format.read(data, "circuit_discovery", "proposed_circuit") or {}
-    roles = results_format.read(data, "circuit_discovery", "roles") or {}
-    walked = results_format.read(data, "circuit_discovery", "edges") or []
+    roles, edges = circuit_of(data)
     runs = data.get("provenance", {}).get("template_runs", {})
     logit_diff = results_format.read(data, "dla", "logit_diff") or {}
     return PairResults(
@@ -74,8 +72,7 @@ def load_pair(task: str, model: str, folder: str | Path) -> PairResults:
         clean_metric=next((logit_diff[k] for k in ("metric_mean", "mean") if logit_diff.get(k) is not None), None),
         circuit_edges=proposal.get("edges"),
         faithfulness=(proposal.get("faithfulness", {}).get("resample") or {}).get("faithfulness"),
-        roles={h: str(r["role"]) for h, r in roles.items() if r.get("role") != "unknown"},
-        edges=frozenset(f"{e['sender']}->{e['receiver']}" + (f"<{e['input']}>" if e.get("input") else "") for e in walked),
+        roles={h: role for h, role in roles.items() if role != "unknown"}, edges=edges,
         not_applicable={name: run["not_applicable"] for name, run in runs.items()
                         if isinstance(run, dict) and run.get("not_applicable")},
     )
@@ -92,9 +89,6 @@ class SweepResults:
     def pair(self, task: str, model: str) -> PairResults | None:
         return self.pairs.get(model, {}).get(task)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"models": list(self.models), "tasks": list(self.tasks),
-                "pairs": [p.to_dict() for by_task in self.pairs.values() for p in by_task.values()]}
 
 
 def load_sweep(folders: Mapping[str, Mapping[str, str | Path]]) -> SweepResults:
@@ -128,23 +122,16 @@ def task_overlap(sweep: SweepResults, model: str) -> Float[Tensor, "task task"]:
     """On ``model``: the Jaccard index of every two tasks' path-patching edges (edges in both / in either;
     NaN where neither has edges or a task did not run there)."""
     found = [sweep.pair(t, model) for t in sweep.tasks]
-    n = len(found)
-    jaccard = torch.full((n, n), float("nan"))
-    for i, a in enumerate(found):
-        for j, b in enumerate(found):
-            if a is not None and b is not None and (a.edges | b.edges):
-                jaccard[i, j] = len(a.edges & b.edges) / len(a.edges | b.edges)
-    return jaccard
+    return jaccard_matrix([p.edges if p is not None else None for p in found])
 
 
 def model_overlap(sweep: SweepResults, task: str) -> Float[Tensor, "model model"]:
     """For ``task``: the Jaccard index of every two models' path-patching edges, where the two models have
     the same shape (NaN otherwise: their heads are not the same heads)."""
     found = [sweep.pair(task, m) for m in sweep.models]
-    n = len(found)
-    jaccard = torch.full((n, n), float("nan"))
+    jaccard = jaccard_matrix([p.edges if p is not None and p.shape is not None else None for p in found])
     for i, a in enumerate(found):
         for j, b in enumerate(found):
-            if a is not None and b is not None and a.shape is not None and a.shape == b.shape and (a.edges | b.edges):
-                jaccard[i, j] = len(a.edges & b.edges) / len(a.edges | b.edges)
+            if a is not None and b is not None and a.shape != b.shape:
+                jaccard[i, j] = float("nan")
     return jaccard

@@ -361,7 +361,7 @@ class SweepReport:
 
     def section(self) -> dict[str, Any]:
         s = self.sweep
-        return {
+        return {  # the keys written out: tests/test_results.py reads them from here
             "models": list(s.models), "tasks": list(s.tasks),
             "pairs": [p.to_dict() for by_task in s.pairs.values() for p in by_task.values()],
             "roles": {task: sweep_analysis.role_table(s, task) for task in s.tasks},

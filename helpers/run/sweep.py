@@ -214,8 +214,11 @@ def sweep(tasks: Sequence[str], models: Sequence[str], *, address: str | None = 
             todo.append(pair)
     log(f"sweep: {_count(len(pairs), 'pair')} ({_count(len(tasks), 'task')} x {_count(len(models), 'model')}), "
         f"{len(pairs) - len(todo)} current")
-    outcomes += run_on_ray(todo, outcomes, address=address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
-                           options={**options, "notebooks_dir": notebooks_dir.resolve()}, log=log)
+    progress = Progress(len(pairs), 1, log)
+    for outcome in outcomes:
+        progress.record(outcome)
+    outcomes += run_on_ray(todo, progress, address=address, cpus_per_job=cpus_per_job, gpus_per_job=gpus_per_job,
+                           options={**options, "notebooks_dir": notebooks_dir.resolve()})
     failed = [o for o in outcomes if o.status == "failed"]
     log(f"\nsweep: {len(pairs) - len(failed)} of {len(pairs)} pairs succeeded" + (
         "; failed:" if failed else ""))
@@ -228,13 +231,11 @@ def sweep(tasks: Sequence[str], models: Sequence[str], *, address: str | None = 
     return code
 
 
-def run_on_ray(pairs: Sequence[Pair], already: Sequence[PairOutcome], *, address: str | None, cpus_per_job: float | int,
-               gpus_per_job: float | int, options: dict[str, Any], log: Any) -> list[PairOutcome]:
+def run_on_ray(pairs: Sequence[Pair], progress: Progress, *, address: str | None, cpus_per_job: float | int,
+               gpus_per_job: float | int, options: dict[str, Any]) -> list[PairOutcome]:
     """Each pair as a Ray task with ``cpus_per_job`` CPUs and ``gpus_per_job`` GPUs, on the cluster at
-    ``address`` or a local Ray started here (and stopped after); outcomes as the pairs finish."""
-    progress = Progress(len(pairs) + len(already), 1, log)
-    for outcome in already:
-        progress.record(outcome)
+    ``address`` or a local Ray started here (and stopped after); outcomes as the pairs finish, each recorded
+    in ``progress`` (which learns the cluster's slots here)."""
     if not pairs:
         return []
     # deferred: Ray takes seconds to import and start; only a sweep with work to do needs it
@@ -257,7 +258,7 @@ def run_on_ray(pairs: Sequence[Pair], already: Sequence[PairOutcome], *, address
         progress.slots = slots
         job = ray.remote(num_cpus=cpus_per_job, num_gpus=gpus_per_job, max_retries=0)(run_pair)
         waiting = {job.remote(pair, options): pair for pair in pairs}
-        log(progress.line())
+        progress.log(progress.line())
         outcomes = []
         while waiting:
             [ready], _ = ray.wait(list(waiting), num_returns=1)

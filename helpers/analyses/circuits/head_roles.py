@@ -313,6 +313,14 @@ def measure_evidence(model: Any, prompts: Any, runner: Any, *, spec: Any = None,
             for name, (layer, head) in zip(names, heads)}
 
 
+def task_roles(model: Any, prompts: Any, runner: Any, spec: Any, earlier: Mapping[str, Any]) -> dict[str, HeadRole]:
+    """Every head's role on ``spec``'s task: :func:`measure_evidence` (with the scores ``earlier`` notebooks
+    stored, :func:`earlier_scores`) read by :func:`assign_roles` as the task asks (name movers where its
+    answer is a word of the prompt, answer writers where it is not)."""
+    evidence = measure_evidence(model, prompts, runner, spec=spec, **earlier_scores(earlier))
+    return assign_roles(evidence, names=spec.answer_in_prompt)
+
+
 def earlier_scores(earlier: Mapping[str, Any]) -> dict[str, Any]:
     """:func:`measure_evidence`'s ``copy_scores`` and ``role_scores`` from the earlier notebooks' results
     (:func:`helpers.results.load_earlier_results` of ``head_functions`` and ``copy_scores``); None for
